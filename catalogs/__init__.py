@@ -1,0 +1,164 @@
+"""Typed loaders for the catalog files beside this module (and for users' own catalogs)."""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from pipeline.errors import CatalogError
+
+HERE = Path(__file__).resolve().parent
+
+RASTER_KEYS = ("aoi", "city", "uri", "band_order", "satellite", "licence", "attribution")
+RASTER_OPTIONAL = ("epsg", "licence_url", "key_status", "note", "bands", "dtype")
+
+
+@dataclass(frozen=True)
+class RasterSource:
+    """One source raster (or an S3/local prefix of GeoTIFFs) with how to turn it into RGB."""
+
+    aoi: str
+    city: str
+    uri: str
+    band_order: tuple[int, ...]
+    satellite: str
+    licence: str
+    attribution: str
+    licence_url: str = ""
+    epsg: int | None = None  # UTM zone to re-project to; derived from the tile centre when None
+    key_status: str = ""
+
+
+@dataclass(frozen=True)
+class Licence:
+    id: int
+    name: str
+    url: str
+    redistributable: bool
+
+
+@dataclass(frozen=True)
+class DenyList:
+    ids: frozenset[str] = frozenset()
+    owners: frozenset[str] = frozenset()
+    polygons_wkt: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _band_order(value, where: str) -> tuple[int, ...]:
+    if isinstance(value, str):
+        parts = [p for p in value.replace(";", ",").replace(" ", ",").split(",") if p]
+    elif isinstance(value, (list, tuple)):
+        parts = list(value)
+    else:
+        raise CatalogError(f"{where}: band_order must be a list like [5, 3, 2], got {value!r}")
+    try:
+        bands = tuple(int(p) for p in parts)
+    except (TypeError, ValueError):
+        raise CatalogError(f"{where}: band_order must hold 1-based band numbers, got {value!r}") from None
+    if len(bands) != 3 or min(bands) < 1:
+        raise CatalogError(f"{where}: band_order needs three 1-based band numbers (R, G, B), got {value!r}")
+    return bands
+
+
+def _resolve_uri(uri: str, base: Path) -> str:
+    """Local paths in a catalog are relative to the catalog file; keep them relative to the cwd."""
+    if "://" in uri or os.path.isabs(uri):
+        return uri
+    path = (base / uri).resolve()
+    try:
+        return os.path.relpath(path, Path.cwd())
+    except ValueError:
+        return str(path)
+
+
+def _raster_row(row: dict, where: str, base: Path) -> RasterSource:
+    if not isinstance(row, dict):
+        raise CatalogError(f"{where}: each entry must be a mapping with keys {', '.join(RASTER_KEYS)}")
+    missing = [k for k in RASTER_KEYS if row.get(k) in (None, "")]
+    if missing:
+        raise CatalogError(f"{where}: missing {', '.join(missing)}")
+    unknown = set(row) - set(RASTER_KEYS) - set(RASTER_OPTIONAL)
+    if unknown:
+        raise CatalogError(f"{where}: unknown keys {sorted(unknown)} (allowed: {RASTER_KEYS + RASTER_OPTIONAL})")
+    epsg = row.get("epsg")
+    try:
+        epsg = int(epsg) if epsg not in (None, "") else None
+    except (TypeError, ValueError):
+        raise CatalogError(f"{where}: epsg must be an integer EPSG code, got {epsg!r}") from None
+    return RasterSource(
+        aoi=str(row["aoi"]),
+        city=str(row["city"]),
+        uri=_resolve_uri(str(row["uri"]), base),
+        band_order=_band_order(row["band_order"], where),
+        satellite=str(row["satellite"]),
+        licence=str(row["licence"]),
+        attribution=str(row["attribution"]),
+        licence_url=str(row.get("licence_url") or ""),
+        epsg=epsg,
+        key_status=str(row.get("key_status") or ""),
+    )
+
+
+def load_raster_catalog(path: str | Path) -> list[RasterSource]:
+    """Load a raster catalog: a YAML list of mappings or a CSV with the same columns."""
+    path = Path(path)
+    if not path.exists():
+        raise CatalogError(f"{path}: raster catalog not found (set custom.rasters in params.yaml)")
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    else:
+        rows = yaml.safe_load(path.read_text()) or []
+        if isinstance(rows, dict) and "rasters" in rows:
+            rows = rows["rasters"]
+        if not isinstance(rows, list):
+            raise CatalogError(f"{path}: expected a list of rasters (or a mapping with a 'rasters' list)")
+    return [_raster_row(r, f"{path} entry {i + 1}", path.parent) for i, r in enumerate(rows)]
+
+
+def load_spacenet() -> list[RasterSource]:
+    """The eleven SpaceNet AOIs WITW used."""
+    return load_raster_catalog(HERE / "spacenet_aois.csv")
+
+
+@lru_cache(maxsize=1)
+def load_licences() -> dict[int, Licence]:
+    """Flickr licence ids -> name, URL, whether redistribution with attribution is allowed."""
+    with (HERE / "flickr_licences.csv").open(newline="") as fh:
+        return {
+            int(r["id"]): Licence(int(r["id"]), r["name"], r["url"], r["redistributable"] == "true")
+            for r in csv.DictReader(fh)
+        }
+
+
+def load_demo() -> dict:
+    """The demo AOI definition (catalogs/demo_aoi.yaml)."""
+    return yaml.safe_load((HERE / "demo_aoi.yaml").read_text())
+
+
+def load_deny_list(path: str | Path) -> DenyList:
+    """Load a deny list (YAML with ``ids``, ``owners``, ``polygons``); a missing file denies nothing."""
+    path = Path(path)
+    if not path.exists():
+        return DenyList()
+    data = yaml.safe_load(path.read_text()) or {}
+    unknown = set(data) - {"ids", "owners", "polygons"}
+    if unknown:
+        raise CatalogError(f"{path}: unknown keys {sorted(unknown)} (allowed: ids, owners, polygons)")
+
+    def values(key: str, field_name: str) -> list[str]:
+        out = []
+        for item in data.get(key) or []:
+            out.append(str(item[field_name] if isinstance(item, dict) else item))
+        return out
+
+    return DenyList(
+        ids=frozenset(values("ids", "id")),
+        owners=frozenset(values("owners", "owner")),
+        polygons_wkt=tuple(values("polygons", "wkt")),
+    )

@@ -1,0 +1,59 @@
+"""``crossview STAGE``: one command per pipeline stage (what dvc.yaml calls) plus tools."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from pipeline.config import load_params
+from pipeline.errors import CrossviewError
+
+# name -> (module, one-line help). Each module defines configure(parser) and main(params, args).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("pipeline.demo", "generate the embedded demo AOI (rasters, photos, metadata)"),
+    "search": ("pipeline.search", "find photos (demo catalog, Flickr, or a custom table/folder) -> photos"),
+    "download": ("pipeline.download", "fetch and validate photo files into the store -> downloads"),
+    "tiles": ("pipeline.tiles", "convert source rasters to 8-bit RGB UTM COGs in the store -> tiles"),
+    "pair": ("pipeline.pair", "pair photos with tiles, density-limit, assign splits -> pairs"),
+    "chip": ("pipeline.chip", "cut an overhead chip around each pair -> chips"),
+    "filter": ("pipeline.filter", "run every rule in filters/ -> decisions + funnel report"),
+    "manifest": ("pipeline.manifest", "write train/val/test manifests, the dataset card and counts"),
+    "catalog": ("pipeline.catalog_check", "check that the SpaceNet catalog's S3 keys exist"),
+    "picture": ("pipeline.picture", "draw a PNG of a few pairs (photo beside chip) from a manifest"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crossview", description=__doc__)
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
+        p.add_argument("--params", default=argparse.SUPPRESS, help="params file (default: params.yaml)")
+        module.configure(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+    logging.getLogger("rasterio").setLevel(logging.WARNING)
+    try:
+        params = load_params(args.params)
+        return int(args._module.main(params, args) or 0)
+    except CrossviewError as err:
+        print(f"crossview {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""Exceptions that tell the user what to change.
+
+Every exception derives from :class:`CrossviewError` and from the builtin that matches its
+meaning, so callers can catch either. Messages name the param, file or row to fix and never
+contain credentials.
+"""
+
+from __future__ import annotations
+
+
+class CrossviewError(Exception):
+    """Base class of every error raised by crossview."""
+
+
+class ConfigError(CrossviewError, ValueError):
+    """params.yaml (or a catalog) has an unknown key, a wrong type or a bad value."""
+
+
+class CatalogError(CrossviewError, ValueError):
+    """A catalog file (AOIs, licences, custom rasters or photos) is malformed."""
+
+
+class StoreError(CrossviewError, OSError):
+    """Reading or writing the image/tile store failed."""
+
+
+class RasterError(CrossviewError, ValueError):
+    """A raster cannot be read or has a layout crossview cannot use."""
+
+
+class SchemaError(CrossviewError, ValueError):
+    """A table does not match its declared schema."""
+
+
+class StageInputError(CrossviewError, FileNotFoundError):
+    """A stage's input table is missing: run the stage that writes it first."""

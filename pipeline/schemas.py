@@ -1,0 +1,235 @@
+"""Every table's pyarrow schema, defined once, and the only code that reads and writes tables.
+
+Writes are deterministic (rows sorted by the table's key, fixed writer options, no pandas
+metadata) and atomic (temp file + rename), so the same inputs give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.errors import SchemaError, StageInputError
+
+PHOTOS = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),  # demo | flickr | custom
+        ("aoi", pa.string()),
+        ("city", pa.string()),
+        ("owner", pa.string()),
+        ("owner_name", pa.string()),
+        ("title", pa.string()),
+        ("licence_id", pa.int32()),
+        ("licence", pa.string()),
+        ("licence_url", pa.string()),
+        ("lat", pa.float64()),
+        ("lon", pa.float64()),
+        ("accuracy", pa.int32()),  # Flickr geo accuracy 1 (world) .. 16 (street)
+        ("context", pa.int32()),  # Flickr geo_context 0 undefined, 1 indoors, 2 outdoors
+        ("date_taken", pa.string()),  # as Flickr gives it: local time "YYYY-MM-DD HH:MM:SS"
+        ("date_upload_unix", pa.int64()),
+        ("url", pa.string()),  # the image to download (http(s), s3:// or a repo-relative path)
+        ("url_width", pa.int32()),
+        ("url_height", pa.int32()),
+        ("page_url", pa.string()),
+        ("tags", pa.string()),
+        ("query_cell", pa.string()),
+    ]
+)
+
+DOWNLOADS = pa.schema(
+    [
+        ("id", pa.string()),
+        ("uri", pa.string()),  # store URI of the normalised RGB JPEG; null unless status == ok
+        ("sha256", pa.string()),  # of the bytes as fetched
+        ("bytes", pa.int64()),
+        ("width", pa.int32()),  # after EXIF orientation
+        ("height", pa.int32()),
+        ("bands", pa.int32()),  # of the image as fetched (1 = grayscale, 4 = CMYK or RGBA)
+        ("mode", pa.string()),  # Pillow mode as fetched: RGB, L, CMYK, P, RGBA, ...
+        ("exif_orientation", pa.int32()),
+        ("duplicate_of", pa.string()),  # smallest id with the same sha256, when not this one
+        ("status", pa.string()),  # ok | empty | corrupt | missing | http_error | timeout | no_url
+        ("error", pa.string()),
+    ]
+)
+
+TILES = pa.schema(
+    [
+        ("tile_id", pa.string()),
+        ("aoi", pa.string()),
+        ("city", pa.string()),
+        ("uri", pa.string()),  # store URI of the 8-bit RGB UTM COG; null unless status == ok
+        ("source_uri", pa.string()),
+        ("epsg", pa.int32()),
+        ("footprint_wkb", pa.binary()),  # valid-data polygon in the tile's UTM CRS
+        ("minx", pa.float64()),
+        ("miny", pa.float64()),
+        ("maxx", pa.float64()),
+        ("maxy", pa.float64()),
+        ("gsd_m", pa.float64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("band_order", pa.string()),
+        ("stretch", pa.string()),  # JSON: per output band [low, high] source values
+        ("satellite", pa.string()),
+        ("licence", pa.string()),
+        ("licence_url", pa.string()),
+        ("attribution", pa.string()),
+        ("sha256", pa.string()),
+        ("status", pa.string()),  # ok | error
+        ("error", pa.string()),
+    ]
+)
+
+PAIRS = pa.schema(
+    [
+        ("id", pa.string()),  # photo id; a photo pairs with at most one tile
+        ("aoi", pa.string()),
+        ("city", pa.string()),
+        ("tile_id", pa.string()),
+        ("epsg", pa.int32()),
+        ("x_m", pa.float64()),  # photo position in the tile's UTM CRS
+        ("y_m", pa.float64()),
+        ("split", pa.string()),  # train | val | test; null unless status == paired
+        ("status", pa.string()),  # paired | a reason code
+        ("reason", pa.string()),  # human-readable detail; empty when paired
+    ]
+)
+
+CHIPS = pa.schema(
+    [
+        ("id", pa.string()),
+        ("tile_id", pa.string()),
+        ("uri", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("nodata_fraction", pa.float64()),
+        ("std", pa.float64()),  # pixel standard deviation over valid pixels (uniform chips)
+        ("status", pa.string()),  # ok | error
+        ("error", pa.string()),
+    ]
+)
+
+DECISIONS = pa.schema(
+    [
+        ("id", pa.string()),
+        ("filter", pa.string()),
+        ("kept", pa.bool_()),
+        ("reason", pa.string()),  # empty when kept
+        ("score", pa.float64()),
+    ]
+)
+
+MANIFEST = pa.schema(
+    [
+        ("id", pa.string()),
+        ("split", pa.string()),
+        ("aoi", pa.string()),
+        ("city", pa.string()),
+        ("lat", pa.float64()),
+        ("lon", pa.float64()),
+        ("epsg", pa.int32()),
+        ("x_m", pa.float64()),
+        ("y_m", pa.float64()),
+        ("photo_uri", pa.string()),
+        ("photo_width", pa.int32()),
+        ("photo_height", pa.int32()),
+        ("photo_sha256", pa.string()),
+        ("chip_uri", pa.string()),
+        ("chip_edge_m", pa.float64()),
+        ("chip_px", pa.int32()),
+        ("gsd_m", pa.float64()),
+        ("tile_id", pa.string()),
+        ("owner", pa.string()),
+        ("owner_name", pa.string()),
+        ("title", pa.string()),
+        ("date_taken", pa.string()),
+        ("accuracy", pa.int32()),
+        ("photo_licence", pa.string()),
+        ("photo_licence_url", pa.string()),
+        ("page_url", pa.string()),
+        ("overhead_licence", pa.string()),
+        ("overhead_licence_url", pa.string()),
+        ("overhead_attribution", pa.string()),
+        ("satellite", pa.string()),
+        ("nodata_fraction", pa.float64()),
+    ]
+)
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "photos": PHOTOS,
+    "downloads": DOWNLOADS,
+    "tiles": TILES,
+    "pairs": PAIRS,
+    "chips": CHIPS,
+    "decisions": DECISIONS,
+    "manifest": MANIFEST,
+}
+
+# Sort keys: rows are written in this order so outputs do not depend on task completion order.
+SORT_KEYS: dict[str, list[str]] = {
+    "tiles": ["tile_id"],
+    "decisions": ["id", "filter"],
+}
+
+
+def table_from_rows(rows: Iterable[Mapping], schema: pa.Schema) -> pa.Table:
+    """Build a table from dict rows; missing columns become nulls, extra keys are an error."""
+    rows = list(rows)
+    names = set(schema.names)
+    for i, row in enumerate(rows):
+        extra = set(row) - names
+        if extra:
+            raise SchemaError(f"row {i} has columns not in the schema: {sorted(extra)}")
+    columns = {name: [row.get(name) for row in rows] for name in schema.names}
+    try:
+        return pa.table(columns, schema=schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+        raise SchemaError(f"rows do not fit the schema: {err}") from None
+
+
+def _sorted(table: pa.Table, keys: Sequence[str]) -> pa.Table:
+    if table.num_rows == 0:
+        return table
+    return table.take(pc.sort_indices(table, sort_keys=[(k, "ascending") for k in keys]))
+
+
+def write_table(table: pa.Table, path: str | Path, schema: pa.Schema, sort_by: Sequence[str] | None = None) -> None:
+    """Validate against ``schema``, sort, and write Parquet atomically and deterministically."""
+    if table.schema != schema:
+        try:
+            table = table.select(schema.names).cast(schema)
+        except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+            raise SchemaError(f"{path}: table does not match its schema: {err}") from None
+    table = _sorted(table, sort_by if sort_by is not None else ["id"])
+    table = table.replace_schema_metadata(None)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd", write_statistics=True, row_group_size=256_000)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_table(path: str | Path, schema: pa.Schema, columns: Sequence[str] | None = None) -> pa.Table:
+    """Read a table written by :func:`write_table`, checking its schema."""
+    path = Path(path)
+    if not path.exists():
+        raise StageInputError(f"{path} does not exist: run the stage that writes it first (`dvc repro`)")
+    table = pq.read_table(path, columns=list(columns) if columns else None)
+    want = schema if columns is None else pa.schema([schema.field(c) for c in columns])
+    if not table.schema.equals(want):
+        raise SchemaError(f"{path}: schema differs from the declared one; rerun the stage that writes it")
+    return table

@@ -1,0 +1,213 @@
+"""The image and tile store: a local folder or ``s3://bucket/prefix``, with atomic writes.
+
+Tables hold the URIs this module returns: a path relative to the working directory for a
+relative local store (never an absolute path unless the user configured one), or ``s3://``.
+Any URI (store, ``s3://``, ``http(s)://`` or local path) can be read back with
+:func:`read_bytes`, and rasters are opened through :func:`gdal_path` + :func:`rasterio_env`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pipeline.config import S3Params
+from pipeline.errors import StoreError
+
+_TMP_PREFIX = ".crossview-tmp-"
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def is_http(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """``s3://bucket/a/b`` -> ``("bucket", "a/b")``."""
+    parsed = urlparse(uri)
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+@functools.lru_cache(maxsize=8)
+def s3_client(endpoint_url: str | None, region: str, anonymous: bool):
+    """A boto3 S3 client; anonymous (UNSIGNED) for public buckets such as SpaceNet's."""
+    import boto3
+    from botocore import UNSIGNED
+    from botocore.config import Config
+
+    config = Config(signature_version=UNSIGNED) if anonymous else Config()
+    config = config.merge(Config(retries={"max_attempts": 5, "mode": "standard"}))
+    return boto3.client("s3", endpoint_url=endpoint_url or None, region_name=region, config=config)
+
+
+def client_for(s3: S3Params, anonymous: bool | None = None):
+    return s3_client(s3.endpoint_url, s3.region, s3.anonymous if anonymous is None else anonymous)
+
+
+def gdal_path(uri: str) -> str:
+    """The path GDAL/rasterio opens for a URI: ``/vsis3/`` for S3, ``/vsicurl/`` for HTTP."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        return f"/vsis3/{bucket}/{key}"
+    if is_http(uri):
+        return f"/vsicurl/{uri}"
+    return uri
+
+
+def gdal_options(s3: S3Params, anonymous: bool | None = None) -> dict[str, str]:
+    """GDAL config options for ``/vsis3/`` reads that match the boto3 client's settings."""
+    opts = {
+        "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+        "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.TIF,.tiff,.TIFF,.vrt,.ovr",
+        "AWS_REGION": s3.region,
+        "GDAL_HTTP_MAX_RETRY": "4",
+        "GDAL_HTTP_RETRY_DELAY": "1",
+    }
+    if s3.anonymous if anonymous is None else anonymous:
+        opts["AWS_NO_SIGN_REQUEST"] = "YES"
+    if s3.endpoint_url:
+        parsed = urlparse(s3.endpoint_url)
+        opts["AWS_S3_ENDPOINT"] = parsed.netloc
+        opts["AWS_HTTPS"] = "YES" if parsed.scheme == "https" else "NO"
+        opts["AWS_VIRTUAL_HOSTING"] = "FALSE"
+    return opts
+
+
+def rasterio_env(s3: S3Params, anonymous: bool | None = None):
+    """A ``rasterio.Env`` configured for local, HTTP and S3 (``/vsis3/``) reads."""
+    import rasterio
+
+    return rasterio.Env(**gdal_options(s3, anonymous))
+
+
+def read_bytes(uri: str, s3: S3Params, timeout_s: float = 60.0) -> bytes:
+    """Read a whole object from a local path, ``s3://`` or ``http(s)://`` URI."""
+    try:
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            return client_for(s3).get_object(Bucket=bucket, Key=key)["Body"].read()
+        if is_http(uri):
+            import requests
+
+            resp = requests.get(uri, timeout=timeout_s)
+            resp.raise_for_status()
+            return resp.content
+        return Path(uri).read_bytes()
+    except FileNotFoundError:
+        raise StoreError(f"{uri}: no such file") from None
+    except Exception as err:  # noqa: BLE001 - re-raised with the URI named, credentials never included
+        if isinstance(err, StoreError):
+            raise
+        raise StoreError(f"{uri}: read failed: {type(err).__name__}: {_safe(err)}") from None
+
+
+def _safe(err: BaseException) -> str:
+    """Error text with anything that looks like a credential removed."""
+    text = str(err)
+    for var in ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN", "FLICKR_API_KEY", "FLICKR_API_SECRET"):
+        value = os.environ.get(var)
+        if value:
+            text = text.replace(value, "***")
+    return text
+
+
+class Store:
+    """A place to put images and tiles: a local folder or an S3 prefix."""
+
+    def __init__(self, root: str, s3: S3Params | None = None) -> None:
+        self.root = root.rstrip("/")
+        self.s3 = s3 or S3Params()
+        self.remote = is_s3(self.root)
+
+    def __repr__(self) -> str:
+        return f"Store({self.root!r})"
+
+    def uri(self, key: str) -> str:
+        """The URI recorded in tables for ``key`` (e.g. ``photos/123.jpg``)."""
+        return f"{self.root}/{key.lstrip('/')}"
+
+    def _s3(self):
+        # Writing to a store needs credentials even when source imagery is read anonymously.
+        return client_for(self.s3, anonymous=False)
+
+    def exists(self, key: str) -> bool:
+        uri = self.uri(key)
+        if not self.remote:
+            return Path(uri).is_file()
+        bucket, k = split_s3(uri)
+        try:
+            self._s3().head_object(Bucket=bucket, Key=k)
+            return True
+        except Exception as err:  # noqa: BLE001
+            code = getattr(err, "response", {}).get("Error", {}).get("Code")
+            if code in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise StoreError(f"{uri}: cannot check existence: {_safe(err)}") from None
+
+    def put_bytes(self, key: str, data: bytes) -> str:
+        """Write ``data`` at ``key`` atomically; return its URI."""
+        with self.writer(key) as tmp:
+            Path(tmp).write_bytes(data)
+        return self.uri(key)
+
+    @contextlib.contextmanager
+    def writer(self, key: str) -> Iterator[str]:
+        """Yield a local temp path to write; on success it becomes ``key`` atomically."""
+        uri = self.uri(key)
+        if self.remote:
+            tmpdir = None
+        else:
+            tmpdir = Path(uri).parent
+            tmpdir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=tmpdir, prefix=_TMP_PREFIX, suffix=Path(key).suffix)
+        os.close(fd)
+        try:
+            yield tmp
+            if self.remote:
+                bucket, k = split_s3(uri)
+                self._s3().upload_file(tmp, bucket, k)  # one PUT or a multipart upload: all or nothing
+            else:
+                os.replace(tmp, uri)
+        except Exception as err:
+            if isinstance(err, StoreError) or not self.remote:
+                raise
+            raise StoreError(f"{uri}: write failed: {_safe(err)}") from None
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    def local_copy(self, key: str) -> str:
+        """The local path of ``key`` (downloaded to a temp file for S3 stores)."""
+        uri = self.uri(key)
+        if not self.remote:
+            return uri
+        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=Path(key).suffix)
+        os.close(fd)
+        bucket, k = split_s3(uri)
+        self._s3().download_file(bucket, k, tmp)
+        return tmp
+
+    def clean_partial(self, prefix: str) -> int:
+        """Remove temp files an interrupted run left under ``prefix`` (local stores); return the count."""
+        if self.remote:
+            return 0  # S3 uploads are atomic: an interrupted PUT leaves nothing behind
+        base = Path(self.uri(prefix))
+        if not base.exists():
+            return 0
+        stale = list(base.rglob(f"{_TMP_PREFIX}*"))
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return len(stale)
+
+    def remove_tree(self, prefix: str) -> None:
+        """Delete everything under ``prefix`` (local stores only; used by tests and `--force`)."""
+        if not self.remote:
+            shutil.rmtree(self.uri(prefix), ignore_errors=True)
