@@ -1,0 +1,1 @@
+"""Generate the embedded demo AOI (being written)."""
