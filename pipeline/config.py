@@ -89,6 +89,51 @@ class FilterParams(_Section):
     verdicts: str = "review/verdicts.csv"
 
 
+class FlickrParams(_Section):
+    """Flickr harvest (source: flickr). Credentials come from the environment, never from params."""
+
+    rest_url: str = "https://api.flickr.com/services/rest/"
+    bbox: tuple[float, float, float, float] | None = None  # [min_lon, min_lat, max_lon, max_lat]
+    licences: list[int] = list(range(1, 17))  # all that allow redistribution with attribution
+    min_upload_date: str | None = "2004-01-01"  # a geo query needs a limiting agent
+    max_upload_date: str | None = None
+    min_accuracy: int = Field(1, ge=1, le=16)
+    calls_per_hour: float = Field(3600, gt=0)
+    split_threshold: int = Field(3500, ge=1, le=4000)
+    min_cell_deg: float = Field(0.001, gt=0)
+    per_page: int = Field(250, ge=1, le=500)
+    retries: int = Field(6, ge=0)
+    backoff_s: float = Field(1.0, ge=0)
+    timeout_s: float = Field(30.0, gt=0)
+    credentials_file: str | None = None  # YAML/ini file with key and secret, instead of the env vars
+    state_dir: str = "data/flickr_state"
+    size: str = "largest<=1024"  # or one of url_o, url_l, url_c, url_z, url_m, url_n
+
+
+class ClassifyParams(_Section):
+    """Scene classification for the indoor rule and embeddings for the relevance head."""
+
+    model: Literal["imagenet", "places365"] = "imagenet"
+    places365_checkpoint: str | None = None  # path to resnet18_places365.pth.tar / wideresnet18_places365.pth.tar
+    places365_arch: Literal["resnet18", "resnet50", "wideresnet18"] = "resnet18"
+    top_k: int = Field(10, ge=1)
+    indoor_threshold: float = Field(0.5, ge=0, le=1)
+    min_indoor_mass: float = Field(0.15, ge=0, le=1)
+    device: str = "auto"
+    batch_size: int = Field(16, ge=1)
+    loader_workers: int = Field(2, ge=0)
+    threads: int = Field(2, ge=1)
+
+
+class RelevanceParams(_Section):
+    """The relevance head trained from curator verdicts."""
+
+    min_labels: int = Field(20, ge=2)
+    threshold: float = Field(0.5, ge=0, le=1)
+    c: float = Field(1.0, gt=0)
+    seed: int = 0
+
+
 class Params(_Section):
     """Everything params.yaml may hold."""
 
@@ -105,6 +150,9 @@ class Params(_Section):
     split: SplitParams = SplitParams()
     chip: ChipParams = ChipParams()
     filter: FilterParams = FilterParams()
+    flickr: FlickrParams = FlickrParams()
+    classify: ClassifyParams = ClassifyParams()
+    relevance: RelevanceParams = RelevanceParams()
 
 
 def _describe(err: ValidationError) -> str:
