@@ -1,0 +1,39 @@
+"""The executor: Dask threads locally, a dask.distributed cluster by address; order kept."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from pipeline.executor import run
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+def test_local_threads_keep_input_order_and_use_several_threads():
+    seen: set[int] = set()
+
+    def work(x: int) -> int:
+        seen.add(threading.get_ident())
+        return x * 2
+
+    assert list(run(work, range(100), workers=4, batch_size=16)) == [x * 2 for x in range(100)]
+    assert len(seen) >= 1
+
+
+def test_exceptions_propagate():
+    def boom(x: int) -> int:
+        raise ValueError(f"bad {x}")
+
+    with pytest.raises(ValueError, match="bad"):
+        list(run(boom, [1, 2], workers=2))
+
+
+def test_same_tasks_run_on_a_distributed_scheduler():
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+        out = list(run(_square, range(20), scheduler=cluster.scheduler_address, workers=2))
+    assert out == [x * x for x in range(20)]
