@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -25,3 +29,49 @@ def s3():
     """S3Params for a fresh moto S3 server on loopback (boto3 and GDAL /vsis3/ both reach it)."""
     with moto_s3() as params:
         yield params
+
+
+def tracked_files() -> list[str]:
+    """The repo's files as a fresh clone would have them (tracked + untracked-not-ignored)."""
+    out = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, check=True, capture_output=True, text=True
+    ).stdout
+    return [line for line in out.splitlines() if line and (REPO / line).is_file()]
+
+
+def sh(cmd: list[str], cwd: Path, timeout: int = 1500) -> str:
+    """Run a command, fail the test with its output tail when it fails; return stdout+stderr."""
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONHASHSEED": "0"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{out[-6000:]}"
+    return out
+
+
+def digests(root: Path, patterns: tuple[str, ...]) -> dict[str, str]:
+    """sha256 of every file matching the glob patterns under root."""
+    found = {}
+    for pattern in patterns:
+        for path in sorted(root.glob(pattern)):
+            if path.is_file():
+                found[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+@pytest.fixture(scope="session")
+def demo_repo(tmp_path_factory) -> Path:
+    """A temp copy of the repo (its own git repo) after a real `dvc repro` of the demo.
+
+    Shared by the whole session: tests that change params or verdicts must restore them.
+    The first repro's log is kept in ``first_repro.log``.
+    """
+    root = tmp_path_factory.mktemp("repo")
+    for rel in tracked_files():
+        dst = root / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, dst)
+    sh(["git", "init", "-q"], root)
+    sh(["git", "add", "-A"], root)
+    sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"], root)
+    (root / "first_repro.log").write_text(sh(["dvc", "repro"], root))
+    return root

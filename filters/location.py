@@ -1,0 +1,119 @@
+"""Rules on where a photo is: its coordinates, the deny list, and what the pair stage found."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pyarrow as pa
+import shapely
+
+from catalogs import load_deny_list
+from filters import Tables, by_id, column, decisions_table
+from pipeline.config import FilterParams
+from pipeline.errors import CatalogError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+# Pair statuses that have their own filter; every other non-paired status is a pairing drop.
+OWN_FILTER = {"bad_coordinates": "coordinates", "density": "density", "split_buffer": "split_buffer"}
+
+
+def _pair_status_rule(tables: Tables, name: str, status: str) -> pa.Table:
+    """Judge every pair: dropped when its status is ``status``, with the pair's reason."""
+    out = []
+    for i, r in by_id(tables.pairs, ["status", "reason"]).items():
+        if r["status"] == status:
+            out.append((i, False, f"{status}: {r['reason']}" if r["reason"] else status, None))
+        else:
+            out.append((i, True, "", None))
+    return decisions_table(name, out)
+
+
+def coordinates(tables: Tables, params: FilterParams) -> pa.Table:
+    """Drop photos whose coordinates the pair stage found unusable (NaN, out of range)."""
+    return _pair_status_rule(tables, "coordinates", "bad_coordinates")
+
+
+def density(tables: Tables, params: FilterParams) -> pa.Table:
+    """Drop photos the pair stage thinned out (closer than ``pair.density_m`` to a kept photo)."""
+    return _pair_status_rule(tables, "density", "density")
+
+
+def split_buffer(tables: Tables, params: FilterParams) -> pa.Table:
+    """Drop photos in the buffer the pair stage leaves between split blocks."""
+    return _pair_status_rule(tables, "split_buffer", "split_buffer")
+
+
+def pairing(tables: Tables, params: FilterParams) -> pa.Table:
+    """Drop photos without a usable pair: outside every tile, too near a tile edge, not downloaded.
+
+    Judges every photo, so one with no pair row at all (or a pair status no other filter knows)
+    is dropped here rather than lost.
+    """
+    pairs = by_id(tables.pairs, ["status", "reason", "split"])
+    out = []
+    for i in column(tables.photos, "id"):
+        r = pairs.get(i)
+        if r is None:
+            out.append((i, False, "not_paired: no row in the pairs table (rerun `crossview pair`)", None))
+        elif r["status"] == "paired":
+            ok = r["split"] in SPLITS
+            out.append((i, ok, "" if ok else f"no_split: paired but split is {r['split']!r}", None))
+        elif r["status"] in OWN_FILTER:
+            out.append((i, True, "", None))  # dropped by its own filter
+        else:
+            status = r["status"] or "unknown_status"
+            out.append((i, False, f"{status}: {r['reason']}" if r["reason"] else status, None))
+    return decisions_table("pairing", out)
+
+
+def _polygons(wkts: tuple[str, ...], path: str) -> list:
+    polys = []
+    for k, wkt in enumerate(wkts):
+        try:
+            geom = shapely.from_wkt(wkt)
+        except shapely.errors.GEOSException as err:
+            raise CatalogError(f"{path}: polygon {k + 1} is not valid WKT ({err}); use lon lat order, EPSG:4326") from None
+        if geom.geom_type not in ("Polygon", "MultiPolygon"):
+            raise CatalogError(f"{path}: polygon {k + 1} is a {geom.geom_type}, not a Polygon or MultiPolygon")
+        polys.append(geom)
+    return polys
+
+
+def _in_polygons(tables: Tables, polys: list) -> dict[str, int]:
+    """``{photo id: 1-based index of the first deny polygon containing it}`` (boundary counts)."""
+    if not polys:
+        return {}
+    ids, lats, lons = (column(tables.photos, c) for c in ("id", "lat", "lon"))
+    keep = [k for k, (lat, lon) in enumerate(zip(lats, lons)) if _finite(lat) and _finite(lon)]
+    points = shapely.points([lons[k] for k in keep], [lats[k] for k in keep])
+    hits = shapely.STRtree(polys).query(points, predicate="intersects")
+    found: dict[str, int] = {}
+    for p, g in sorted(zip(hits[0].tolist(), hits[1].tolist())):
+        found.setdefault(ids[keep[p]], g + 1)
+    return found
+
+
+def _finite(value) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def deny_list(tables: Tables, params: FilterParams) -> pa.Table:
+    """Drop photos whose id or owner is on the deny list, or whose geotag lies in a deny polygon."""
+    deny = load_deny_list(params.deny_list)
+    polys = _polygons(deny.polygons_wkt, params.deny_list)
+    in_poly = _in_polygons(tables, polys)
+    out = []
+    for i, r in by_id(tables.photos, ["owner"]).items():
+        why = []
+        if i in deny.ids:
+            why.append(f"photo id {i}")
+        if r["owner"] in deny.owners:
+            why.append(f"owner {r['owner']}")
+        if i in in_poly:
+            why.append(f"inside polygon {in_poly[i]}")
+        reason = f"deny_list: {', '.join(why)} ({params.deny_list})" if why else ""
+        out.append((i, not why, reason, None))
+    return decisions_table("deny_list", out)

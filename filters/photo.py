@@ -1,0 +1,124 @@
+"""Rules on the photo itself: did it download, is it usable, may it be redistributed, is its geotag precise."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from catalogs import load_licences
+from filters import Tables, by_id, column, decisions_table
+from pipeline.config import FilterParams
+
+# Flickr geo accuracy: 1 world ... 11 city ... 16 street. WITW searched at the default (16).
+STREET_LEVEL = 16
+
+
+def _ok_downloads(tables: Tables, columns: list[str]) -> list[tuple[str, dict]]:
+    """(id, values) of downloads with status ok, in table order."""
+    rows = by_id(tables.downloads, ["status", *columns])
+    return [(i, r) for i, r in rows.items() if r["status"] == "ok"]
+
+
+def download(tables: Tables, params: FilterParams) -> pa.Table:
+    """Drop photos whose download failed; the reason is the download status and its error text."""
+    rows = by_id(tables.downloads, ["status", "error"])
+    out = []
+    for i in column(tables.photos, "id"):
+        row = rows.get(i)
+        if row is None:
+            out.append((i, False, "no_download: no row in the downloads table (rerun `crossview download`)", None))
+        elif row["status"] == "ok":
+            out.append((i, True, "", None))
+        else:
+            status = row["status"] or "unknown_status"
+            out.append((i, False, f"{status}: {row['error']}" if row["error"] else status, None))
+    return decisions_table("download", out)
+
+
+def single_band(tables: Tables, params: FilterParams) -> pa.Table:
+    """Drop single-band (grayscale) photos, as WITW did, or keep them noting the RGB conversion."""
+    out = []
+    for i, r in _ok_downloads(tables, ["bands", "mode"]):
+        if r["bands"] is None:
+            continue
+        if r["bands"] != 1:
+            out.append((i, True, "", float(r["bands"])))
+        elif params.single_band == "drop":
+            out.append((i, False, f"single_band: 1 band (mode {r['mode']})", 1.0))
+        else:
+            out.append((i, True, f"single_band: converted to RGB (mode {r['mode']})", 1.0))
+    return decisions_table("single_band", out)
+
+
+def too_small(tables: Tables, params: FilterParams) -> pa.Table:
+    """Drop photos whose shorter side is below ``min_side_px``; the score is the shorter side."""
+    out = []
+    for i, r in _ok_downloads(tables, ["width", "height"]):
+        if r["width"] is None or r["height"] is None:
+            continue
+        side = min(r["width"], r["height"])
+        if side < params.min_side_px:
+            out.append((i, False, f"too_small: {r['width']}x{r['height']} px, shorter side < {params.min_side_px}", float(side)))
+        else:
+            out.append((i, True, "", float(side)))
+    return decisions_table("too_small", out)
+
+
+def duplicate_image(tables: Tables, params: FilterParams) -> pa.Table:
+    """Drop byte-identical copies of another photo; the smallest id of each group is kept."""
+    out = []
+    for i, r in _ok_downloads(tables, ["duplicate_of"]):
+        dup = r["duplicate_of"]
+        if dup and dup != i:
+            out.append((i, False, f"duplicate_image: same bytes as photo {dup}", None))
+        else:
+            out.append((i, True, "", None))
+    return decisions_table("duplicate_image", out)
+
+
+def _licence_problem(row: dict) -> tuple[str | None, str]:
+    """(drop reason or None, note for a kept row) for one photo's licence and attribution fields."""
+    catalog = load_licences()
+    by_name = {lic.name: lic for lic in catalog.values()}
+    known = catalog.get(row["licence_id"]) if row["licence_id"] is not None else None
+    name = row["licence"] or (known.name if known else None)
+    url = row["licence_url"] or (known.url if known else None)
+    known = known or by_name.get(name or "")
+    if not name or not url:
+        return f"licence: unknown licence (id {row['licence_id']}, name {row['licence']!r})", ""
+    if known is not None and not known.redistributable:
+        return f"licence: {name} does not allow redistribution", ""
+    if not row["owner"]:
+        return "licence: no owner to attribute", ""
+    if not row["page_url"]:
+        return "licence: no photo page URL to attribute", ""
+    note = "" if known else f"licence {name!r} is not in catalogs/flickr_licences.csv; redistribution not checked"
+    return None, note
+
+
+def licence(tables: Tables, params: FilterParams) -> pa.Table:
+    """Drop photos that cannot be redistributed with attribution (licence, owner, page URL)."""
+    rows = by_id(tables.photos, ["licence_id", "licence", "licence_url", "owner", "page_url"])
+    out = []
+    for i, row in rows.items():
+        problem, note = _licence_problem(row)
+        out.append((i, problem is None, problem or note, None))
+    return decisions_table("licence", out)
+
+
+def accuracy(tables: Tables, params: FilterParams) -> pa.Table:
+    """Drop photos whose Flickr geo accuracy is below ``min_accuracy`` (16 = street level).
+
+    A photo with no accuracy (custom photos, EXIF geotags) is kept with a note: there is no
+    Flickr level to compare, and the density and chip rules still apply to it.
+    """
+    out = []
+    for i, acc in by_id(tables.photos, ["accuracy"]).items():
+        value = acc["accuracy"]
+        if value is None:
+            out.append((i, True, "accuracy: unknown (no Flickr geo accuracy); kept", None))
+        elif value < params.min_accuracy:
+            detail = f"level {value} < {params.min_accuracy} (Flickr street level is {STREET_LEVEL})"
+            out.append((i, False, f"accuracy: {detail}", float(value)))
+        else:
+            out.append((i, True, "", float(value)))
+    return decisions_table("accuracy", out)
