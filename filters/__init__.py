@@ -48,7 +48,10 @@ class Filter(NamedTuple):
 def decisions_table(name: str, rows: Iterable[tuple[str, bool, str, float | None]]) -> pa.Table:
     """A DECISIONS table for filter ``name`` from ``(id, kept, reason, score)`` tuples."""
     return table_from_rows(
-        ({"id": i, "filter": name, "kept": kept, "reason": reason or "", "score": score} for i, kept, reason, score in rows),
+        (
+            {"id": i, "filter": name, "kept": kept, "reason": reason or "", "score": score}
+            for i, kept, reason, score in rows
+        ),
         DECISIONS,
     )
 
@@ -78,7 +81,7 @@ def first_drops(decisions: pa.Table, order: Sequence[str]) -> dict[str, tuple[st
     rank = {name: k for k, name in enumerate(order)}
     first: dict[str, tuple[tuple[int, str], str, str]] = {}
     ids, names, kept, reasons = (column(decisions, c) for c in ("id", "filter", "kept", "reason"))
-    for i, name, ok, reason in zip(ids, names, kept, reasons):
+    for i, name, ok, reason in zip(ids, names, kept, reasons, strict=True):
         if ok:
             continue
         key = (rank.get(name, len(rank)), name)

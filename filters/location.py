@@ -75,7 +75,9 @@ def _polygons(wkts: tuple[str, ...], path: str) -> list:
         try:
             geom = shapely.from_wkt(wkt)
         except shapely.errors.GEOSException as err:
-            raise CatalogError(f"{path}: polygon {k + 1} is not valid WKT ({err}); use lon lat order, EPSG:4326") from None
+            raise CatalogError(
+                f"{path}: polygon {k + 1} is not valid WKT ({err}); use lon lat order, EPSG:4326"
+            ) from None
         if geom.geom_type not in ("Polygon", "MultiPolygon"):
             raise CatalogError(f"{path}: polygon {k + 1} is a {geom.geom_type}, not a Polygon or MultiPolygon")
         polys.append(geom)
@@ -87,11 +89,11 @@ def _in_polygons(tables: Tables, polys: list) -> dict[str, int]:
     if not polys:
         return {}
     ids, lats, lons = (column(tables.photos, c) for c in ("id", "lat", "lon"))
-    keep = [k for k, (lat, lon) in enumerate(zip(lats, lons)) if _finite(lat) and _finite(lon)]
+    keep = [k for k, (lat, lon) in enumerate(zip(lats, lons, strict=True)) if _finite(lat) and _finite(lon)]
     points = shapely.points([lons[k] for k in keep], [lats[k] for k in keep])
     hits = shapely.STRtree(polys).query(points, predicate="intersects")
     found: dict[str, int] = {}
-    for p, g in sorted(zip(hits[0].tolist(), hits[1].tolist())):
+    for p, g in sorted(zip(hits[0].tolist(), hits[1].tolist(), strict=True)):
         found.setdefault(ids[keep[p]], g + 1)
     return found
 

@@ -57,7 +57,8 @@ def too_small(tables: Tables, params: FilterParams) -> pa.Table:
             continue
         side = min(r["width"], r["height"])
         if side < params.min_side_px:
-            out.append((i, False, f"too_small: {r['width']}x{r['height']} px, shorter side < {params.min_side_px}", float(side)))
+            detail = f"{r['width']}x{r['height']} px, shorter side < {params.min_side_px}"
+            out.append((i, False, f"too_small: {detail}", float(side)))
         else:
             out.append((i, True, "", float(side)))
     return decisions_table("too_small", out)
@@ -78,11 +79,10 @@ def duplicate_image(tables: Tables, params: FilterParams) -> pa.Table:
 def _licence_problem(row: dict) -> tuple[str | None, str]:
     """(drop reason or None, note for a kept row) for one photo's licence and attribution fields."""
     catalog = load_licences()
-    by_name = {lic.name: lic for lic in catalog.values()}
     known = catalog.get(row["licence_id"]) if row["licence_id"] is not None else None
     name = row["licence"] or (known.name if known else None)
     url = row["licence_url"] or (known.url if known else None)
-    known = known or by_name.get(name or "")
+    known = known or next((lic for lic in catalog.values() if lic.name == name), None)
     if not name or not url:
         return f"licence: unknown licence (id {row['licence_id']}, name {row['licence']!r})", ""
     if known is not None and not known.redistributable:

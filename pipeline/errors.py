@@ -34,3 +34,7 @@ class SchemaError(CrossviewError, ValueError):
 
 class StageInputError(CrossviewError, FileNotFoundError):
     """A stage's input table is missing: run the stage that writes it first."""
+
+
+class InvariantError(CrossviewError, ValueError):
+    """The tables would give a dataset that breaks an invariant (a photo lost, attribution missing)."""

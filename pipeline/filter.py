@@ -1,0 +1,156 @@
+"""Run every filter in ``filters.REGISTRY`` -> ``decisions`` (one row per photo x filter) + a funnel report.
+
+A curator ``keep`` verdict overrides drops by model-kind filters (indoor, relevance): the model's
+row becomes kept with the reason ``overridden by curator keep`` and the original reason, so the
+override is on record. Rule drops are never overridden.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from filters import REGISTRY, Filter, Tables, column, filter_order, first_drops, reason_code
+from pipeline.config import FilterParams, Params
+from pipeline.errors import SchemaError
+from pipeline.schemas import CHIPS, DECISIONS, DOWNLOADS, PAIRS, PHOTOS, SORT_KEYS, read_table, write_table
+
+log = logging.getLogger(__name__)
+
+CURATOR = "curator"
+OVERRIDE = "overridden by curator keep"
+UNASSIGNED = "unassigned"
+SPLITS = ("train", "val", "test")
+
+
+def _checked(f: Filter, table: pa.Table) -> pa.Table:
+    """A filter's output, checked: DECISIONS schema, its own name, one row per id."""
+    if not table.schema.equals(DECISIONS):
+        raise SchemaError(f"filter {f.name} returned a table that is not in the DECISIONS schema")
+    names = set(column(table, "filter"))
+    if names - {f.name}:
+        raise SchemaError(f"filter {f.name} returned rows named {sorted(names - {f.name})}")
+    ids = column(table, "id")
+    if len(set(ids)) != len(ids):
+        dup = sorted(i for i, n in Counter(ids).items() if n > 1)[:10]
+        raise SchemaError(f"filter {f.name} judged some photos twice: {', '.join(dup)}")
+    return table
+
+
+def apply_curator_override(decisions: pa.Table, registry: Sequence[Filter]) -> tuple[pa.Table, int]:
+    """Turn model-kind drops of photos with a curator ``keep`` into kept rows; return them and the count."""
+    models = pa.array(sorted({f.name for f in registry if f.kind == "model"}), pa.string())
+    if not len(models) or not decisions.num_rows:
+        return decisions, 0
+    keep_ids = pc.filter(decisions["id"], pc.and_(pc.equal(decisions["filter"], CURATOR), decisions["kept"]))
+    mask = pc.and_(
+        pc.and_(pc.is_in(decisions["filter"], value_set=models), pc.invert(decisions["kept"])),
+        pc.is_in(decisions["id"], value_set=keep_ids.combine_chunks()),
+    )
+    count = pc.sum(mask).as_py() or 0
+    if count:
+        was = pc.binary_join_element_wise(f"{OVERRIDE} (was: ", decisions["reason"].fill_null(""), ")", "")
+        decisions = decisions.set_column(2, "kept", pc.or_(decisions["kept"], mask))
+        decisions = decisions.set_column(3, "reason", pc.if_else(mask, was, decisions["reason"]))
+    return decisions, count
+
+
+def run_filters(tables: Tables, params: FilterParams, registry: Sequence[Filter] = REGISTRY) -> tuple[pa.Table, int]:
+    """Run every filter of ``registry``; return all decisions (sorted by id, filter) and the override count."""
+    parts = []
+    for f in registry:
+        table = _checked(f, f.fn(tables, params))
+        log.info("%s: %d judged, %d dropped", f.name, table.num_rows, column(table, "kept").count(False))
+        parts.append(table)
+    decisions = pa.concat_tables(parts) if parts else DECISIONS.empty_table()
+    decisions, overrides = apply_curator_override(decisions, registry)
+    if decisions.num_rows:
+        decisions = decisions.take(pc.sort_indices(decisions, sort_keys=[("id", "ascending"), ("filter", "ascending")]))
+    return decisions, overrides
+
+
+def _groups(ids: list[str], key: dict[str, str], removed: dict, first: Sequence[str] = ()) -> dict[str, dict[str, int]]:
+    """``{group: {found, removed, kept}}`` for photos grouped by ``key``: groups in ``first`` first, then by name."""
+    out: dict[str, dict[str, int]] = {}
+    for i in ids:
+        g = out.setdefault(key.get(i) or UNASSIGNED, {"found": 0, "removed": 0, "kept": 0})
+        g["found"] += 1
+        g["removed" if i in removed else "kept"] += 1
+    rank = {g: k for k, g in enumerate(first)}
+    return {g: out[g] for g in sorted(out, key=lambda g: (rank.get(g, len(rank)), g))}
+
+
+def funnel(photos: pa.Table, pairs: pa.Table, decisions: pa.Table, order: Sequence[str], overrides: int = 0) -> dict:
+    """The funnel report: photos found, newly removed by each filter in ``order``, kept; drops by reason, city, split.
+
+    A photo dropped by several filters is counted once, under the first in ``order``, so
+    ``found == kept + sum(removed.values())``. ``dropped`` counts every drop of each filter.
+    """
+    ids = column(photos, "id")
+    first = first_drops(decisions, order)
+    first = {i: first[i] for i in ids if i in first}
+    removed = Counter(name for name, _ in first.values())
+    all_drops = Counter(n for n, k in zip(column(decisions, "filter"), column(decisions, "kept"), strict=True) if not k)
+    remaining, left = {}, len(ids)
+    for name in order:
+        left -= removed[name]
+        remaining[name] = left
+    reasons = Counter(reason_code(reason) for _, reason in first.values())
+    return {
+        "found": len(ids),
+        "removed": {name: removed[name] for name in order},
+        "remaining": remaining,
+        "kept": len(ids) - len(first),
+        "dropped": {name: all_drops[name] for name in order},
+        "curator_overrides": overrides,
+        "by_reason": {code: reasons[code] for code in sorted(reasons)},
+        "by_city": _groups(ids, dict(zip(ids, column(photos, "city"), strict=True)), first),
+        "by_split": _groups(ids, dict(zip(column(pairs, "id"), column(pairs, "split"), strict=True)), first, SPLITS),
+    }
+
+
+def write_json(data: dict, path: str | Path) -> None:
+    """Write JSON atomically with a stable layout (insertion key order, 2-space indent, final newline)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def read_tables(args: argparse.Namespace) -> Tables:
+    return Tables(
+        photos=read_table(args.photos, PHOTOS),
+        downloads=read_table(args.downloads, DOWNLOADS),
+        pairs=read_table(args.pairs, PAIRS),
+        chips=read_table(args.chips, CHIPS),
+    )
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--photos", required=True, help="photos table (Parquet)")
+    parser.add_argument("--downloads", required=True, help="downloads table (Parquet)")
+    parser.add_argument("--pairs", required=True, help="pairs table (Parquet)")
+    parser.add_argument("--chips", required=True, help="chips table (Parquet)")
+    parser.add_argument("--out", required=True, help="decisions table to write (Parquet)")
+    parser.add_argument("--funnel", required=True, help="funnel report to write (DVC metrics JSON)")
+
+
+def main(params: Params, args: argparse.Namespace, registry: Sequence[Filter] = REGISTRY) -> int:
+    tables = read_tables(args)
+    decisions, overrides = run_filters(tables, params.filter, registry)
+    write_table(decisions, args.out, DECISIONS, sort_by=SORT_KEYS["decisions"])
+    report = funnel(tables.photos, tables.pairs, decisions, filter_order(registry, decisions), overrides)
+    write_json(report, args.funnel)
+    log.info("found %d photos, kept %d; by reason: %s", report["found"], report["kept"], report["by_reason"])
+    return 0
