@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -110,14 +111,29 @@ def read_bytes(uri: str, s3: S3Params, timeout_s: float = 60.0) -> bytes:
         raise StoreError(f"{uri}: read failed: {type(err).__name__}: {_safe(err)}") from None
 
 
-def _safe(err: BaseException) -> str:
-    """Error text with anything that looks like a credential removed."""
-    text = str(err)
-    for var in ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN", "FLICKR_API_KEY", "FLICKR_API_SECRET"):
+SECRET_ENV = (
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SESSION_TOKEN",
+    "FLICKR_API_KEY",
+    "FLICKR_API_SECRET",
+)
+
+
+def redact(text: str) -> str:
+    """Text without credentials: URL ``user:password@``, query strings (presigned URLs), secret env values."""
+    text = re.sub(r"(https?://)[^/\s@]+@", r"\1***@", text)
+    text = re.sub(r"\?[^\s'\"<>)]*=[^\s'\"<>)]*", "?***", text)
+    for var in SECRET_ENV:
         value = os.environ.get(var)
         if value:
             text = text.replace(value, "***")
     return text
+
+
+def _safe(err: BaseException) -> str:
+    """An exception's text, redacted."""
+    return redact(str(err))
 
 
 class Store:

@@ -1,0 +1,304 @@
+"""Fetch, validate and normalise photo files into the store → ``downloads`` table (one row per photo).
+
+Each photo is one unit of work (:func:`process_one`): fetch the bytes (local path, ``http(s)://``
+with retries, or ``s3://``), fully decode them (:func:`pipeline.images.inspect_image`), store an
+upright RGB JPEG at ``photos/<id>.jpg``, then write ``photos/<id>.json`` holding the row. The
+sidecar is written last and atomically, so it marks the unit finished: a rerun (after a crash or
+``kill -9``) reuses it and fetches only what is missing. Transient failures (timeouts, 5xx,
+connection errors) are not marked finished, so a rerun retries them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import random
+import re
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+import pyarrow as pa
+import requests
+from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, ReadTimeoutError
+from urllib3.exceptions import ReadTimeoutError as Urllib3ReadTimeout
+
+from pipeline.config import DownloadParams, Params, S3Params
+from pipeline.errors import SchemaError, StoreError
+from pipeline.executor import run
+from pipeline.images import inspect_image, normalise
+from pipeline.schemas import DOWNLOADS, PHOTOS, read_table, table_from_rows, write_table
+from pipeline.store import Store, client_for, is_http, is_s3, read_bytes, redact, split_s3
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "crossview/0.1 (cross-view geolocalization dataset builder)"
+BACKOFF_BASE_S = 0.5  # retry n waits uniform(0, min(cap, base * 2**n)): exponential backoff, full jitter
+BACKOFF_CAP_S = 30.0
+_SAFE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+_thread = threading.local()
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """The outcome of one fetch; ``final`` is False for transient failures a later run should retry."""
+
+    status: str  # ok | missing | http_error | timeout
+    data: bytes = b""
+    error: str = ""
+    final: bool = True
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every unit of work needs (picklable, so Dask cluster workers can receive it)."""
+
+    store_root: str
+    s3: S3Params
+    download: DownloadParams
+
+    def store(self) -> Store:
+        return Store(self.store_root, self.s3)
+
+
+# ---------------------------------------------------------------- fetching
+
+
+def _session() -> requests.Session:
+    """This worker thread's ``requests.Session`` (connections are reused across its photos)."""
+    session = getattr(_thread, "session", None)
+    if session is None:
+        session = requests.Session()
+        session.headers["User-Agent"] = USER_AGENT
+        _thread.session = session
+    return session
+
+
+def _timed_out(err: Exception) -> bool:
+    # requests wraps a read timeout met while streaming the body in a ConnectionError
+    return any(isinstance(arg, Urllib3ReadTimeout) for arg in err.args)
+
+
+def _get_once(url: str, timeout_s: float) -> Fetched:
+    """One GET with a whole-response deadline; HTTP status → missing / http_error (5xx, 429 transient)."""
+    deadline = time.monotonic() + timeout_s
+    try:
+        with _session().get(url, timeout=timeout_s, stream=True) as resp:
+            code = resp.status_code
+            if code in (404, 410):
+                return Fetched("missing", error=f"HTTP {code} {resp.reason}")
+            if not 200 <= code < 300:
+                return Fetched("http_error", error=f"HTTP {code} {resp.reason}", final=not (code >= 500 or code == 429))
+            chunks = []
+            for chunk in resp.iter_content(1 << 16):
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    return Fetched("timeout", error=f"response not complete within {timeout_s:g} s", final=False)
+            return Fetched("ok", b"".join(chunks))
+    except requests.Timeout:
+        return Fetched("timeout", error=f"no response within {timeout_s:g} s", final=False)
+    except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema, requests.exceptions.MissingSchema):
+        return Fetched("http_error", error="invalid URL: fix it in the photos table")
+    except requests.RequestException as err:
+        if _timed_out(err):
+            return Fetched("timeout", error=f"response not complete within {timeout_s:g} s", final=False)
+        return Fetched("http_error", error=f"connection failed: {type(err).__name__}: {redact(str(err))}", final=False)
+
+
+def fetch_http(url: str, opts: DownloadParams) -> Fetched:
+    """GET with ``opts.retries`` retries on timeouts, 5xx, 429 and connection errors (backoff + jitter)."""
+    result = Fetched("timeout")
+    for attempt in range(opts.retries + 1):
+        result = _get_once(url, opts.timeout_s)
+        if result.final:
+            return result
+        if attempt < opts.retries:
+            time.sleep(random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt)))
+    return replace(result, error=f"{result.error} (after {opts.retries + 1} attempts)")
+
+
+def fetch_s3(url: str, s3: S3Params) -> Fetched:
+    """GET an S3 object (botocore retries throttling and 5xx itself)."""
+    bucket, key = split_s3(url)
+    try:
+        return Fetched("ok", client_for(s3).get_object(Bucket=bucket, Key=key)["Body"].read())
+    except ClientError as err:
+        code = err.response.get("Error", {}).get("Code", "")
+        http = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in ("NoSuchKey", "NoSuchBucket", "NotFound", "404"):
+            return Fetched("missing", error=f"S3 {code}")
+        return Fetched("http_error", error=f"S3 HTTP {http} {code}", final=bool(http) and http < 500)
+    except (ConnectTimeoutError, ReadTimeoutError):
+        return Fetched("timeout", error="S3 request timed out", final=False)
+    except BotoCoreError as err:
+        return Fetched("http_error", error=f"S3 request failed: {type(err).__name__}: {redact(str(err))}", final=False)
+
+
+def fetch_local(path: str) -> Fetched:
+    """Read a local file (paths are relative to the working directory)."""
+    try:
+        return Fetched("ok", Path(path).read_bytes())
+    except (FileNotFoundError, NotADirectoryError):
+        return Fetched("missing", error="no such file")
+    except OSError as err:
+        return Fetched("missing", error=f"cannot read: {type(err).__name__}: {err.strerror}")
+
+
+def fetch(url: str, ctx: Context) -> Fetched:
+    """Fetch ``url`` from wherever it lives."""
+    if is_http(url):
+        return fetch_http(url, ctx.download)
+    if is_s3(url):
+        return fetch_s3(url, ctx.s3)
+    if url.startswith("file://"):
+        return fetch_local(url2pathname(urlparse(url).path))
+    if "://" in url:
+        scheme = url.split("://")[0]
+        return Fetched("missing", error=f"unsupported URL scheme {scheme!r} (use http(s)://, s3:// or a path)")
+    return fetch_local(url)
+
+
+# ---------------------------------------------------------------- one photo
+
+
+def _row(photo_id: str, **values) -> dict:
+    row = dict.fromkeys(DOWNLOADS.names)
+    row.update({"id": photo_id, "error": "", **values})
+    return row
+
+
+def _read_store(store: Store, key: str) -> bytes:
+    if store.remote:  # writing the store needs credentials, so reading it back does too
+        return read_bytes(store.uri(key), store.s3.model_copy(update={"anonymous": False}))
+    return Path(store.uri(key)).read_bytes()
+
+
+def _finished(store: Store, photo_id: str, stamp: dict) -> dict | None:
+    """The row of a finished unit for the same URL and settings, or None when it must be (re)done."""
+    key = f"photos/{photo_id}.json"
+    if not store.exists(key):
+        return None
+    try:
+        doc = json.loads(_read_store(store, key))
+        row = doc["row"]
+    except (StoreError, ValueError, KeyError, TypeError) as err:
+        log.warning("%s: unreadable sidecar, fetching again (%s)", store.uri(key), err)
+        return None
+    if doc.get("fetch") != stamp or set(row) != set(DOWNLOADS.names):
+        return None
+    if row["status"] == "ok":
+        if not store.exists(f"photos/{photo_id}.jpg"):
+            return None
+        row["uri"] = store.uri(f"photos/{photo_id}.jpg")
+    row["duplicate_of"] = None
+    return row
+
+
+def _info_row(photo_id: str, info) -> dict:
+    return _row(
+        photo_id, sha256=info.sha256, bytes=info.bytes, width=info.width, height=info.height, bands=info.bands,
+        mode=info.mode, exif_orientation=info.exif_orientation, status=info.status, error=info.error,
+    )
+
+
+def process_one(item: tuple[str, str | None], ctx: Context) -> dict:
+    """Fetch, validate, normalise and store one photo; return its ``downloads`` row (failures are data)."""
+    photo_id, url = item
+    if not url:
+        return _row(photo_id, status="no_url", error="the photos table has no image URL for this photo")
+    store = ctx.store()
+    stamp = {"url": url, "jpeg_quality": ctx.download.jpeg_quality}
+    done = _finished(store, photo_id, stamp)
+    if done is not None:
+        log.debug("%s: finished earlier, reused", photo_id)
+        return done
+    fetched = fetch(url, ctx)
+    if fetched.status != "ok":
+        row = _row(photo_id, status=fetched.status, error=fetched.error)
+        if fetched.final:
+            _mark_finished(store, photo_id, row, stamp)
+        return row
+    info = inspect_image(fetched.data)
+    row = _info_row(photo_id, info)
+    if info.status == "ok":
+        try:
+            jpeg = normalise(fetched.data, ctx.download.jpeg_quality)
+        except Exception as err:  # noqa: BLE001 - decodable but not convertible (exotic mode): recorded
+            row.update(status="corrupt", error=f"cannot convert to RGB: {type(err).__name__}: {err}")
+        else:
+            key = f"photos/{photo_id}.jpg"
+            with store.writer(key) as tmp:
+                Path(tmp).write_bytes(jpeg)
+            row["uri"] = store.uri(key)
+    _mark_finished(store, photo_id, row, stamp)
+    return row
+
+
+def _mark_finished(store: Store, photo_id: str, row: dict, stamp: dict) -> None:
+    doc = {"fetch": stamp, "row": {**row, "duplicate_of": None}}
+    store.put_bytes(f"photos/{photo_id}.json", json.dumps(doc, sort_keys=True).encode())
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def mark_duplicates(rows: list[dict]) -> list[dict]:
+    """Set ``duplicate_of`` to the smallest id with the same sha256 (ok rows only; not on that id itself)."""
+    first: dict[str, str] = {}
+    for row in sorted(rows, key=lambda r: r["id"]):
+        if row["status"] == "ok":
+            first.setdefault(row["sha256"], row["id"])
+    for row in rows:
+        original = first.get(row["sha256"]) if row["status"] == "ok" else None
+        row["duplicate_of"] = original if original != row["id"] else None
+    return rows
+
+
+def _check_ids(ids: list) -> None:
+    counts = Counter(ids)
+    repeated = sorted(str(i) for i, n in counts.items() if n > 1)
+    unsafe = sorted(str(i) for i in counts if i is None or not _SAFE_ID.fullmatch(str(i)))
+    if repeated or unsafe:
+        raise SchemaError(
+            f"photos table: ids must be unique and use only letters, digits, '.', '_', '-' "
+            f"(repeated: {repeated[:10]}, unusable: {unsafe[:10]}); rerun `crossview search`"
+        )
+
+
+def download(photos: pa.Table, params: Params) -> pa.Table:
+    """The ``downloads`` table for every photo in ``photos`` (columns ``id``, ``url``), files in the store."""
+    ids, urls = photos.column("id").to_pylist(), photos.column("url").to_pylist()
+    _check_ids(ids)
+    ctx = Context(params.store, params.s3, params.download)
+    store = ctx.store()
+    if not store.remote:
+        Path(store.uri("photos")).mkdir(parents=True, exist_ok=True)  # a dvc out even when nothing is stored
+    stale = store.clean_partial("photos")
+    if stale:
+        log.info("removed %d partial files left by an interrupted run", stale)
+    work = functools.partial(process_one, ctx=ctx)
+    items = sorted(zip(ids, urls, strict=True))
+    rows = mark_duplicates(list(run(work, items, scheduler=params.scheduler, workers=params.download.workers,
+                                    desc="download")))
+    counts = Counter(r["status"] for r in rows)
+    log.info("download: %s", ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    return table_from_rows(rows, DOWNLOADS)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--photos", required=True, help="photos table to read (Parquet)")
+    parser.add_argument("--out", required=True, help="downloads table to write (Parquet)")
+
+
+def main(params: Params, args: argparse.Namespace) -> int:
+    photos = read_table(args.photos, PHOTOS, columns=["id", "url"])
+    table = download(photos, params)
+    write_table(table, args.out, DOWNLOADS)
+    log.info("download: %d rows -> %s", table.num_rows, args.out)
+    return 0
