@@ -107,7 +107,7 @@ class FlickrParams(_Section):
     timeout_s: float = Field(30.0, gt=0)
     credentials_file: str | None = None  # YAML/ini file with key and secret, instead of the env vars
     state_dir: str = "data/flickr_state"
-    size: str = "largest<=1024"  # or one of url_o, url_l, url_c, url_z, url_m, url_n
+    size: str = Field("largest<=1024", pattern=r"^(largest<=[0-9]+|url_(o|k|h|l|c|z|m|n))$")  # or url_o, url_l, ...
 
 
 class ClassifyParams(_Section):

@@ -108,8 +108,19 @@ def _licence_columns(value, licence_url=None) -> dict:
 # ---------------------------------------------------------------- Flickr photo dicts
 
 
-def choose_url(d: Mapping) -> tuple[str | None, int | None, int | None]:
-    """The largest of url_l/c/z/m/n whose longest side is ≤ 1024 px, with its width and height."""
+def choose_url(d: Mapping, size: str = f"largest<={MAX_SIDE_PX}") -> tuple[str | None, int | None, int | None]:
+    """The image URL for ``size`` (``largest<=N``, or an extra such as ``url_o``) with its width and height.
+
+    ``largest<=N`` takes the largest of url_l/c/z/m/n whose longest side is ≤ N px. A named size the
+    photo lacks (originals can be restricted by their owner) falls back to ``largest<=1024``.
+    """
+    if size.startswith("url_"):
+        suffix = size[4:]
+        url = _text(d.get(size))
+        if url is not None:
+            return url, to_int(d.get(f"width_{suffix}")), to_int(d.get(f"height_{suffix}"))
+        size = f"largest<={MAX_SIDE_PX}"
+    cap = int(size.removeprefix("largest<="))
     best: tuple[int, str, int | None, int | None] | None = None
     for suffix, nominal in URL_SIZES:
         url = _text(d.get(f"url_{suffix}"))
@@ -117,7 +128,7 @@ def choose_url(d: Mapping) -> tuple[str | None, int | None, int | None]:
             continue
         width, height = to_int(d.get(f"width_{suffix}")), to_int(d.get(f"height_{suffix}"))
         side = max(width or 0, height or 0) or nominal
-        if side <= MAX_SIDE_PX and (best is None or side > best[0]):
+        if side <= cap and (best is None or side > best[0]):
             best = (side, url, width, height)
     if best is None:  # only over-size variants (not seen on Flickr): none fits the cap
         return None, None, None
@@ -132,13 +143,14 @@ def photo_row_from_flickr(
     *,
     source: str = "flickr",
     query_cell: str | None = None,
+    size: str = f"largest<={MAX_SIDE_PX}",
 ) -> dict:
     """A Flickr ``photos.search`` photo dict (with extras) → a ``photos`` row; ``base`` resolves relative URLs."""
     photo_id = _text(d.get("id"))
     if photo_id is None:
         raise CatalogError("photo dict without an 'id'")
     owner = _text(d.get("owner"))
-    url, width, height = choose_url(d)
+    url, width, height = choose_url(d, size)
     if url is not None and base is not None:
         url = local_uri(url, base)
     return {

@@ -75,9 +75,10 @@ def dedupe(rows: Iterable[dict]) -> list[dict]:
 def search(params: Params, demo_dir: str | Path) -> pa.Table:
     """The ``photos`` table for ``params.source``."""
     if params.source == "flickr":
-        raise ConfigError("source: flickr: the Flickr harvest comes with the Flickr search issue and is not "
-                          "available yet;\nuse source: demo, or source: custom with custom.photos")
-    if params.source == "custom":
+        from pipeline import flickr
+
+        rows = flickr.harvest(params, flickr.aois_from_params(params))
+    elif params.source == "custom":
         if not params.custom.photos:
             raise ConfigError("source: custom needs custom.photos (a CSV/Parquet photo table or a folder of images)")
         rows = photos_io.custom_rows(params.custom.photos)

@@ -247,3 +247,13 @@ def test_folder_ids_are_sanitised_and_unique(tmp_path):
         (tmp_path / name).write_bytes(b"")
     ids = sorted(r["id"] for r in rows_from_folder(tmp_path))
     assert ids == ["a_b.jpg", "a_b.jpg-2", "a_b.jpg-3", "x.jpg", "x.png", "y"]
+
+
+def test_size_param_picks_a_named_size_or_the_largest_under_a_cap():
+    d = {"url_m": "m.jpg", "width_m": "500", "height_m": 375, "url_l": "l.jpg", "width_l": 1024, "height_l": "768",
+         "url_o": "o.jpg", "width_o": "4000", "height_o": "3000"}
+    assert choose_url(d) == ("l.jpg", 1024, 768)
+    assert choose_url(d, "largest<=640") == ("m.jpg", 500, 375)
+    assert choose_url(d, "url_o") == ("o.jpg", 4000, 3000)
+    del d["url_o"]
+    assert choose_url(d, "url_o") == ("l.jpg", 1024, 768)  # owner restricted the original

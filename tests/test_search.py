@@ -98,10 +98,25 @@ def test_missing_or_malformed_demo_files_are_clear_errors(tmp_path):
         search.search(parse_params({}), tmp_path)
 
 
-def test_flickr_source_is_not_available_yet(tmp_path):
-    with pytest.raises(ConfigError, match="Flickr harvest") as err:
-        search.search(parse_params({"source": "flickr"}), tmp_path)
-    assert len(str(err.value).splitlines()) <= 2
+def test_flickr_source_harvests_through_the_flickr_protocol(tmp_path, monkeypatch):
+    from tests.flickr_server import expected_ids, flickr_server, make_population
+
+    photos = make_population(600, seed=3)
+    monkeypatch.setenv("FLICKR_API_KEY", "FAKEKEY-search-0000")
+    monkeypatch.setenv("FLICKR_API_SECRET", "FAKESECRET-search-1111")
+    with flickr_server(photos, {"FAKEKEY-search-0000": "FAKESECRET-search-1111"}) as server:
+        params = parse_params({
+            "source": "flickr",
+            "flickr": {"rest_url": server.rest_url, "bbox": [2.25, 48.80, 2.45, 48.92], "calls_per_hour": 1e8,
+                       "min_accuracy": 6, "min_upload_date": "2008-01-01", "max_upload_date": "2022-12-31",
+                       "state_dir": str(tmp_path / "state"), "backoff_s": 0.001},
+        })
+        table = search.search(params, tmp_path)
+    ids = table.column("id").to_pylist()
+    assert len(ids) == len(set(ids)) == 600
+    assert set(ids) == expected_ids(photos)
+    assert set(table.column("source").to_pylist()) == {"flickr"}
+    assert all(u.startswith("https://www.flickr.com/photos/") for u in table.column("page_url").to_pylist())
 
 
 def test_custom_source_needs_custom_photos(tmp_path):

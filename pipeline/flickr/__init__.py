@@ -1,0 +1,207 @@
+"""The Flickr harvest (``source: flickr``): every geotagged, licensed photo in each AOI -> ``photos`` rows.
+
+Entry points for ``search.py``::
+
+    aois = aois_from_params(params)            # flickr.bbox, or each SpaceNet raster's lon/lat bounds
+    table = harvest_table(params, aois)        # query, page, persist, de-duplicate -> PHOTOS table
+
+``harvest`` does the work: per AOI, a :class:`~pipeline.flickr.plan.Planner` splits the bbox
+until every query is under Flickr's 4,000-result cap, fetches every page through the rate-limited
+:class:`~pipeline.flickr.client.FlickrClient` and persists it in ``flickr.state_dir``; the rows
+are then built from the persisted pages, so an interrupted run resumes and a rerun costs only
+what is new.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+from tqdm import tqdm
+
+from pipeline.config import FlickrParams, Params, S3Params
+from pipeline.errors import RasterError
+from pipeline.flickr.client import (
+    Credentials,
+    FlickrAPIError,
+    FlickrAuthError,
+    FlickrClient,
+    FlickrRequestError,
+    FlickrUnavailableError,
+    TokenBucket,
+    load_credentials,
+)
+from pipeline.flickr.plan import (
+    Planner,
+    Progress,
+    fingerprint,
+    parse_int,
+    snap_bbox,
+    upload_range,
+)
+from pipeline.flickr.state import FINISHED, HarvestState
+
+__all__ = [
+    "AOI", "Credentials", "FlickrAPIError", "FlickrAuthError", "FlickrClient", "FlickrRequestError",
+    "FlickrUnavailableError", "TokenBucket", "aois_from_params", "harvest", "harvest_table",
+    "load_credentials", "parse_int", "raster_bounds_lonlat",
+]
+
+log = logging.getLogger(__name__)
+
+BBOX_AOI = "bbox"  # aoi/city recorded for photos of a flickr.bbox harvest
+
+
+@dataclass(frozen=True)
+class AOI:
+    """An area to harvest: its catalog name, city and lon/lat bbox (min_lon, min_lat, max_lon, max_lat)."""
+
+    aoi: str
+    city: str
+    bbox: tuple[float, float, float, float]
+
+
+# ---------------------------------------------------------------- AOI bounding boxes
+
+
+def _raster_uris(uri: str, s3: S3Params) -> list[str]:
+    """The GeoTIFFs a catalog ``uri`` names: itself, or every .tif under a prefix ending in '/'."""
+    if not uri.endswith("/"):
+        return [uri]
+    if uri.startswith("s3://"):
+        from pipeline.store import client_for, split_s3
+
+        bucket, prefix = split_s3(uri)
+        pages = client_for(s3).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+        return [f"s3://{bucket}/{k}" for k in sorted(keys) if k.lower().endswith((".tif", ".tiff"))]
+    return sorted(str(p) for p in Path(uri).glob("*") if p.suffix.lower() in (".tif", ".tiff"))
+
+
+def raster_bounds_lonlat(uri: str, s3: S3Params) -> tuple[float, float, float, float]:
+    """The lon/lat bounds of a raster (or of every GeoTIFF under a prefix), reading headers only."""
+    import rasterio
+    from rasterio.warp import transform_bounds
+
+    from pipeline.store import gdal_path, rasterio_env
+
+    uris = _raster_uris(uri, s3)
+    if not uris:
+        raise RasterError(f"{uri}: no GeoTIFF found under this prefix; run `crossview catalog` or set flickr.bbox")
+    boxes = []
+    with rasterio_env(s3):
+        for one in uris:
+            try:
+                with rasterio.open(gdal_path(one)) as src:
+                    if src.crs is None:
+                        raise RasterError(f"{one}: the raster has no CRS; set flickr.bbox instead")
+                    boxes.append(transform_bounds(src.crs, "EPSG:4326", *src.bounds, densify_pts=21))
+            except rasterio.errors.RasterioIOError as err:
+                raise RasterError(f"{one}: cannot read the raster header ({err}); run `crossview catalog` "
+                                  "to check the SpaceNet keys, or set flickr.bbox") from None
+    return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+
+
+def aois_from_params(params: Params, sources: Sequence | None = None) -> list[AOI]:
+    """``flickr.bbox`` as one AOI, else one AOI per raster catalog row (default: SpaceNet)."""
+    if params.flickr.bbox is not None:
+        return [AOI(BBOX_AOI, BBOX_AOI, snap_bbox(params.flickr.bbox))]
+    if sources is None:
+        from catalogs import load_spacenet
+
+        sources = load_spacenet()
+    aois = []
+    for src in sources:
+        bbox = raster_bounds_lonlat(src.uri, params.s3)
+        log.info("%s (%s): bbox %s", src.aoi, src.city, ", ".join(f"{v:.5f}" for v in bbox))
+        aois.append(AOI(src.aoi, src.city, bbox))
+    return aois
+
+
+# ---------------------------------------------------------------- the harvest
+
+
+def _flickr_params(params: Params | FlickrParams) -> FlickrParams:
+    return params.flickr if isinstance(params, Params) else params
+
+
+def _keep(photo: dict, lo: int, hi: int, min_accuracy: int) -> bool:
+    """Only photos uploaded in this run's range (pages of a wider earlier run are reused) and accurate enough."""
+    uploaded = parse_int(photo.get("dateupload"), default=lo)
+    accuracy = parse_int(photo.get("accuracy"), default=16)
+    return lo <= uploaded <= hi and accuracy >= min_accuracy
+
+
+def _rows(state: HarvestState, aoi: AOI, lo: int, hi: int, fp: FlickrParams, seen: set[str]) -> list[dict]:
+    from pipeline.photos_io import photo_row_from_flickr
+
+    rows = []
+    for cid in sorted(state.cells):
+        rec = state.cells[cid]
+        if rec.status not in FINISHED or rec.hi < lo or rec.lo > hi:
+            continue
+        for photo in state.cell_photos(cid):
+            pid = str(photo.get("id", ""))
+            if pid in seen or not _keep(photo, lo, hi, fp.min_accuracy):
+                continue
+            seen.add(pid)
+            rows.append(photo_row_from_flickr(
+                photo, aoi.aoi, aoi.city, None, source="flickr", query_cell=cid, size=fp.size
+            ))
+    return rows
+
+
+def _progress_bar(client: FlickrClient) -> tuple[tqdm, Progress]:
+    bar = tqdm(desc="flickr search", unit="call", disable=None, leave=False)
+    photos = [0]
+
+    def on_page(n: int) -> None:
+        photos[0] += n
+        bar.n = client.calls
+        bar.set_postfix(photos=photos[0], budget=f"{client.budget_left()}/{int(client.params.calls_per_hour)}/h")
+
+    return bar, Progress(on_page=on_page)
+
+
+def harvest(
+    params: Params | FlickrParams,
+    aois: Iterable[AOI],
+    state_dir: str | Path | None = None,
+    *,
+    client: FlickrClient | None = None,
+    now: Callable[[], float] = time.time,
+) -> list[dict]:
+    """Harvest every AOI; return ``photos`` rows (source flickr), one per photo id, sorted by id."""
+    fp = _flickr_params(params)
+    state_dir = Path(state_dir if state_dir is not None else fp.state_dir)
+    client = client or FlickrClient(fp)
+    lo, hi = upload_range(fp, now)
+    bar, progress = _progress_bar(client)
+    rows: list[dict] = []
+    seen: set[str] = set()
+    try:
+        for aoi in aois:
+            state = HarvestState(state_dir, aoi.aoi, fingerprint(fp, aoi.bbox))
+            planner = Planner(client, fp, state, progress)
+            planner.add_roots(aoi.bbox, lo, hi)
+            planner.run(lo, hi)
+            aoi_rows = _rows(state, aoi, lo, hi, fp, seen)
+            log.info("%s: %d photos from %d query cells (%d API calls so far)",
+                     aoi.aoi, len(aoi_rows), len(state.cells), client.calls)
+            rows.extend(aoi_rows)
+    finally:
+        bar.close()
+    return sorted(rows, key=lambda r: r["id"])
+
+
+def harvest_table(
+    params: Params | FlickrParams, aois: Iterable[AOI], state_dir: str | Path | None = None, **kwargs
+) -> pa.Table:
+    """:func:`harvest` as a ``PHOTOS`` table."""
+    from pipeline.schemas import PHOTOS, table_from_rows
+
+    return table_from_rows(harvest(params, aois, state_dir, **kwargs), PHOTOS)
