@@ -32,7 +32,7 @@ from urllib3.exceptions import ReadTimeoutError as Urllib3ReadTimeout
 from pipeline.config import DownloadParams, Params, S3Params
 from pipeline.errors import SchemaError, StoreError
 from pipeline.executor import run
-from pipeline.images import inspect_image, normalise
+from pipeline.images import inspect_image, storable
 from pipeline.schemas import DOWNLOADS, PHOTOS, read_table, table_from_rows, write_table
 from pipeline.store import Store, client_for, is_http, is_s3, read_bytes, redact, split_s3
 
@@ -228,7 +228,7 @@ def process_one(item: tuple[str, str | None], ctx: Context) -> dict:
     row = _info_row(photo_id, info)
     if info.status == "ok":
         try:
-            jpeg = normalise(fetched.data, ctx.download.jpeg_quality)
+            jpeg = storable(fetched.data, info, ctx.download.jpeg_quality)
         except Exception as err:  # noqa: BLE001 - decodable but not convertible (exotic mode): recorded
             row.update(status="corrupt", error=f"cannot convert to RGB: {type(err).__name__}: {err}")
         else:

@@ -47,21 +47,26 @@ def run(
 ) -> Iterator[R]:
     """Apply ``fn`` to every item through Dask and yield the results in input order."""
     import dask
+    from dask.callbacks import Callback
 
     items = list(items)
-    batch_size = batch_size or max(8, workers * 8)
+    # Large batches: each batch ends with a barrier where workers wait for the slowest task, so
+    # the fewer the batches the less idle time; results are small rows, so memory stays bounded.
+    batch_size = batch_size or max(256, workers * 64)
     bar = tqdm(total=len(items), desc=desc, unit="item", disable=None, leave=False)
     client = _client(scheduler) if scheduler else None
     try:
         for batch in _batches(items, batch_size):
             if client is not None:
                 results = client.gather(client.map(fn, list(batch), pure=False))
+                bar.update(len(batch))
             elif workers == 1:
                 results = [fn(item) for item in batch]
+                bar.update(len(batch))
             else:
                 tasks = [dask.delayed(fn, pure=False)(item) for item in batch]
-                results = dask.compute(*tasks, scheduler="threads", num_workers=workers)
-            bar.update(len(batch))
+                with Callback(posttask=lambda *_: bar.update(1)):
+                    results = dask.compute(*tasks, scheduler="threads", num_workers=workers)
             yield from results
     finally:
         bar.close()

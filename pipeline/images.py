@@ -103,3 +103,14 @@ def normalise(data: bytes, quality: int = 95) -> bytes:
         options["icc_profile"] = icc
     rgb.save(out, format="JPEG", **options)
     return out.getvalue()
+
+
+def needs_normalising(info: ImageInfo) -> bool:
+    """Whether a decodable photo must be re-encoded: anything but an upright RGB JPEG."""
+    return not (info.format == "JPEG" and info.mode == "RGB" and info.exif_orientation in (None, 1))
+
+
+def storable(data: bytes, info: ImageInfo, quality: int = 95) -> bytes:
+    """The bytes to store for a decodable photo: the original when it already is an upright RGB JPEG
+    (no second decode, no generation loss), else :func:`normalise`."""
+    return normalise(data, quality) if needs_normalising(info) else data

@@ -128,3 +128,18 @@ def test_normalise_is_deterministic_and_uses_quality(realdata):
     data = read(realdata, "outdoor_street_01.jpg")
     assert normalise(data, 90) == normalise(data, 90)
     assert len(normalise(data, 60)) < len(normalise(data, 95))
+
+
+def test_upright_rgb_jpegs_are_stored_as_fetched_and_others_normalised(realdata):
+    from pipeline.images import storable
+
+    photos = realdata / "photos"
+    street = (photos / "outdoor_street_01.jpg").read_bytes()
+    assert storable(street, inspect_image(street)) == street
+    for name in ("special_cmyk_01.jpg", "special_exif_orientation_01.jpg", "special_png_alpha_01.png",
+                 "special_grayscale_01.jpg"):
+        data = (photos / name).read_bytes()
+        out = storable(data, inspect_image(data))
+        assert out != data
+        info = inspect_image(out)
+        assert (info.format, info.mode, info.exif_orientation) == ("JPEG", "RGB", None)
