@@ -78,7 +78,7 @@ TILES = pa.schema(
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("band_order", pa.string()),
-        ("stretch", pa.string()),  # JSON: per output band [low, high] source values
+        ("stretch", pa.string()),  # JSON {"method": percentile|passthrough, "percentiles", "bands": [[lo, hi] x3]}
         ("satellite", pa.string()),
         ("licence", pa.string()),
         ("licence_url", pa.string()),

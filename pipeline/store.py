@@ -22,6 +22,8 @@ from pipeline.config import S3Params
 from pipeline.errors import StoreError
 
 _TMP_PREFIX = ".crossview-tmp-"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def is_s3(uri: str) -> bool:
@@ -108,7 +110,7 @@ def read_bytes(uri: str, s3: S3Params, timeout_s: float = 60.0) -> bytes:
     except Exception as err:  # noqa: BLE001 - re-raised with the URI named, credentials never included
         if isinstance(err, StoreError):
             raise
-        raise StoreError(f"{uri}: read failed: {type(err).__name__}: {_safe(err)}") from None
+        raise StoreError(f"{uri}: read failed: {type(err).__name__}: {redact(str(err))}") from None
 
 
 SECRET_ENV = (
@@ -129,11 +131,6 @@ def redact(text: str) -> str:
         if value:
             text = text.replace(value, "***")
     return text
-
-
-def _safe(err: BaseException) -> str:
-    """An exception's text, redacted."""
-    return redact(str(err))
 
 
 class Store:
@@ -167,7 +164,7 @@ class Store:
             code = getattr(err, "response", {}).get("Error", {}).get("Code")
             if code in ("404", "NoSuchKey", "NotFound"):
                 return False
-            raise StoreError(f"{uri}: cannot check existence: {_safe(err)}") from None
+            raise StoreError(f"{uri}: cannot check existence: {redact(str(err))}") from None
 
     def put_bytes(self, key: str, data: bytes) -> str:
         """Write ``data`` at ``key`` atomically; return its URI."""
@@ -192,11 +189,12 @@ class Store:
                 bucket, k = split_s3(uri)
                 self._s3().upload_file(tmp, bucket, k)  # one PUT or a multipart upload: all or nothing
             else:
+                os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; stored files are ordinary files
                 os.replace(tmp, uri)
         except Exception as err:
             if isinstance(err, StoreError) or not self.remote:
                 raise
-            raise StoreError(f"{uri}: write failed: {_safe(err)}") from None
+            raise StoreError(f"{uri}: write failed: {redact(str(err))}") from None
         finally:
             Path(tmp).unlink(missing_ok=True)
 

@@ -1,0 +1,293 @@
+"""Raster primitives: percentile stretch from an overview, WarpedVRT re-projection, windowed COG writing, footprint.
+
+Each primitive works window by window (or on a decimated read), so memory stays bounded whatever
+the raster size; GDAL's block cache is bounded by :func:`bound_gdal_cache`. Conventions:
+
+- nodata: a source pixel is nodata where GDAL's mask says so (nodata value, internal mask or
+  alpha) or where every selected band is 0 (WITW's rule: 0 is nodata in SpaceNet imagery).
+- 8-bit output: valid data is 1..255 and 0 is nodata in all three bands. uint16 (or other)
+  sources are stretched per band between the low/high percentiles of their valid non-zero pixels
+  (``gdal_translate -ot Byte -a_nodata 0 -scale lo hi 1 255``); uint8 sources are passed through
+  unstretched, except that a valid 0 becomes 1 so that 0 only ever means nodata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import MaskFlags, Resampling
+from rasterio.features import shapes
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import aligned_target, calculate_default_transform
+from rasterio.warp import transform as warp_points
+from rasterio.windows import Window
+from shapely.geometry import MultiPolygon, Polygon, shape
+from shapely.ops import unary_union
+
+from pipeline.errors import RasterError
+from pipeline.geo import utm_epsg
+
+log = logging.getLogger(__name__)
+
+CACHE_MB = 256  # GDAL block cache: the biggest term of peak RSS during a conversion
+WARP_MEM_MB = 64  # the warper's working buffer per chunk
+COG_BLOCK_PX = 512
+MAX_SIDE_PX = 400_000  # guards against a gsd_m typo filling the disk (a 120 km tile at 0.3 m)
+ALPHA_VALID = 128  # warped alpha >= this (half the kernel weight on valid source pixels) is valid
+
+
+def bound_gdal_cache(mb: int = CACHE_MB) -> None:
+    """Cap GDAL's (process-wide) block cache so peak RSS does not grow with the raster size."""
+    rasterio.env.set_gdal_config("GDAL_CACHEMAX", int(mb) * 2**20)
+
+
+@dataclass(frozen=True)
+class Stretch:
+    """How source values become 8-bit: per output band [low, high] -> 1..255, or uint8 pass-through."""
+
+    method: str  # "percentile" | "passthrough"
+    bands: tuple[tuple[float, float], ...]
+    percentiles: tuple[float, float] | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "method": self.method,
+                "percentiles": list(self.percentiles) if self.percentiles else None,
+                "bands": [list(b) for b in self.bands],
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Stretch:
+        data = json.loads(text)
+        pct = data.get("percentiles")
+        return cls(data["method"], tuple(tuple(b) for b in data["bands"]), tuple(pct) if pct else None)
+
+
+PASSTHROUGH = Stretch("passthrough", ((0.0, 255.0),) * 3)
+
+
+def overview_shape(height: int, width: int, max_px: int) -> tuple[int, int]:
+    """(h, w) of a decimated read whose longer side is at most ``max_px`` (never upsampled)."""
+    scale = min(1.0, max_px / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def compute_stretch(data: np.ndarray, valid: np.ndarray, percentiles: Sequence[float]) -> Stretch:
+    """Per-band [low, high] at ``percentiles`` of the valid, non-zero pixels of ``data`` (bands, h, w)."""
+    lo_pct, hi_pct = float(percentiles[0]), float(percentiles[1])
+    bands = []
+    for i, band in enumerate(data):
+        values = band[valid & (band != 0)]
+        if values.size == 0:
+            raise RasterError(f"band {i + 1} of the RGB selection has no valid non-zero pixels")
+        low, high = (float(v) for v in np.percentile(values, [lo_pct, hi_pct]))
+        bands.append((low, max(high, low + 1.0)))
+    return Stretch("percentile", tuple(bands), (lo_pct, hi_pct))
+
+
+def apply_stretch(data: np.ndarray, valid: np.ndarray, stretch: Stretch) -> np.ndarray:
+    """8-bit RGB (3, h, w) from ``data``: valid pixels in 1..255, invalid ones 0 in every band."""
+    if stretch.method == "passthrough":
+        out = np.clip(data, 1, 255).astype(np.uint8)
+    else:
+        low = np.array([b[0] for b in stretch.bands], dtype=np.float32)[:, None, None]
+        high = np.array([b[1] for b in stretch.bands], dtype=np.float32)[:, None, None]
+        scaled = 1.0 + (data.astype(np.float32) - low) * (254.0 / (high - low))
+        out = np.clip(np.rint(scaled), 1, 255).astype(np.uint8)
+    out[:, ~valid] = 0
+    return out
+
+
+def has_gdal_mask(src) -> bool:
+    """True when validity comes from an internal/external mask or alpha band rather than a nodata value."""
+    flags = src.mask_flag_enums[0]
+    return MaskFlags.per_dataset in flags or MaskFlags.alpha in flags
+
+
+def read_overview(src, max_px: int) -> tuple[np.ndarray, np.ndarray]:
+    """A decimated read of every band of ``src`` (longer side <= max_px) and its validity mask."""
+    h, w = overview_shape(src.height, src.width, max_px)
+    data = src.read(out_shape=(src.count, h, w))
+    valid = np.any(data != 0, axis=0)
+    if has_gdal_mask(src):
+        valid &= src.dataset_mask(out_shape=(h, w)) > 0
+    elif src.nodata is not None:
+        valid &= np.any(data != src.nodata, axis=0)
+    return data, valid
+
+
+def band_subset_path(path: str, bands: Sequence[int]) -> str:
+    """A GDAL ``vrt://`` connection string exposing only ``bands`` (1-based) of ``path``, so only they are warped."""
+    return f"vrt://{path}?bands={','.join(str(b) for b in bands)}"
+
+
+@dataclass(frozen=True)
+class Grid:
+    """An output pixel grid: EPSG code, affine transform and size."""
+
+    epsg: int
+    transform: Affine
+    width: int
+    height: int
+
+    @property
+    def gsd_m(self) -> float:
+        return float(self.transform.a)
+
+
+def target_epsg(src, hint: int | None = None) -> int:
+    """The UTM zone to re-project to: ``hint`` when given, else the zone of the raster's centre."""
+    if hint:
+        return int(hint)
+    if src.crs is None:
+        raise RasterError("the raster has no CRS: give it one (gdal_edit.py -a_srs) or drop it from the catalog")
+    left, bottom, right, top = src.bounds
+    lon, lat = warp_points(src.crs, "EPSG:4326", [(left + right) / 2], [(bottom + top) / 2])
+    return utm_epsg(lon[0], lat[0])
+
+
+def target_grid(src, epsg: int, gsd_m: float) -> Grid:
+    """The target-aligned grid (pixel edges on multiples of ``gsd_m``) covering ``src`` in ``epsg``."""
+    if src.crs is None:
+        raise RasterError("the raster has no CRS: give it one (gdal_edit.py -a_srs) or drop it from the catalog")
+    dst_crs = CRS.from_epsg(epsg)
+    transform, width, height = calculate_default_transform(
+        src.crs, dst_crs, src.width, src.height, *src.bounds, resolution=gsd_m
+    )
+    transform, width, height = aligned_target(transform, width, height, gsd_m)
+    if max(width, height) > MAX_SIDE_PX:
+        raise RasterError(
+            f"re-projected at gsd_m={gsd_m} the tile would be {width}x{height} px: raise tiles.gsd_m in params.yaml"
+        )
+    return Grid(epsg, transform, int(width), int(height))
+
+
+def block_windows(width: int, height: int, block_px: int) -> Iterator[Window]:
+    """Windows of at most ``block_px`` square covering a width x height grid, row by row."""
+    for row in range(0, height, block_px):
+        for col in range(0, width, block_px):
+            yield Window(col, row, min(block_px, width - col), min(block_px, height - row))
+
+
+def warped_blocks(src, grid: Grid, resampling: str, block_px: int) -> Iterator[tuple[Window, np.ndarray, np.ndarray]]:
+    """Re-project ``src`` onto ``grid`` through a WarpedVRT, yielding (window, bands, valid) block by block."""
+    nodata = None if has_gdal_mask(src) else (src.nodata if src.nodata is not None else 0)
+    with WarpedVRT(
+        src,
+        crs=CRS.from_epsg(grid.epsg),
+        transform=grid.transform,
+        width=grid.width,
+        height=grid.height,
+        resampling=Resampling[resampling],
+        src_nodata=nodata,
+        add_alpha=True,
+        warp_mem_limit=WARP_MEM_MB,
+        UNIFIED_SRC_NODATA="YES",  # nodata only where every band is nodata (all-zero pixels)
+    ) as vrt:
+        alpha = vrt.count
+        for window in block_windows(grid.width, grid.height, block_px):
+            data = vrt.read(window=window)
+            yield window, data[: alpha - 1], data[alpha - 1] >= ALPHA_VALID
+
+
+def _creation_options(compress: str) -> dict[str, str]:
+    opts = {"COMPRESS": compress.upper(), "BLOCKSIZE": str(COG_BLOCK_PX), "BIGTIFF": "IF_SAFER"}
+    opts["OVERVIEW_RESAMPLING"] = "AVERAGE"  # averages valid pixels only, so overviews keep nodata edges
+    if compress == "jpeg":
+        opts["QUALITY"] = "90"
+    else:
+        opts["PREDICTOR"] = "YES"
+    return opts
+
+
+def write_cog(
+    blocks: Iterator[tuple[Window, np.ndarray]], grid: Grid, out_path: str, compress: str, tags: dict[str, str]
+) -> None:
+    """Write 8-bit RGB blocks to a tiled temp GeoTIFF beside ``out_path``, then copy it as a COG with overviews.
+
+    nodata is 0; with JPEG compression (lossy, so 0 cannot mark nodata) the validity travels as
+    an alpha band that the COG driver turns into an internal mask.
+    """
+    raw = f"{out_path}.raw.tif"  # shares out_path's temp prefix, so Store.clean_partial removes leftovers
+    jpeg = compress == "jpeg"
+    profile = {
+        "driver": "GTiff",
+        "width": grid.width,
+        "height": grid.height,
+        "count": 4 if jpeg else 3,
+        "dtype": "uint8",
+        "crs": CRS.from_epsg(grid.epsg),
+        "transform": grid.transform,
+        "nodata": None if jpeg else 0,
+        "tiled": True,
+        "blockxsize": COG_BLOCK_PX,
+        "blockysize": COG_BLOCK_PX,
+        "compress": "zstd",
+        "zstd_level": 1,  # a scratch file: fast beats small
+        "bigtiff": "IF_SAFER",
+        "interleave": "pixel",
+    }
+    try:
+        with rasterio.open(raw, "w", **profile) as dst:
+            if jpeg:
+                dst.colorinterp = [
+                    rasterio.enums.ColorInterp.red,
+                    rasterio.enums.ColorInterp.green,
+                    rasterio.enums.ColorInterp.blue,
+                    rasterio.enums.ColorInterp.alpha,
+                ]
+            dst.update_tags(**tags)
+            for window, rgb in blocks:
+                if jpeg:
+                    rgb = np.concatenate([rgb, ((rgb[0] > 0) * 255).astype(np.uint8)[None]])
+                dst.write(rgb, window=window)
+        rasterio.shutil.copy(raw, out_path, driver="COG", **_creation_options(compress))
+    finally:
+        Path(raw).unlink(missing_ok=True)
+
+
+def footprint(path: str, max_px: int) -> Polygon | MultiPolygon:
+    """The outer boundary of valid data (holes filled, simplified, shrunk ~1.5 decimated px) in the file's CRS."""
+    with rasterio.open(path) as ds:
+        h, w = overview_shape(ds.height, ds.width, max_px)
+        mask = (ds.dataset_mask(out_shape=(h, w)) > 0).astype(np.uint8)
+        transform = ds.transform @ Affine.scale(ds.width / w, ds.height / h)
+    px = abs(transform.a)
+    parts = [Polygon(shape(geom).exterior) for geom, value in shapes(mask, transform=transform) if value]
+    if not parts:
+        return Polygon()
+    # Overview masks are optimistic by up to one decimated pixel and simplifying moves edges by at
+    # most its tolerance, so shrinking by both keeps the polygon inside the valid data.
+    outline = _fill_holes(unary_union(parts)).simplify(0.5 * px, preserve_topology=True)
+    shrunk = outline.buffer(-1.5 * px, join_style="mitre")
+    return Polygon() if shrunk.is_empty else shrunk
+
+
+def _fill_holes(geom: Polygon | MultiPolygon) -> Polygon | MultiPolygon:
+    """The geometry without interior rings (a union of hole-free parts can still enclose a gap)."""
+    if isinstance(geom, Polygon):
+        return Polygon(geom.exterior)
+    return MultiPolygon([Polygon(g.exterior) for g in geom.geoms])
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 hex digest of a file, streamed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
