@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "chip": ("pipeline.chip", "cut an overhead chip around each pair -> chips"),
     "filter": ("pipeline.filter", "run every rule in filters/ -> decisions + funnel report"),
     "manifest": ("pipeline.manifest", "write train/val/test manifests, the dataset card and counts"),
+    "review": ("pipeline.review", "serve the curator review page on 127.0.0.1; verdicts feed the next dvc repro"),
     "catalog": ("pipeline.catalog_check", "check that the SpaceNet catalog's S3 keys exist"),
     "picture": ("pipeline.picture", "draw a PNG of a few pairs (photo beside chip) from a manifest"),
 }
