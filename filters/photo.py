@@ -118,7 +118,7 @@ def accuracy(tables: Tables, params: FilterParams) -> pa.Table:
             out.append((i, True, "accuracy: unknown (no Flickr geo accuracy); kept", None))
         elif value < params.min_accuracy:
             detail = f"level {value} < {params.min_accuracy} (Flickr street level is {STREET_LEVEL})"
-            out.append((i, False, f"accuracy: {detail}", float(value)))
+            out.append((i, False, f"low_accuracy: {detail}", float(value)))
         else:
             out.append((i, True, "", float(value)))
     return decisions_table("accuracy", out)

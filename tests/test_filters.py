@@ -221,7 +221,7 @@ def test_too_small_and_duplicate_image(world):
 
 def test_accuracy_below_street_level_is_dropped_and_unknown_is_kept_with_a_note(world):
     d = judged(photo.accuracy(*world))
-    assert d["p09"][0] is False and d["p09"][1].startswith("accuracy: level 11 < 16") and d["p09"][2] == 11.0
+    assert d["p09"][0] is False and d["p09"][1].startswith("low_accuracy: level 11 < 16") and d["p09"][2] == 11.0
     assert d["p19"] == (True, "accuracy: unknown (no Flickr geo accuracy); kept", None)
     assert d["p01"] == (True, "", 16.0)
 
