@@ -6,9 +6,11 @@ Each tile is converted in one windowed pass (pipeline.raster): RGB bands by ``ba
 percentile stretch to 1..255 (uint8 sources passed through), re-projection to UTM at
 ``tiles.gsd_m`` through a WarpedVRT, COG written atomically at ``tiles/<tile_id>.tif``.
 
-Resume: the COG carries a key (hash of source URI + size + ETag/mtime, band order, EPSG, tiles
-params and the code version) as a GDAL metadata tag; a COG with the same key is never rebuilt,
-only its table row is recomputed from it. Any per-tile failure becomes a row with
+Resume: a sidecar ``tiles/<tile_id>.json`` written after the COG holds a key (hash of source URI +
+size + ETag/mtime, band order, EPSG, tiles params and the code version); a COG whose sidecar has the
+same key is never rebuilt, only its table row is recomputed from it. The key is kept out of the COG
+so that the COG's bytes depend only on the source pixels and params (a from-scratch rebuild gives
+byte-identical tiles, chips and tables). Any per-tile failure becomes a row with
 ``status = "error"`` and an ``error`` that names the file and what to do.
 """
 
@@ -48,7 +50,7 @@ from pipeline.raster import (
     write_cog,
 )
 from pipeline.schemas import TILES, table_from_rows, write_table
-from pipeline.store import Store, client_for, gdal_path, rasterio_env, redact, split_s3
+from pipeline.store import Store, gdal_path, rasterio_env, read_bytes, redact
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +132,7 @@ def resume_key(job: TileJob, tiles: TilesParams) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
-def convert(job: TileJob, out_path: str, tiles: TilesParams, s3: S3Params, key: str) -> None:
+def convert(job: TileJob, out_path: str, tiles: TilesParams, s3: S3Params) -> None:
     """Convert one source GeoTIFF to an 8-bit RGB UTM COG at ``out_path`` in one windowed pass."""
     bands = job.source.band_order
     with rasterio_env(s3):
@@ -153,7 +155,7 @@ def convert(job: TileJob, out_path: str, tiles: TilesParams, s3: S3Params, key: 
                 (window, apply_stretch(block[pick], ok, stretch))
                 for window, block, ok in warped_blocks(src, grid, tiles.resampling, tiles.block_px)
             )
-            tags = {KEY_TAG: key, STRETCH_TAG: stretch.to_json(), "CROSSVIEW_SOURCE": job.uri}
+            tags = {STRETCH_TAG: stretch.to_json(), "CROSSVIEW_SOURCE": job.uri}
             write_cog(blocks, grid, out_path, tiles.compress, tags)
 
 
@@ -176,32 +178,26 @@ def describe(path: str, max_px: int) -> dict:
     return info
 
 
-def _stored_key(store: Store, key: str, params: Params) -> str | None:
-    """The resume key tagged in the stored COG, or None when there is none (or it cannot be read)."""
-    if not store.exists(key):
-        return None
+def _sidecar(tile_key: str) -> str:
+    return tile_key.removesuffix(".tif") + ".json"
+
+
+def _finished(store: Store, tile_key: str, params: Params) -> dict:
+    """The sidecar of a finished COG (``{CROSSVIEW_KEY, sha256}``), or {} when it is not finished."""
+    if not (store.exists(_sidecar(tile_key)) and store.exists(tile_key)):
+        return {}
     try:
-        with rasterio_env(params.s3, anonymous=False), rasterio.open(gdal_path(store.uri(key))) as ds:
-            return ds.tags().get(KEY_TAG)
-    except rasterio.errors.RasterioError:
-        return None
+        doc = json.loads(read_bytes(store.uri(_sidecar(tile_key)), params.s3.model_copy(update={"anonymous": False})))
+    except (StoreError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) and {KEY_TAG, "sha256"} <= set(doc) else {}
 
 
-def _describe_stored(store: Store, key: str, params: Params) -> dict:
-    """Rebuild a finished tile's columns from the stored COG (streams it once for the sha256)."""
-    uri = store.uri(key)
+def _describe_stored(store: Store, key: str, params: Params, sha256: str) -> dict:
+    """Rebuild a finished tile's columns from the stored COG (header, mask overview) and its sidecar's sha256."""
     with rasterio_env(params.s3, anonymous=False):
-        info = describe(gdal_path(uri), params.tiles.overview_max_px)
-    if store.remote:
-        bucket, k = split_s3(uri)
-        body = client_for(params.s3, anonymous=False).get_object(Bucket=bucket, Key=k)["Body"]
-        digest = hashlib.sha256()
-        for chunk in iter(lambda: body.read(1 << 20), b""):
-            digest.update(chunk)
-        info["sha256"] = digest.hexdigest()
-    else:
-        info["sha256"] = sha256_file(uri)
-    return info
+        info = describe(gdal_path(store.uri(key)), params.tiles.overview_max_px)
+    return {**info, "sha256": sha256}
 
 
 def _base_row(job: TileJob) -> dict:
@@ -244,15 +240,17 @@ def process_one(job: TileJob, params: Params) -> dict:
     store_key = f"tiles/{job.tile_id}.tif"
     key = resume_key(job, params.tiles)
     try:
-        if _stored_key(store, store_key, params) == key:
+        done = _finished(store, store_key, params)
+        if done.get(KEY_TAG) == key:
             log.debug("%s: finished earlier with the same key; rebuilding its row only", job.tile_id)
-            info = _describe_stored(store, store_key, params)
+            info = _describe_stored(store, store_key, params, done["sha256"])
         else:
             start = time.monotonic()
             with store.writer(store_key) as tmp:
-                convert(job, tmp, params.tiles, params.s3, key)
+                convert(job, tmp, params.tiles, params.s3)
                 info = describe(tmp, params.tiles.overview_max_px)
                 info["sha256"] = sha256_file(tmp)
+            store.put_bytes(_sidecar(store_key), json.dumps({KEY_TAG: key, "sha256": info["sha256"]}).encode())
             log.info("%s: %dx%d px COG in %.1f s", job.tile_id, info["width"], info["height"], time.monotonic() - start)
     except Exception as err:  # one bad tile must not stop the others; recorded as data
         log.debug("%s failed", job.tile_id, exc_info=True)

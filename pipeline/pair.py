@@ -1,0 +1,399 @@
+"""pair stage: pair each photo with a tile that holds its whole chip, density-limit, assign splits.
+
+One ``pairs`` row per photo, sorted by id: ``status`` is ``paired`` or the reason code of the step
+that dropped it (``bad_coordinates``, ``not_downloaded``, ``outside_tiles``, ``near_tile_edge``,
+``density``, ``split_buffer``), with a human-readable ``reason``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import shapely
+from scipy.spatial import cKDTree
+
+from pipeline import chipgeom
+from pipeline.config import Params, SplitParams
+from pipeline.errors import SchemaError
+from pipeline.geo import transformer
+from pipeline.schemas import DOWNLOADS, PAIRS, PHOTOS, TILES, read_table, write_table
+
+log = logging.getLogger(__name__)
+
+SPLIT_PRIORITY = ("test", "val", "train")  # an overlap between splits keeps the earlier one
+
+
+@dataclass(frozen=True)
+class TileSet:
+    """Usable tiles sorted by tile_id (so a lower row index breaks ties by tile_id)."""
+
+    tile_id: np.ndarray  # str
+    aoi: np.ndarray  # object
+    city: np.ndarray  # object
+    epsg: np.ndarray  # int
+    footprint: np.ndarray  # shapely polygons in each tile's UTM CRS
+
+    @classmethod
+    def from_table(cls, tiles: pa.Table) -> TileSet:
+        """Tiles with a footprint, sorted by tile_id."""
+        tiles = tiles.filter(pc.is_valid(tiles["footprint_wkb"]))
+        tiles = tiles.take(pc.sort_indices(tiles, sort_keys=[("tile_id", "ascending")]))
+        tile_id, aoi, city, wkb = (np.array(tiles[c].to_pylist(), dtype=object) for c in ("tile_id", "aoi", "city", "footprint_wkb"))
+        epsg = np.asarray(tiles["epsg"].to_numpy(zero_copy_only=False), dtype=np.int64)
+        return cls(tile_id=tile_id, aoi=aoi, city=city, epsg=epsg, footprint=shapely.from_wkb(wkb))
+
+
+@dataclass(frozen=True)
+class Match:
+    """Per photo: chosen tile row (-1 none), position in its CRS, and a footprint holding the point (-1 none)."""
+
+    tile: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    inside: np.ndarray
+
+
+# --- seeded hashing (vectorised, platform-independent) -------------------------------------------
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser: a well-spread uint64 from a uint64."""
+    with np.errstate(over="ignore"):
+        h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return h ^ (h >> np.uint64(31))
+
+
+def hash_ids(ids: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
+    """A seeded uint64 per string id (FNV-1a over its UTF-8 bytes, then mixed)."""
+    arr = (ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids).cast(pa.large_binary())
+    _, offsets_buf, data_buf = arr.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
+    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    starts, lengths = offsets[:-1], np.diff(offsets)
+    h = np.full(len(arr), np.uint64(0xCBF29CE484222325) ^ _mix(np.array([seed], dtype=np.int64).astype(np.uint64))[0])
+    with np.errstate(over="ignore"):
+        for k in range(int(lengths.max(initial=0))):
+            live = lengths > k
+            h[live] = (h[live] ^ data[starts[live] + k].astype(np.uint64)) * np.uint64(0x100000001B3)
+    return _mix(h)
+
+
+def unit_hash(seed: int, *keys: np.ndarray) -> np.ndarray:
+    """Seeded uniform numbers in [0, 1) from integer key arrays (the same keys give the same number)."""
+    h = _mix(np.full(len(keys[0]), seed, dtype=np.int64).astype(np.uint64))
+    for key in keys:
+        h = _mix(h ^ np.asarray(key, dtype=np.int64).astype(np.uint64))
+    return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def seeded_order(ids: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
+    """A reproducible random permutation of the rows (by seeded id hash, ties by id), independent of row order."""
+    t = pa.table({"k": hash_ids(ids, seed), "id": ids})
+    return pc.sort_indices(t, sort_keys=[("k", "ascending"), ("id", "ascending")]).to_numpy()
+
+
+# --- checks before geometry ----------------------------------------------------------------------
+
+
+def coordinate_problems(photos: pa.Table) -> dict[int, str]:
+    """Row index -> what is wrong with its lat/lon (null, NaN or out of range)."""
+    problems: dict[int, str] = {}
+    for name, limit in (("lat", 90.0), ("lon", 180.0)):
+        col = photos[name]
+        null = pc.is_null(col).to_numpy(zero_copy_only=False)
+        val = col.to_numpy(zero_copy_only=False).astype(float)
+        with np.errstate(invalid="ignore"):
+            bad = null | np.isnan(val) | (np.abs(val) > limit)
+        for i in np.flatnonzero(bad):
+            what = "is null" if null[i] else "is NaN" if np.isnan(val[i]) else f"{float(val[i])!r} is outside [-{limit:g}, {limit:g}]"
+            problems[i] = f"{problems[i]}; " if i in problems else ""
+            problems[i] += f"{name} {what}"
+    return problems
+
+
+def download_problems(ids: pa.Array, downloads: pa.Table) -> dict[int, str]:
+    """Row index -> why the photo has no usable download (missing row or status != ok)."""
+    at = pc.index_in(ids, value_set=downloads["id"])
+    status = downloads["status"].take(at)
+    bad = pc.fill_null(pc.not_equal(status, "ok"), True).to_numpy(zero_copy_only=False)
+    problems = {}
+    for i in np.flatnonzero(bad):
+        j = at[int(i)].as_py()
+        if j is None:
+            problems[int(i)] = "no row in the downloads table"
+        else:
+            st, err = downloads["status"][j].as_py(), downloads["error"][j].as_py()
+            problems[int(i)] = f"download status {st}" + (f": {err}" if err else "")
+    return problems
+
+
+# --- tile matching ---------------------------------------------------------------------------
+
+
+def _lonlat_mask(lon: np.ndarray, lat: np.ndarray, footprints: np.ndarray, epsg: int) -> np.ndarray:
+    """Photos within the lon/lat bounding box of a group's footprints (a cheap pre-filter)."""
+    b = shapely.bounds(footprints)
+    w, s, e, n = transformer(epsg, 4326).transform_bounds(b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max(), densify_pts=21)
+    pad = 0.01
+    lat_ok = (lat >= s - pad) & (lat <= n + pad)
+    lon_ok = (lon >= w - pad) & (lon <= e + pad) if w <= e else (lon >= w - pad) | (lon <= e + pad)
+    return lat_ok & lon_ok
+
+
+def match_tiles(lon: np.ndarray, lat: np.ndarray, tiles: TileSet, edge_m: float) -> Match:
+    """Choose, per photo, the tile whose footprint holds its whole chip square with the most margin."""
+    n = len(lon)
+    cand: list[tuple[np.ndarray, ...]] = []
+    inside = np.full(n, np.iinfo(np.int64).max)
+    for epsg in np.unique(tiles.epsg):
+        rows = np.flatnonzero(tiles.epsg == epsg)
+        fps = tiles.footprint[rows]
+        sel = np.flatnonzero(_lonlat_mask(lon, lat, fps, int(epsg)))
+        if not len(sel):
+            continue
+        x, y = transformer(4326, int(epsg)).transform(lon[sel], lat[sel])
+        ok = np.isfinite(x) & np.isfinite(y)
+        sel, x, y = sel[ok], x[ok], y[ok]
+        # Trees over the photos, queried with the few footprints: GEOS prepares each footprint once.
+        ti, pi = shapely.STRtree(shapely.points(x, y)).query(fps, predicate="intersects")
+        np.minimum.at(inside, sel[pi], rows[ti])
+        sq = chipgeom.squares(x, y, edge_m)
+        ti, pi = shapely.STRtree(sq).query(fps, predicate="contains")
+        cand.append((sel[pi], rows[ti], sq[pi], x[pi], y[pi]))
+    tile, bx, by = np.full(n, -1), np.full(n, np.nan), np.full(n, np.nan)
+    if cand:
+        photo, row, square, cx, cy = (np.concatenate(c) for c in zip(*cand))
+        margin = np.zeros(len(photo))
+        many = np.bincount(photo, minlength=n)[photo] > 1  # margins matter only where tiles compete
+        margin[many] = shapely.distance(shapely.boundary(tiles.footprint)[row[many]], square[many])
+        order = np.lexsort((row, -margin, photo))  # per photo: most margin, then lowest tile_id
+        first = order[np.unique(photo[order], return_index=True)[1]]
+        tile[photo[first]], bx[photo[first]], by[photo[first]] = row[first], cx[first], cy[first]
+    inside[inside == np.iinfo(np.int64).max] = -1
+    return Match(tile=tile, x=bx, y=by, inside=inside)
+
+
+# --- density limit ---------------------------------------------------------------------------
+
+
+def _greedy_rounds(rank: np.ndarray, i: np.ndarray, j: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sequential greedy in rank order, computed in parallel rounds (lexicographically-first independent set)."""
+    n = len(rank)
+    state = np.zeros(n, np.int8)  # 0 undecided, 1 kept, 2 dropped
+    cause, cause_d = np.full(n, -1), np.full(n, np.nan)
+    swap = rank[i] > rank[j]
+    lo, hi = np.where(swap, j, i), np.where(swap, i, j)
+    while True:
+        has_lower = np.zeros(n, bool)
+        has_lower[hi] = True
+        newly = (state == 0) & ~has_lower
+        state[newly] = 1
+        hit = newly[lo]  # hi is undecided (edges keep only undecided ends), so it is dropped
+        if hit.any():
+            h, l, dd = hi[hit], lo[hit], d[hit]
+            o = np.lexsort((rank[l], h))
+            first = o[np.unique(h[o], return_index=True)[1]]  # lowest-ranked kept neighbour
+            state[h[first]], cause[h[first]], cause_d[h[first]] = 2, l[first], dd[first]
+        live = (state[lo] == 0) & (state[hi] == 0)
+        lo, hi, d = lo[live], hi[live], d[live]
+        if not (state == 0).any():
+            return state == 1, cause, cause_d
+
+
+def density_limit(ids: pa.Array, x: np.ndarray, y: np.ndarray, density_m: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """WITW's limit_density with a seeded order: keep a photo unless an earlier kept one is < density_m away.
+
+    Returns (kept, index of the kept neighbour that dropped it or -1, its distance in metres).
+    """
+    n = len(x)
+    if n == 0 or density_m <= 0:
+        return np.ones(n, bool), np.full(n, -1), np.full(n, np.nan)
+    order = seeded_order(ids, seed)
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n)
+    # Photos at identical positions stand or fall with the earliest of them: solve on distinct positions.
+    o = np.lexsort((rank, y, x))
+    new = np.r_[True, (np.diff(x[o]) != 0) | (np.diff(y[o]) != 0)]
+    group = np.cumsum(new) - 1
+    rep = o[new]  # earliest photo at each distinct position
+    grp = np.empty(n, np.int64)
+    grp[o] = group
+    pts = np.c_[x[rep], y[rep]]
+    pairs = cKDTree(pts).query_pairs(density_m, output_type="ndarray")
+    dist = np.hypot(*(pts[pairs[:, 0]] - pts[pairs[:, 1]]).T)
+    close = dist < density_m
+    keep_u, cause_u, d_u = _greedy_rounds(rank[rep], pairs[close, 0], pairs[close, 1], dist[close])
+    is_rep = np.zeros(n, bool)
+    is_rep[rep] = True
+    kept = is_rep & keep_u[grp]
+    neighbour = np.where(keep_u[grp], rep[grp], np.where(cause_u[grp] >= 0, rep[cause_u[grp]], -1))
+    distance = np.where(keep_u[grp], 0.0, d_u[grp])
+    neighbour[kept] = -1
+    distance[kept] = np.nan
+    return kept, neighbour, distance
+
+
+def density_by_epsg(ids: pa.Array, epsg: np.ndarray, x: np.ndarray, y: np.ndarray, density_m: float, seed: int):
+    """:func:`density_limit` run separately in each UTM zone; neighbour indices refer to the inputs."""
+    kept, neighbour, dist = np.ones(len(x), bool), np.full(len(x), -1), np.full(len(x), np.nan)
+    for e in np.unique(epsg):
+        idx = np.flatnonzero(epsg == e)
+        k, nb, d = density_limit(ids.take(idx), x[idx], y[idx], density_m, seed)
+        kept[idx], dist[idx] = k, d
+        neighbour[idx] = np.where(nb >= 0, idx[np.maximum(nb, 0)], -1)
+    return kept, neighbour, dist
+
+
+# --- splits ------------------------------------------------------------------------------------
+
+
+def assign_splits(city: np.ndarray, epsg: np.ndarray, x: np.ndarray, y: np.ndarray, split: SplitParams) -> np.ndarray:
+    """Whole test cities -> test; elsewhere seeded ``block_m`` UTM blocks -> val with ``val_fraction``, else train."""
+    test_cities = {c.casefold() for c in split.test_cities}
+    test = np.array([c is not None and c.casefold() in test_cities for c in city], dtype=bool)
+    bx = np.floor(np.asarray(x) / split.block_m).astype(np.int64)
+    by = np.floor(np.asarray(y) / split.block_m).astype(np.int64)
+    val = unit_hash(split.seed, epsg, bx, by) < split.val_fraction
+    return np.where(test, "test", np.where(val, "val", "train")).astype(object)
+
+
+def split_overlaps(split: np.ndarray, epsg: np.ndarray, x: np.ndarray, y: np.ndarray, edge_m: float):
+    """Chips overlapping a chip of a higher-priority split (test > val > train) in the same zone.
+
+    Two squares of side ``edge_m`` overlap when their centres are < ``edge_m`` apart in Chebyshev
+    distance. Returns (dropped, index of the overlapped chip or -1, that Chebyshev distance).
+    """
+    dropped, other, dist = np.zeros(len(x), bool), np.full(len(x), -1), np.full(len(x), np.nan)
+    pts = np.c_[x, y]
+    for e in np.unique(epsg):
+        kept_before = np.zeros(0, np.int64)
+        for name in SPLIT_PRIORITY:
+            idx = np.flatnonzero((epsg == e) & (split == name))
+            if len(kept_before) and len(idx):
+                d, j = cKDTree(pts[kept_before]).query(pts[idx], k=1, p=np.inf, distance_upper_bound=edge_m)
+                hit = d < edge_m
+                dropped[idx[hit]], other[idx[hit]], dist[idx[hit]] = True, kept_before[j[hit]], d[hit]
+                idx = idx[~hit]
+            kept_before = np.r_[kept_before, idx]
+    return dropped, other, dist
+
+
+# --- the core ----------------------------------------------------------------------------------
+
+
+def _from_tile(per_tile: np.ndarray, src: np.ndarray, own: list) -> np.ndarray:
+    """The tile's value where the photo has a tile and the tile has a value, else the photo's own."""
+    return np.array([per_tile[s] if s >= 0 and per_tile[s] is not None else o for s, o in zip(src, own)], dtype=object)
+
+
+def _label_unmatched(rows: np.ndarray, inside: np.ndarray, ts: TileSet, edge_m: float, status, reason) -> None:
+    for i, t in zip(rows, inside):
+        if t >= 0:
+            status[i] = "near_tile_edge"
+            reason[i] = f"inside tile {ts.tile_id[t]} but no tile footprint holds the whole {edge_m:g} m chip square"
+        else:
+            status[i], reason[i] = "outside_tiles", "position is inside no tile footprint"
+
+
+def _apply_density(id_arr: pa.Array, ids: list[str], rows, epsg, x, y, params: Params, status, reason) -> np.ndarray:
+    """Mark density drops among ``rows``; return the rows kept."""
+    kept, nb, d = density_by_epsg(id_arr.take(rows), epsg[rows], x[rows], y[rows], params.pair.density_m, params.pair.seed)
+    for k in np.flatnonzero(~kept):
+        status[rows[k]] = "density"
+        reason[rows[k]] = f"{d[k]:.2f} m from kept photo {ids[rows[nb[k]]]} (density limit {params.pair.density_m:g} m)"
+    return rows[kept]
+
+
+def _apply_splits(ids: list[str], rows, city, epsg, x, y, params: Params, status, reason, split) -> None:
+    """Assign splits to ``rows`` and drop chips overlapping a higher-priority split's chips."""
+    s = assign_splits(city[rows], epsg[rows], x[rows], y[rows], params.split)
+    dropped, other, d = split_overlaps(s, epsg[rows], x[rows], y[rows], params.chip.edge_m)
+    for k in np.flatnonzero(dropped):
+        status[rows[k]] = "split_buffer"
+        reason[rows[k]] = (
+            f"{s[k]} chip overlaps the {s[other[k]]} chip of photo {ids[rows[other[k]]]} "
+            f"(centres {d[k]:.1f} m apart, Chebyshev < {params.chip.edge_m:g} m)"
+        )
+    keep = rows[~dropped]
+    split[keep], status[keep] = s[~dropped], "paired"
+
+
+def pair_photos(photos: pa.Table, downloads: pa.Table, tiles: pa.Table, params: Params) -> pa.Table:
+    """One PAIRS row per photo, sorted by id: paired (tile, position, split) or the reason it is not."""
+    photos = photos.take(pc.sort_indices(photos, sort_keys=[("id", "ascending")]))
+    id_arr = photos["id"].combine_chunks()
+    ids = id_arr.to_pylist()
+    if len(set(ids)) != len(ids):
+        dup = next(i for i, j in itertools.pairwise(ids) if i == j)
+        raise SchemaError(f"photos table has photo id {dup!r} more than once; rerun the search stage")
+    n, edge_m = len(ids), params.chip.edge_m
+    status, reason = np.full(n, "", dtype=object), np.full(n, "", dtype=object)
+    for i, why in coordinate_problems(photos).items():
+        status[i], reason[i] = "bad_coordinates", why
+    for i, why in download_problems(id_arr, downloads).items():
+        if not status[i]:
+            status[i], reason[i] = "not_downloaded", why
+    todo = np.flatnonzero(status == "")
+    ts = TileSet.from_table(tiles)
+    lon, lat = (photos[c].to_numpy(zero_copy_only=False).astype(float)[todo] for c in ("lon", "lat"))
+    m = match_tiles(lon, lat, ts, edge_m)
+    tile, inside, x, y = np.full(n, -1), np.full(n, -1), np.full(n, np.nan), np.full(n, np.nan)
+    tile[todo], inside[todo], x[todo], y[todo] = m.tile, m.inside, m.x, m.y
+    _label_unmatched(todo[m.tile < 0], m.inside[m.tile < 0], ts, edge_m, status, reason)
+    has_tile = tile >= 0
+    epsg = np.where(has_tile, ts.epsg[np.maximum(tile, 0)], 0) if len(ts.epsg) else np.zeros(n, np.int64)
+    src = np.where(has_tile, tile, inside)
+    aoi, city = _from_tile(ts.aoi, src, photos["aoi"].to_pylist()), _from_tile(ts.city, src, photos["city"].to_pylist())
+    rows = _apply_density(id_arr, ids, np.flatnonzero(has_tile), epsg, x, y, params, status, reason)
+    split = np.full(n, None, dtype=object)
+    _apply_splits(ids, rows, city, epsg, x, y, params, status, reason, split)
+    return pa.table(
+        {
+            "id": ids,
+            "aoi": aoi.tolist(),
+            "city": city.tolist(),
+            "tile_id": [ts.tile_id[t] if t >= 0 else None for t in tile],
+            "epsg": pa.array(epsg, pa.int32(), mask=~has_tile),
+            "x_m": pa.array(x, pa.float64(), mask=~has_tile),
+            "y_m": pa.array(y, pa.float64(), mask=~has_tile),
+            "split": split.tolist(),
+            "status": status.tolist(),
+            "reason": reason.tolist(),
+        },
+        schema=PAIRS,
+    )
+
+
+# --- CLI ---------------------------------------------------------------------------------------
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the stage's path arguments."""
+    parser.add_argument("--photos", required=True, help="photos table (tables/photos.parquet)")
+    parser.add_argument("--downloads", required=True, help="downloads table (tables/downloads.parquet)")
+    parser.add_argument("--tiles", required=True, help="tiles table (tables/tiles.parquet); rows with status ok are used")
+    parser.add_argument("--out", required=True, help="pairs table to write (tables/pairs.parquet)")
+
+
+def main(params: Params, args: argparse.Namespace) -> int:
+    """Read photos, downloads and tiles; write the pairs table; log counts per status."""
+    photos = read_table(args.photos, PHOTOS, columns=["id", "aoi", "city", "lat", "lon"])
+    downloads = read_table(args.downloads, DOWNLOADS, columns=["id", "status", "error"])
+    tiles = read_table(args.tiles, TILES, columns=["tile_id", "aoi", "city", "epsg", "footprint_wkb", "status"])
+    tiles = tiles.filter(pc.equal(tiles["status"], "ok"))
+    if tiles.num_rows == 0:
+        log.warning("%s has no tile with status ok: every photo will be outside_tiles", args.tiles)
+    pairs = pair_photos(photos, downloads, tiles, params)
+    write_table(pairs, args.out, PAIRS)
+    counts = Counter(pairs["status"].to_pylist())
+    splits = Counter(s for s in pairs["split"].to_pylist() if s)
+    log.info("pairs: %d photos -> %s; splits %s", pairs.num_rows, dict(sorted(counts.items())), dict(sorted(splits.items())))
+    return 0

@@ -1,0 +1,244 @@
+"""The chip stage: windows centred on the photo, nodata and std, errors as rows, reruns, S3."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from PIL import Image
+
+from pipeline import chip
+from pipeline.chipgeom import ChipSquare, containing_pixel, pixel_window
+from pipeline.config import parse_params
+from pipeline.schemas import (
+    CHIPS,
+    PAIRS,
+    TILES,
+    read_table,
+    table_from_rows,
+    write_table,
+)
+from pipeline.store import client_for
+
+EPSG = 32631
+X0, Y0 = 448_000.0, 5_412_000.0  # north-west corner of the test tiles
+GSD = 0.3
+
+
+def pattern(width: int, height: int) -> np.ndarray:
+    """RGB that encodes each pixel's (col, row): R = col % 256, G = row % 256, B = 1 + col//256 + 16 * (row//256)."""
+    rows, cols = np.mgrid[0:height, 0:width]
+    return np.stack([cols % 256, rows % 256, 1 + cols // 256 + 16 * (rows // 256)]).astype(np.uint8)
+
+
+def decode(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(col, row) arrays from pattern pixels (H, W, 3)."""
+    r, g, b = (rgb[..., k].astype(int) for k in range(3))
+    return r + 256 * ((b - 1) % 16), g + 256 * ((b - 1) // 16)
+
+
+def write_cog(path: Path, data: np.ndarray, gsd: float = GSD) -> Path:
+    """Write a (3, H, W) uint8 array as a deflate COG in UTM 31N with nodata 0."""
+    profile = {"driver": "COG", "width": data.shape[2], "height": data.shape[1], "count": 3, "dtype": "uint8",
+               "crs": f"EPSG:{EPSG}", "transform": Affine(gsd, 0, X0, 0, -gsd, Y0), "nodata": 0,
+               "blocksize": 256, "compress": "deflate"}
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path
+
+
+def at_pixel(col: float, row: float) -> tuple[float, float]:
+    """UTM position of a fractional pixel coordinate of the test tiles."""
+    return X0 + col * GSD, Y0 - row * GSD
+
+
+def params(store, **chip_section):
+    return parse_params({"store": str(store), "workers": 2, "chip": {"edge_m": 225, "format": "png", **chip_section}})
+
+
+def tiles_table(*tiles: tuple[str, str]):
+    rows = [{"tile_id": tid, "uri": uri, "epsg": EPSG, "gsd_m": GSD, "sha256": f"sha-{tid}", "status": "ok"} for tid, uri in tiles]
+    return table_from_rows(rows, TILES)
+
+
+def pairs_table(points: dict[str, tuple[str, float, float]]):
+    rows = [{"id": pid, "tile_id": t, "epsg": EPSG, "x_m": x, "y_m": y, "split": "train", "status": "paired", "reason": ""}
+            for pid, (t, x, y) in points.items()]
+    rows.append({"id": "zz_dropped", "status": "density", "reason": "close to another"})  # gets no chip
+    return table_from_rows(rows, PAIRS)
+
+
+def load(uri: str) -> np.ndarray:
+    return np.asarray(Image.open(uri).convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def tile_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("tiles")
+    write_cog(d / "pattern.tif", pattern(1000, 1000))
+    patchy = pattern(2000, 1000)
+    patchy[:, :, :500] = 0  # western quarter is nodata
+    patchy[:, :, 1000:] = 77  # eastern half is one flat grey
+    write_cog(d / "patchy.tif", patchy)
+    (d / "broken.tif").write_bytes(b"II*\x00 this is not a tiff")
+    return d
+
+
+def test_chip_centre_pixel_is_the_photo_location(tile_dir, tmp_path):
+    rng = np.random.default_rng(0)
+    points = {f"p{k}": ("pat", *at_pixel(c, r)) for k, (c, r) in enumerate(rng.uniform(375, 625, (12, 2)))}
+    points["exact"] = ("pat", *at_pixel(500.5, 400.5))
+    out = chip.chip_pairs(pairs_table(points), tiles_table(("pat", str(tile_dir / "pattern.tif"))), params(tmp_path / "store"))
+    rows = {r["id"]: r for r in out.to_pylist()}
+    assert out.schema == CHIPS and out["id"].to_pylist() == sorted(points)
+    for pid, (_, x, y) in points.items():
+        r = rows[pid]
+        assert (r["status"], r["width"], r["height"], r["nodata_fraction"]) == ("ok", 750, 750, 0.0)
+        img = load(r["uri"])
+        assert img.shape == (750, 750, 3)
+        cols, rws = decode(img)
+        want_col, want_row = containing_pixel(Affine(GSD, 0, X0, 0, -GSD, Y0), x, y)
+        assert (cols[375, 375], rws[375, 375]) == (want_col, want_row)
+        # the whole chip is the tile's window, pixel for pixel
+        assert (cols[0, 0], rws[0, 0], cols[-1, -1], rws[-1, -1]) == (want_col - 375, want_row - 375, want_col + 374, want_row + 374)
+    assert (decode(load(rows["exact"]["uri"]))[0][375, 375], decode(load(rows["exact"]["uri"]))[1][375, 375]) == (500, 400)
+
+
+def test_nodata_patch_gives_high_nodata_fraction_and_flat_patch_zero_std(tile_dir, tmp_path):
+    points = {"west": ("pch", *at_pixel(500, 500)), "flat": ("pch", *at_pixel(1500, 500)),
+              "edge": ("pch", *at_pixel(1500, 900)), "clean": ("pat", *at_pixel(500, 500))}
+    tiles = tiles_table(("pch", str(tile_dir / "patchy.tif")), ("pat", str(tile_dir / "pattern.tif")))
+    rows = {r["id"]: r for r in chip.chip_pairs(pairs_table(points), tiles, params(tmp_path / "s")).to_pylist()}
+    assert rows["west"]["nodata_fraction"] == pytest.approx(375 / 750)  # cols 125..499 of 125..874 are zero
+    assert rows["flat"]["std"] == 0.0 and rows["flat"]["nodata_fraction"] == 0.0
+    assert rows["edge"]["nodata_fraction"] == pytest.approx((900 + 375 - 1000) / 750)  # past the raster: filled
+    assert rows["edge"]["width"] == 750 and rows["edge"]["std"] == 0.0  # std over valid pixels only
+    assert rows["clean"]["nodata_fraction"] == 0.0 and rows["clean"]["std"] > 20
+    assert load(rows["west"]["uri"])[:, :375].max() == 0
+
+
+def test_pixels_under_an_internal_mask_count_as_nodata(tmp_path):
+    data = pattern(1000, 1000)
+    profile = {"driver": "GTiff", "width": 1000, "height": 1000, "count": 3, "dtype": "uint8", "crs": f"EPSG:{EPSG}",
+               "transform": Affine(GSD, 0, X0, 0, -GSD, Y0), "tiled": True, "blockxsize": 256, "blockysize": 256}
+    with rasterio.open(tmp_path / "masked.tif", "w", **profile) as dst:
+        dst.write(data)
+        mask = np.full((1000, 1000), 255, np.uint8)
+        mask[:, :200] = 0  # masked although the pixel values are not 0
+        dst.write_mask(mask)
+    points = {"m": ("msk", *at_pixel(500, 500))}
+    rows = chip.chip_pairs(pairs_table(points), tiles_table(("msk", str(tmp_path / "masked.tif"))), params(tmp_path / "s")).to_pylist()
+    assert rows[0]["nodata_fraction"] == pytest.approx(75 / 750)  # chip cols 125..199 are masked
+    assert load(rows[0]["uri"])[:, :75].max() == 0 and load(rows[0]["uri"])[:, 75:].min(axis=2).max() > 0
+
+
+def test_unreadable_tile_or_missing_tile_is_an_error_row_and_the_rest_go_on(tile_dir, tmp_path):
+    points = {"bad": ("brk", *at_pixel(500, 500)), "good": ("pat", *at_pixel(500, 500)), "lost": ("nope", 1.0, 2.0)}
+    tiles = tiles_table(("brk", str(tile_dir / "broken.tif")), ("pat", str(tile_dir / "pattern.tif")))
+    rows = {r["id"]: r for r in chip.chip_pairs(pairs_table(points), tiles, params(tmp_path / "s")).to_pylist()}
+    assert rows["good"]["status"] == "ok"
+    assert rows["bad"]["status"] == "error" and "cannot read tile brk" in rows["bad"]["error"]
+    assert rows["lost"]["status"] == "error" and "tile nope" in rows["lost"]["error"]
+    assert rows["bad"]["uri"] is None
+
+
+def test_jpeg_chips_and_new_params_go_to_a_new_folder(tile_dir, tmp_path):
+    points = {"a": ("pat", *at_pixel(500, 500))}
+    tiles = tiles_table(("pat", str(tile_dir / "pattern.tif")))
+    q90 = chip.chip_pairs(pairs_table(points), tiles, params(tmp_path, format="jpeg", jpeg_quality=90)).to_pylist()[0]
+    q80 = chip.chip_pairs(pairs_table(points), tiles, params(tmp_path, format="jpeg", jpeg_quality=80)).to_pylist()[0]
+    assert q90["uri"].endswith("/a.jpg") and Path(q90["uri"]).parent != Path(q80["uri"]).parent
+    assert Path(q90["uri"]).is_file() and Path(q80["uri"]).is_file()
+    with Image.open(q90["uri"]) as img:
+        assert (img.format, img.size) == ("JPEG", (750, 750))
+    assert json.loads(Path(q90["uri"]).with_suffix(".json").read_text())["nodata_fraction"] == 0.0
+
+
+def _run_main(tmp_path: Path, store: Path, out: Path, **chip_section) -> bytes:
+    parser = argparse.ArgumentParser()
+    chip.configure(parser)
+    args = parser.parse_args(["--pairs", str(tmp_path / "pairs.parquet"), "--tiles", str(tmp_path / "tiles.parquet"), "--out", str(out)])
+    assert chip.main(params(store, **chip_section), args) == 0
+    return out.read_bytes()
+
+
+def test_rerun_skips_finished_chips_and_tables_are_byte_identical(tile_dir, tmp_path):
+    points = {f"r{k}": ("pat", *at_pixel(400 + 20 * k, 500)) for k in range(6)}
+    write_table(pairs_table(points), tmp_path / "pairs.parquet", PAIRS)
+    write_table(tiles_table(("pat", str(tile_dir / "pattern.tif"))), tmp_path / "tiles.parquet", TILES, sort_by=["tile_id"])
+    store = tmp_path / "store"
+    first = _run_main(tmp_path, store, tmp_path / "chips1.parquet")
+    rows = read_table(tmp_path / "chips1.parquet", CHIPS).to_pylist()
+    files = {r["id"]: Path(r["uri"]) for r in rows}
+    for f in files.values():
+        os.utime(f, (1, 1))
+    files["r2"].with_suffix(".json").unlink()  # r2 never finished: it is cut again
+    leftover = files["r0"].parent / ".crossview-tmp-abc.png"
+    leftover.write_bytes(b"half a chip")
+    second = _run_main(tmp_path, store, tmp_path / "chips2.parquet")
+    assert first == second
+    assert not leftover.exists()
+    assert {k for k, f in files.items() if f.stat().st_mtime != 1} == {"r2"}
+
+
+def test_chips_folder_exists_even_with_nothing_to_chip(tmp_path):
+    write_table(table_from_rows([], PAIRS), tmp_path / "pairs.parquet", PAIRS)
+    write_table(tiles_table(), tmp_path / "tiles.parquet", TILES, sort_by=["tile_id"])
+    _run_main(tmp_path, tmp_path / "store", tmp_path / "chips.parquet")
+    assert (tmp_path / "store" / "chips").is_dir()
+    assert read_table(tmp_path / "chips.parquet", CHIPS).num_rows == 0
+
+
+def test_chip_from_an_s3_tile_into_an_s3_store(tile_dir, s3):
+    client = client_for(s3, anonymous=False)
+    client.create_bucket(Bucket="bkt")
+    client.upload_file(str(tile_dir / "pattern.tif"), "bkt", "store/tiles/pat.tif")
+    p = parse_params({"store": "s3://bkt/store", "s3": s3.model_dump(), "chip": {"format": "png"}})
+    points = {"s1": ("pat", *at_pixel(450.5, 550.5)), "s2": ("pat", *at_pixel(520.5, 420.5))}
+    tiles = tiles_table(("pat", "s3://bkt/store/tiles/pat.tif"))
+    rows = {r["id"]: r for r in chip.chip_pairs(pairs_table(points), tiles, p).to_pylist()}
+    assert {r["status"] for r in rows.values()} == {"ok"}, rows
+    key = rows["s1"]["uri"].removeprefix("s3://bkt/")
+    img = np.asarray(Image.open(io.BytesIO(client.get_object(Bucket="bkt", Key=key)["Body"].read())))
+    cols, rws = decode(img)
+    assert (cols[375, 375], rws[375, 375]) == (450, 550)
+    client.delete_object(Bucket="bkt", Key="store/tiles/pat.tif")  # finished chips need no tile any more
+    again = {r["id"]: r for r in chip.chip_pairs(pairs_table(points), tiles, p).to_pylist()}
+    assert again == rows
+
+
+def test_window_matches_chipgeom():
+    w = pixel_window(ChipSquare(*at_pixel(500.5, 500.5), 225.0, EPSG), Affine(GSD, 0, X0, 0, -GSD, Y0), GSD)
+    assert (w.col_off, w.row_off, w.width) == (125, 125, 750)
+
+
+def test_real_rasters_chip_exactly_and_a_truncated_geotiff_is_an_error_row(realdata, tmp_path):
+    rasters = realdata / "rasters"
+    rotterdam, landsat = rasters / "spacenet_rotterdam_rgb_uint8_utm31n.tif", rasters / "landsat_rgb_byte_utm18n.tif"
+    with rasterio.open(rotterdam) as src:
+        gsd_r, (x_r, y_r) = src.res[0], src.xy(100, 90)  # centre of pixel row 100, col 90
+        want = src.read(window=rasterio.windows.Window(90 - 25, 100 - 25, 50, 50))
+    with rasterio.open(landsat) as src:
+        gsd_l, centre, corner = src.res[0], src.xy(359, 395), src.xy(5, 5)
+    tiles = table_from_rows([
+        {"tile_id": "rot", "uri": str(rotterdam), "epsg": 32631, "gsd_m": gsd_r, "sha256": "r", "status": "ok"},
+        {"tile_id": "lan", "uri": str(landsat), "epsg": 32618, "gsd_m": gsd_l, "sha256": "l", "status": "ok"},
+        {"tile_id": "cut", "uri": str(rasters / "bad_truncated_geotiff_01.tif"), "epsg": 32618, "gsd_m": gsd_l,
+         "sha256": "c", "status": "ok"},
+    ], TILES)
+    rot = {"rot": ("rot", x_r, y_r)}
+    out = {r["id"]: r for r in chip.chip_pairs(pairs_table(rot), tiles, params(tmp_path, edge_m=gsd_r * 50)).to_pylist()}
+    assert (out["rot"]["width"], out["rot"]["nodata_fraction"]) == (50, 0.0)
+    assert (load(out["rot"]["uri"]) == want.transpose(1, 2, 0)).all()  # PNG: the raster's pixels, unchanged
+    lan = {"centre": ("lan", *centre), "corner": ("lan", *corner), "trunc": ("cut", *centre)}
+    out = {r["id"]: r for r in chip.chip_pairs(pairs_table(lan), tiles, params(tmp_path, edge_m=gsd_l * 100)).to_pylist()}
+    assert out["centre"]["nodata_fraction"] < 0.05 and out["centre"]["std"] > 5
+    assert out["corner"]["nodata_fraction"] > 0.9  # the scene's nodata collar and beyond the raster
+    assert out["trunc"]["status"] == "error" and "cannot read tile cut" in out["trunc"]["error"]
