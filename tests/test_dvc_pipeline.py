@@ -88,3 +88,23 @@ def test_from_scratch_rerun_is_byte_identical(repo):
         shutil.rmtree(repo / rel, ignore_errors=True)
     sh(["dvc", "repro", "--force"], repo)
     assert digests(repo, OUTPUTS) == before
+
+
+def test_each_planted_case_is_dropped_for_its_reason(repo):
+    truth = list(csv.DictReader((repo / "data" / "demo" / "truth.csv").open()))
+    decisions = pq.read_table(repo / "tables" / "decisions.parquet").to_pylist()
+    codes: dict[str, set[str]] = {}
+    for d in decisions:
+        if not d["kept"]:
+            codes.setdefault(d["id"], set()).add(d["reason"].split(":", 1)[0].strip())
+    in_manifests = set().union(*(_ids(repo / "manifests" / f"{s}.parquet") for s in ("train", "val", "test")))
+    planted = [t for t in truth if t["expected"] not in ("ok", "density_pair")]
+    assert len(planted) >= 40
+    for t in planted:
+        assert t["expected"] in codes.get(t["id"], set()), (t["case"], t["id"], codes.get(t["id"]))
+    # ordinary photos reach a manifest unless the split buffer or a model filter drops them
+    for t in truth:
+        if t["expected"] == "ok":
+            assert t["id"] in in_manifests or codes[t["id"]] <= {"split_buffer", "indoor", "relevance"}, t
+    pairs = [t for t in truth if t["expected"] == "density_pair"]
+    assert sum("density" in codes.get(t["id"], set()) for t in pairs) == len(pairs) // 2
