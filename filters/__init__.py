@@ -34,6 +34,8 @@ class Tables:
     downloads: pa.Table
     pairs: pa.Table
     chips: pa.Table
+    scores: pa.Table | None = None  # classify stage (indoor vote); None: the indoor rule judges nothing
+    relevance: pa.Table | None = None  # relevance stage (head trained on curator verdicts)
 
 
 FilterFn = Callable[[Tables, FilterParams], pa.Table]
@@ -98,8 +100,22 @@ def filter_order(registry: Sequence[Filter], decisions: pa.Table | None = None) 
     return names
 
 
+def filter_notes(decisions: pa.Table, registry: Sequence[Filter]) -> dict[str, str]:
+    """Filters that did not really run: judged no photo, or kept every photo with one note (e.g. a
+    relevance head skipped for too few labels). ``{filter: note}``, so the funnel says so."""
+    notes: dict[str, str] = {}
+    names, kept, reasons = (column(decisions, c) for c in ("filter", "kept", "reason"))
+    for f in registry:
+        rows = [(k, r or "") for n, k, r in zip(names, kept, reasons, strict=True) if n == f.name]
+        if not rows:
+            notes[f.name] = "judged no photo (its input was not given or was empty)"
+        elif all(k for k, _ in rows) and len({r for _, r in rows}) == 1 and rows[0][1].startswith(f"{f.name}: "):
+            notes[f.name] = rows[0][1].removeprefix(f"{f.name}: ")
+    return notes
+
+
 # Imported after the helpers above, which the filter modules use.
-from filters import chip, location, photo, verdicts  # noqa: E402
+from filters import chip, indoor, location, photo, relevance, verdicts  # noqa: E402
 
 # Registry order is the funnel order: a photo dropped by several filters is counted once, under
 # the first. Cheap upstream facts first, then location, chips, models, and the curator last.
@@ -118,7 +134,8 @@ REGISTRY: list[Filter] = [
     Filter("chip_error", chip.chip_error, "rule"),
     Filter("chip_nodata", chip.chip_nodata, "rule"),
     Filter("chip_uniform", chip.chip_uniform, "rule"),
-    # model filters (indoor, relevance) go here, before the curator
+    Filter("indoor", indoor.indoor, "model"),
+    Filter("relevance", relevance.relevance, "model"),
     Filter("curator", verdicts.curator, "rule"),
 ]
 
@@ -130,6 +147,7 @@ __all__ = [
     "by_id",
     "column",
     "decisions_table",
+    "filter_notes",
     "filter_order",
     "first_drops",
     "reason_code",

@@ -38,3 +38,7 @@ class StageInputError(CrossviewError, FileNotFoundError):
 
 class InvariantError(CrossviewError, ValueError):
     """The tables would give a dataset that breaks an invariant (a photo lost, attribution missing)."""
+
+
+class ModelError(CrossviewError, ValueError):
+    """A scene model or its weights cannot be loaded or used; the message names the param or file to fix."""

@@ -19,10 +19,21 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from filters import REGISTRY, Filter, Tables, column, filter_order, first_drops, reason_code
+from filters import REGISTRY, Filter, Tables, column, filter_notes, filter_order, first_drops, reason_code
 from pipeline.config import FilterParams, Params
 from pipeline.errors import SchemaError
-from pipeline.schemas import CHIPS, DECISIONS, DOWNLOADS, PAIRS, PHOTOS, SORT_KEYS, read_table, write_table
+from pipeline.schemas import (
+    CHIPS,
+    DECISIONS,
+    DOWNLOADS,
+    PAIRS,
+    PHOTOS,
+    RELEVANCE,
+    SCORES,
+    SORT_KEYS,
+    read_table,
+    write_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +100,14 @@ def _groups(ids: list[str], key: dict[str, str], removed: dict, first: Sequence[
     return {g: out[g] for g in sorted(out, key=lambda g: (rank.get(g, len(rank)), g))}
 
 
-def funnel(photos: pa.Table, pairs: pa.Table, decisions: pa.Table, order: Sequence[str], overrides: int = 0) -> dict:
+def funnel(
+    photos: pa.Table,
+    pairs: pa.Table,
+    decisions: pa.Table,
+    order: Sequence[str],
+    overrides: int = 0,
+    notes: dict[str, str] | None = None,
+) -> dict:
     """The funnel report: photos found, newly removed by each filter in ``order``, kept; drops by reason, city, split.
 
     A photo dropped by several filters is counted once, under the first in ``order``, so
@@ -112,6 +130,7 @@ def funnel(photos: pa.Table, pairs: pa.Table, decisions: pa.Table, order: Sequen
         "kept": len(ids) - len(first),
         "dropped": {name: all_drops[name] for name in order},
         "curator_overrides": overrides,
+        "not_run": dict(sorted((notes or {}).items())),
         "by_reason": {code: reasons[code] for code in sorted(reasons)},
         "by_city": _groups(ids, dict(zip(ids, column(photos, "city"), strict=True)), first),
         "by_split": _groups(ids, dict(zip(column(pairs, "id"), column(pairs, "split"), strict=True)), first, SPLITS),
@@ -134,6 +153,8 @@ def read_tables(args: argparse.Namespace) -> Tables:
         downloads=read_table(args.downloads, DOWNLOADS),
         pairs=read_table(args.pairs, PAIRS),
         chips=read_table(args.chips, CHIPS),
+        scores=read_table(args.scores, SCORES) if args.scores else None,
+        relevance=read_table(args.relevance, RELEVANCE) if args.relevance else None,
     )
 
 
@@ -142,6 +163,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--downloads", required=True, help="downloads table (Parquet)")
     parser.add_argument("--pairs", required=True, help="pairs table (Parquet)")
     parser.add_argument("--chips", required=True, help="chips table (Parquet)")
+    parser.add_argument("--scores", help="classify stage scores (Parquet); without it the indoor rule judges nothing")
+    parser.add_argument("--relevance", help="relevance stage scores (Parquet)")
     parser.add_argument("--out", required=True, help="decisions table to write (Parquet)")
     parser.add_argument("--funnel", required=True, help="funnel report to write (DVC metrics JSON)")
 
@@ -150,7 +173,8 @@ def main(params: Params, args: argparse.Namespace, registry: Sequence[Filter] = 
     tables = read_tables(args)
     decisions, overrides = run_filters(tables, params.filter, registry)
     write_table(decisions, args.out, DECISIONS, sort_by=SORT_KEYS["decisions"])
-    report = funnel(tables.photos, tables.pairs, decisions, filter_order(registry, decisions), overrides)
+    order = filter_order(registry, decisions)
+    report = funnel(tables.photos, tables.pairs, decisions, order, overrides, filter_notes(decisions, registry))
     write_json(report, args.funnel)
     log.info("found %d photos, kept %d; by reason: %s", report["found"], report["kept"], report["by_reason"])
     return 0

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from catalogs import load_licences
-from filters import REGISTRY, Tables, by_id, column, filter_order, first_drops, reason_code
+from filters import REGISTRY, Tables, by_id, column, filter_notes, filter_order, first_drops, reason_code
 from pipeline.config import Params
 from pipeline.errors import InvariantError
 from pipeline.schemas import (
@@ -193,12 +193,14 @@ def _funnel_lines(photos: pa.Table, decisions: pa.Table) -> list[str]:
         left -= removed[name]
         body.append([f"`{name}`", removed[name], left])
     reasons = drop_reasons(photos, decisions)
+    notes = filter_notes(decisions, REGISTRY)
     return [
         f"{len(ids)} photos were found; each dropped photo is counted once, under the first filter that dropped it.",
         "",
         *_table(["step", "removed", "remaining"], body + [["kept", "", left]]),
         "",
         *_table(["reason", "photos"], [[f"`{code}`", reasons[code]] for code in sorted(reasons)]),
+        *(["", "Filters that did not run:", ""] + [f"- `{n}`: {notes[n]}" for n in sorted(notes)] if notes else []),
     ]
 
 

@@ -164,6 +164,37 @@ MANIFEST = pa.schema(
     ]
 )
 
+# One row per downloaded (status ok) photo (classify stage).
+SCORES = pa.schema(
+    [
+        ("id", pa.string()),
+        ("sha256", pa.string()),  # of the photo as fetched (downloads.sha256): a changed photo is rescored
+        ("model", pa.string()),  # imagenet/tf_efficientnet_lite0 | places365/<arch>
+        ("model_key", pa.string()),  # weights + arch + preprocessing; names the embedding cache folder
+        ("vote_key", pa.string()),  # top_k, thresholds, IO labels
+        ("status", pa.string()),  # ok | error
+        ("error", pa.string()),
+        ("indoor_score", pa.float64()),  # indoor share of the top-k indoor+outdoor mass, 0..1
+        ("indoor_mass", pa.float64()),
+        ("outdoor_mass", pa.float64()),
+        ("is_indoor", pa.bool_()),
+        ("top_categories", pa.string()),  # "name=0.953, name=0.012, ..." (top_k, most probable first)
+    ]
+)
+
+# One row per photo in ``scores`` (relevance stage).
+RELEVANCE = pa.schema(
+    [
+        ("id", pa.string()),
+        ("model_version", pa.string()),  # the head's version (hash of its training inputs)
+        ("status", pa.string()),  # scored | skipped | no_embedding
+        ("relevance_score", pa.float64()),  # P(relevant), 0..1; null unless scored
+        ("is_relevant", pa.bool_()),  # relevance_score >= threshold; null unless scored
+        ("threshold", pa.float64()),
+        ("note", pa.string()),  # why a photo was not scored
+    ]
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "photos": PHOTOS,
     "downloads": DOWNLOADS,
@@ -172,6 +203,8 @@ SCHEMAS: dict[str, pa.Schema] = {
     "chips": CHIPS,
     "decisions": DECISIONS,
     "manifest": MANIFEST,
+    "scores": SCORES,
+    "relevance": RELEVANCE,
 }
 
 # Sort keys: rows are written in this order so outputs do not depend on task completion order.

@@ -18,7 +18,7 @@ import yaml
 
 from tests.conftest import digests, sh
 
-STAGES = ["demo", "search", "download", "tiles", "pair", "chip", "filter", "manifest"]
+STAGES = ["demo", "search", "download", "tiles", "pair", "chip", "classify", "relevance", "filter", "manifest"]
 OUTPUTS = ("tables/*.parquet", "manifests/*", "reports/*.json", "data/store/tiles/*.tif", "data/store/chips/*/*")
 
 

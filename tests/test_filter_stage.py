@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from filters import REGISTRY, Filter, Tables, decisions_table, filter_order, first_drops
+from filters import REGISTRY, Filter, Tables, decisions_table, filter_notes, filter_order, first_drops
 from pipeline import filter as stage
 from pipeline.config import FilterParams, load_params
 from pipeline.schemas import CHIPS, DECISIONS, DOWNLOADS, PAIRS, PHOTOS, read_table, write_table
@@ -68,7 +68,8 @@ def test_each_planted_case_is_attributed_to_its_first_filter(tmp_path):
 def test_funnel_adds_up_and_counts_reasons_cities_splits(tmp_path):
     tables = make_tables()
     decisions, overrides = stage.run_filters(tables, make_params(tmp_path))
-    report = stage.funnel(tables.photos, tables.pairs, decisions, filter_order(REGISTRY, decisions), overrides)
+    notes = filter_notes(decisions, REGISTRY)
+    report = stage.funnel(tables.photos, tables.pairs, decisions, filter_order(REGISTRY, decisions), overrides, notes)
     assert list(report) == [
         "found",
         "removed",
@@ -76,6 +77,7 @@ def test_funnel_adds_up_and_counts_reasons_cities_splits(tmp_path):
         "kept",
         "dropped",
         "curator_overrides",
+        "not_run",
         "by_reason",
         "by_city",
         "by_split",
@@ -92,6 +94,25 @@ def test_funnel_adds_up_and_counts_reasons_cities_splits(tmp_path):
     assert report["by_city"]["Brimvale"] == {"found": 4, "removed": 3, "kept": 1}
     assert report["by_split"]["unassigned"] == {"found": 6, "removed": 6, "kept": 0}
     assert report["by_split"]["test"] == {"found": 3, "removed": 2, "kept": 1}
+    # no scores or relevance tables were given: the model filters say they did not run
+    assert set(report["not_run"]) == {"indoor", "relevance"}
+
+
+def test_a_skipped_relevance_head_is_named_in_the_funnel(tmp_path):
+    import pyarrow as pa
+
+    from pipeline.schemas import RELEVANCE, table_from_rows
+
+    base = make_tables()
+    ids = base.photos.column("id").to_pylist()
+    skipped = table_from_rows(
+        [{"id": i, "model_version": "v0", "status": "skipped", "note": "skipped: 3 labels < min_labels 20"} for i in ids],
+        RELEVANCE,
+    )
+    tables = stage.Tables(base.photos, base.downloads, base.pairs, base.chips, None, skipped)
+    decisions, _ = stage.run_filters(tables, make_params(tmp_path))
+    assert filter_notes(decisions, REGISTRY)["relevance"] == "skipped: 3 labels < min_labels 20"
+    assert isinstance(decisions, pa.Table)
 
 
 def test_curator_keep_overrides_a_model_drop_but_not_a_rule_drop(tmp_path):

@@ -1,0 +1,317 @@
+"""Scene scores and embeddings for every downloaded photo → ``scores`` table + an embedding cache.
+
+The unit of work is a chunk of photos (:func:`score_chunk`): batched inference through a torch
+DataLoader (:func:`pipeline.models.scene.infer`), returning one cache shard: photo id, sha256, the
+top categories with probabilities and the float16 embedding. Chunks run through the shared executor
+(in this process, or on a Dask cluster when ``scheduler`` is set); this process writes each shard
+atomically to ``<embeddings>/<model key>/part-<hash>.parquet`` as it arrives, so an interrupted run
+keeps its finished chunks and a rerun scores only photos (id + sha256) no shard holds yet.
+
+The ``scores`` table is then computed from the cache alone (the indoor vote over the stored top
+categories), so it depends only on the downloads, the model and the vote params, never on which
+run scored which photo. Changing ``top_k`` / thresholds re-votes without running the backbone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.config import ClassifyParams, Params, S3Params
+from pipeline.executor import run
+from pipeline.models.scene import ModelSpec, model_spec
+from pipeline.models.vote import format_top, vote_top
+from pipeline.schemas import DOWNLOADS, SCORES, read_table, table_from_rows, write_table
+
+log = logging.getLogger(__name__)
+
+STORED_TOP = 32  # categories kept per photo in the cache: any top_k up to this re-votes without the backbone
+CHUNK_PHOTOS = 1024  # photos per unit of work (one cache shard)
+
+def shard_schema(dim: int) -> pa.Schema:
+    """Schema of an embedding cache shard for ``dim``-dimensional embeddings."""
+    return pa.schema(
+        [
+            ("id", pa.string()),
+            ("sha256", pa.string()),
+            ("top_index", pa.list_(pa.int32())),
+            ("top_prob", pa.list_(pa.float32())),
+            ("embedding", pa.list_(pa.float16(), dim)),
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class Item:
+    """One photo to score: id, sha256 of the fetched bytes, store URI of the normalised JPEG."""
+
+    id: str
+    sha256: str
+    uri: str
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    """What a chunk returns: the shard rows (None when every photo failed) and ``{id: error}``."""
+
+    shard: pa.Table | None
+    errors: dict[str, str]
+
+
+def about(spec: ModelSpec) -> dict:
+    """What a cache folder holds, for people reading ``model.json``."""
+    return {
+        "model": spec.name,
+        "key": spec.key,
+        "weights": Path(spec.weights).name,
+        "preprocess": spec.preprocess.__dict__,
+        "embedding": "float16: the classifier head's input (pooled features)",
+        "top": "sorted, probability",
+    }
+
+
+def vote_key(spec: ModelSpec) -> str:
+    doc = {"vote": spec.vote.__dict__, "labels": spec.labels.sha256}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- the unit of work
+
+
+def score_chunk(
+    items: Sequence[Item], *, params: ClassifyParams, s3: S3Params, imagenet_weights: str | None = None
+) -> ChunkResult:
+    """Run the backbone over ``items``; return the shard rows and the photos that could not be read."""
+    from pipeline.models import scene  # torch is imported only when there is work
+
+    torch = scene.import_torch()
+    torch.set_num_threads(params.threads)
+    spec = model_spec(params, imagenet_weights)
+    backbone = scene.cached_backbone(spec)
+    device = scene.resolve_device(params.device)
+    keep = max(STORED_TOP, spec.vote.top_k)
+    rows, errors = [], {}
+    outputs = scene.infer(
+        backbone,
+        [it.uri for it in items],
+        s3=s3,
+        batch_size=params.batch_size,
+        workers=params.loader_workers,
+        device=device,
+        keep_top=keep,
+    )
+    for out in outputs:
+        item = items[out.index]
+        if out.error:
+            errors[item.id] = out.error
+            continue
+        rows.append(
+            {
+                "id": item.id,
+                "sha256": item.sha256,
+                "top_index": out.top_index.tolist(),
+                "top_prob": out.top_prob.tolist(),
+                "embedding": out.embedding,
+            }
+        )
+    return ChunkResult(_shard_table(rows, backbone.dim) if rows else None, errors)
+
+
+def _shard_table(rows: list[dict], dim: int) -> pa.Table:
+    schema = shard_schema(dim)
+    emb = np.stack([r["embedding"] for r in rows]).astype(np.float16).ravel()
+    columns = {
+        "id": pa.array([r["id"] for r in rows], pa.string()),
+        "sha256": pa.array([r["sha256"] for r in rows], pa.string()),
+        "top_index": pa.array([r["top_index"] for r in rows], schema.field("top_index").type),
+        "top_prob": pa.array([r["top_prob"] for r in rows], schema.field("top_prob").type),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb, pa.float16()), dim),
+    }
+    return pa.table(columns, schema=schema)
+
+
+# ---------------------------------------------------------------- the embedding cache
+
+
+class EmbeddingCache:
+    """``<root>/<model key>/part-*.parquet``: shards keyed by (photo id, sha256), written atomically."""
+
+    def __init__(self, root: str | Path, key: str, about: dict | None = None) -> None:
+        self.dir = Path(root) / key
+        self.about = about  # written once as model.json beside the shards, for people
+
+    def shards(self) -> list[Path]:
+        return sorted(self.dir.glob("part-*.parquet")) if self.dir.is_dir() else []
+
+    def write(self, shard: pa.Table) -> Path:
+        """Write one shard (name = hash of its keys) atomically; return its path."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._describe()
+        keys = "\n".join(f"{i}:{s}" for i, s in zip(shard.column("id").to_pylist(), shard.column("sha256").to_pylist()))
+        path = self.dir / f"part-{hashlib.sha256(keys.encode()).hexdigest()[:16]}.parquet"
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".part-", suffix=".tmp")
+        os.close(fd)
+        try:
+            pq.write_table(shard, tmp, compression="zstd")
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return path
+
+    def _describe(self) -> None:
+        meta = self.dir / "model.json"
+        if self.about and not meta.exists():
+            meta.write_text(json.dumps(self.about, indent=2, sort_keys=True) + "\n")
+
+    def index(self, min_top: int) -> dict[tuple[str, str], tuple[list[int], list[float]]]:
+        """``{(id, sha256): (top_index, top_prob)}`` over all shards (first shard wins; short top lists skipped)."""
+        out: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
+        for path in self.shards():
+            t = pq.read_table(path, columns=["id", "sha256", "top_index", "top_prob"])
+            for i, s, ti, tp in zip(*(t.column(c).to_pylist() for c in t.column_names)):
+                if len(ti) >= min_top and (i, s) not in out:
+                    out[(i, s)] = (ti, tp)
+        return out
+
+    def embeddings(self, keys: Iterable[tuple[str, str]]) -> tuple[list[tuple[str, str]], np.ndarray]:
+        """The float32 embeddings of ``keys`` found in the cache (shard by shard, bounded memory per shard)."""
+        wanted: set[tuple[str, str]] = set(keys)
+        found: list[tuple[str, str]] = []
+        parts = []
+        for path in self.shards():
+            t = pq.read_table(path, columns=["id", "sha256"])
+            keys_here = list(zip(t.column("id").to_pylist(), t.column("sha256").to_pylist()))
+            take = [k for k, key in enumerate(keys_here) if key in wanted]
+            if not take:
+                continue
+            column = pq.read_table(path, columns=["embedding"]).column("embedding").combine_chunks()
+            emb = column.flatten().to_numpy(zero_copy_only=False).reshape(len(keys_here), -1)
+            parts.append(emb[take].astype(np.float32))
+            for k in take:
+                found.append(keys_here[k])
+                wanted.discard(keys_here[k])
+        matrix = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+        return found, matrix
+
+
+# ---------------------------------------------------------------- the core
+
+
+def ok_items(downloads: pa.Table) -> list[Item]:
+    """Downloaded photos (status ok, with a stored file), sorted by id."""
+    cols = {c: downloads.column(c).to_pylist() for c in ("id", "sha256", "uri", "status")}
+    items = [
+        Item(i, s or "", u)
+        for i, s, u, st in zip(cols["id"], cols["sha256"], cols["uri"], cols["status"])
+        if st == "ok" and u
+    ]
+    return sorted(items, key=lambda it: it.id)
+
+
+def score_rows(items: Sequence[Item], spec: ModelSpec, index: dict, errors: dict[str, str]) -> list[dict]:
+    """The ``scores`` rows: the vote over each photo's cached top categories, or its error."""
+    io, names, vkey = spec.labels.io_array(), spec.labels.names, vote_key(spec)
+    rows = []
+    for it in items:
+        row = {"id": it.id, "sha256": it.sha256, "model": spec.name, "model_key": spec.key, "vote_key": vkey}
+        cached = index.get((it.id, it.sha256))
+        if cached is None:
+            rows.append({**row, "status": "error", "error": errors.get(it.id, "not scored")})
+            continue
+        v = vote_top(cached[0], cached[1], io, spec.vote)
+        rows.append(
+            {
+                **row,
+                "status": "ok",
+                "error": "",
+                "indoor_score": round(v.indoor_score, 6),
+                "indoor_mass": round(v.indoor_mass, 6),
+                "outdoor_mass": round(v.outdoor_mass, 6),
+                "is_indoor": v.is_indoor,
+                "top_categories": format_top(v.top, names),
+            }
+        )
+    return rows
+
+
+@dataclass(frozen=True)
+class Summary:
+    photos: int
+    scored: int  # ran through the backbone in this run
+    reused: int
+    errors: int
+
+
+def classify(
+    downloads: pa.Table, params: Params, cache_root: str | Path, imagenet_weights: str | None = None
+) -> tuple[pa.Table, Summary]:
+    """Score every downloaded photo not in the cache, then build the ``scores`` table from the cache."""
+    spec = model_spec(params.classify, imagenet_weights)
+    cache = EmbeddingCache(cache_root, spec.key, about(spec))
+    items = ok_items(downloads)
+    index = cache.index(spec.vote.top_k)
+    todo = [it for it in items if (it.id, it.sha256) not in index]
+    log.info(
+        "classify: %d photos, %d in the cache (%s), %d to score",
+        len(items),
+        len(items) - len(todo),
+        cache.dir,
+        len(todo),
+    )
+    errors: dict[str, str] = {}
+    if todo:
+        chunks = [todo[k : k + CHUNK_PHOTOS] for k in range(0, len(todo), CHUNK_PHOTOS)]
+        store_s3 = params.s3.model_copy(update={"anonymous": False})  # the store is written with credentials
+        work = functools.partial(score_chunk, params=params.classify, s3=store_s3, imagenet_weights=imagenet_weights)
+        remote = bool(params.scheduler)
+        for result in run(
+            work,
+            chunks,
+            scheduler=params.scheduler,
+            workers=params.workers if remote else 1,
+            desc="classify",
+            batch_size=params.workers if remote else 1,
+        ):
+            if result.shard is not None:
+                cache.write(result.shard)
+            errors.update(result.errors)
+        index = cache.index(spec.vote.top_k)
+    rows = score_rows(items, spec, index, errors)
+    failed = sum(r["status"] != "ok" for r in rows)
+    summary = Summary(len(items), len(todo) - len(errors), len(items) - len(todo), failed)
+    return table_from_rows(rows, SCORES), summary
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--downloads", required=True, help="downloads table to read (Parquet)")
+    parser.add_argument("--out", required=True, help="scores table to write (Parquet)")
+    parser.add_argument("--embeddings", required=True, help="embedding cache folder (one subfolder per model key)")
+
+
+def main(params: Params, args: argparse.Namespace) -> int:
+    downloads = read_table(args.downloads, DOWNLOADS, columns=["id", "sha256", "uri", "status"])
+    table, summary = classify(downloads, params, args.embeddings)
+    write_table(table, args.out, SCORES)
+    indoor = table.column("is_indoor").to_pylist().count(True)
+    log.info(
+        "classify: %d photos (%d scored now, %d reused, %d errors), %d indoor -> %s",
+        summary.photos,
+        summary.scored,
+        summary.reused,
+        summary.errors,
+        indoor,
+        args.out,
+    )
+    return 0
