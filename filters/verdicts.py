@@ -31,7 +31,8 @@ class Verdict:
     line: int  # line in the CSV file (the header is line 1)
 
 
-def _timestamp(text: str, where: str) -> datetime:
+def parse_timestamp(text: str, where: str) -> datetime:
+    """An ISO 8601 verdict timestamp (naive = UTC); CatalogError naming ``where`` otherwise."""
     try:
         ts = datetime.fromisoformat(text.strip())
     except ValueError:
@@ -51,7 +52,7 @@ def _verdict(row: list[str], header: list[str], where: str, line: int) -> Verdic
     if verdict not in VERDICTS:
         raise CatalogError(f"{where}: unknown verdict {verdict!r} (allowed: {', '.join(VERDICTS)})")
     return Verdict(
-        vid, verdict, r["curator"].strip(), _timestamp(r["timestamp"], where), r.get("note", "").strip(), line
+        vid, verdict, r["curator"].strip(), parse_timestamp(r["timestamp"], where), r.get("note", "").strip(), line
     )
 
 

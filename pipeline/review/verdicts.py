@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from filters.verdicts import COLUMNS, KEEP, VERDICTS
+from filters.verdicts import COLUMNS, KEEP, VERDICTS, parse_timestamp  # noqa: F401 - KEEP re-exported for the app
 from pipeline.errors import CatalogError, CrossviewError
 
 log = logging.getLogger(__name__)
@@ -54,14 +54,6 @@ class Row:
 def utc_now() -> str:
     """The current UTC time as ISO 8601 with microseconds and a ``Z``."""
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def _when(text: str, where: str) -> datetime:
-    try:
-        ts = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise CatalogError(f"{where}: timestamp {text!r} is not ISO 8601 (e.g. 2026-01-31T12:00:00Z)") from None
-    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
 def clean_note(note: str | None) -> str:
@@ -189,7 +181,7 @@ def latest(rows: Iterable[Row]) -> dict[str, Row]:
     """The latest row per id: by timestamp, ties broken by position (later wins)."""
     best: dict[str, tuple[datetime, int, Row]] = {}
     for n, row in enumerate(rows):
-        key = (_when(row.timestamp, f"verdict for {row.id}"), n)
+        key = (parse_timestamp(row.timestamp, f"verdict for {row.id}"), n)
         old = best.get(row.id)
         if old is None or key >= old[:2]:
             best[row.id] = (*key, row)
@@ -215,7 +207,7 @@ def parse(text: str, where: str = "verdicts") -> list[Row]:
         r = {k: v.strip() for k, v in zip(header, cells)}
         if r["verdict"] not in VERDICTS:
             raise CatalogError(f"{line}: unknown verdict {r['verdict']!r} (allowed: {', '.join(VERDICTS)})")
-        _when(r["timestamp"], line)
+        parse_timestamp(r["timestamp"], line)
         out.append(Row(r["id"], r["verdict"], r["curator"], r["timestamp"], r.get("note", "")))
     return out
 
