@@ -27,9 +27,10 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from filters.verdicts import KEEP, VERDICTS
 from pipeline.errors import CrossviewError
 from pipeline.review.data import QUEUES, Dataset, Index, QueueSpec, Settings
-from pipeline.review.verdicts import KEEP, VERDICTS, Row, VerdictError, VerdictTable
+from pipeline.review.verdicts import Row, VerdictError, VerdictTable
 
 log = logging.getLogger(__name__)
 

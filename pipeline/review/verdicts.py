@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from filters.verdicts import COLUMNS, KEEP, VERDICTS, parse_timestamp  # noqa: F401 - KEEP re-exported for the app
+from filters.verdicts import COLUMNS, VERDICTS, parse_timestamp
 from pipeline.errors import CatalogError, CrossviewError
 
 log = logging.getLogger(__name__)
