@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipeline.errors import ConfigError
+from pipeline.train.params import EvaluateParams, HeatmapParams, TrainParams
 
 
 class _Section(BaseModel):
@@ -153,6 +154,9 @@ class Params(_Section):
     flickr: FlickrParams = FlickrParams()
     classify: ClassifyParams = ClassifyParams()
     relevance: RelevanceParams = RelevanceParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    heatmap: HeatmapParams = HeatmapParams()
 
 
 def _describe(err: ValidationError) -> str:

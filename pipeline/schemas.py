@@ -195,6 +195,19 @@ RELEVANCE = pa.schema(
     ]
 )
 
+# One row per pair of the evaluated split (evaluate stage).
+EVAL_PAIRS = pa.schema(
+    [
+        ("id", pa.string()),
+        ("split", pa.string()),
+        ("rank", pa.int32()),  # 1-based rank of the pair's own chip among all the split's chips
+        ("distance", pa.float64()),  # model distance photo → own chip (chord, 0..2)
+        ("top1_id", pa.string()),  # the pair whose chip came first
+        ("top1_distance", pa.float64()),
+        ("predicted_bearing_deg", pa.float64()),  # viewing direction at the own chip; null without orientation
+    ]
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "photos": PHOTOS,
     "downloads": DOWNLOADS,
@@ -205,6 +218,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "manifest": MANIFEST,
     "scores": SCORES,
     "relevance": RELEVANCE,
+    "eval_pairs": EVAL_PAIRS,
 }
 
 # Sort keys: rows are written in this order so outputs do not depend on task completion order.

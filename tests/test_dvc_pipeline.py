@@ -18,7 +18,7 @@ import yaml
 
 from tests.conftest import digests, sh
 
-STAGES = ["demo", "search", "download", "tiles", "pair", "chip", "classify", "relevance", "filter", "manifest"]
+STAGES = ["demo", "search", "download", "tiles", "pair", "chip", "classify", "relevance", "filter", "manifest", "train", "evaluate"]
 OUTPUTS = ("tables/*.parquet", "manifests/*", "reports/*.json", "data/store/tiles/*.tif", "data/store/chips/*/*")
 
 
@@ -74,7 +74,7 @@ def test_density_change_reruns_pair_and_downstream_only(repo):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = sh(["dvc", "repro"], repo)
     ran = {s for s in STAGES if f"Running stage '{s}'" in out}
-    assert {"pair"} <= ran <= {"pair", "chip", "filter", "manifest"}
+    assert {"pair"} <= ran <= {"pair", "chip", "filter", "manifest", "train", "evaluate"}
     density = [d for d in pq.read_table(repo / "tables" / "pairs.parquet").to_pylist() if d["status"] == "density"]
     assert density and all("m" in d["reason"] for d in density)
     params["pair"]["density_m"] = 10

@@ -1,0 +1,157 @@
+"""``crossview train`` and ``crossview evaluate``: the manifests' first consumer.
+
+train: ``manifests/train.parquet`` (+ val) → ``models/last.pt`` (checkpoint after every epoch, resumed
+after an interruption), ``models/model.pt`` (weights + the params that built them), per-epoch metrics
+JSON and loss curves (CSV) for DVC. evaluate: a manifest + ``models/model.pt`` → recall@1/5/10/1 %,
+mean/median rank (JSON), the recall@k curve (CSV) and one row per pair with its rank and predicted
+viewing direction (Parquet).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import torch
+
+from pipeline.config import Params, S3Params
+from pipeline.errors import StageInputError
+from pipeline.schemas import EVAL_PAIRS, table_from_rows, write_table
+from pipeline.train.data import ManifestPairs, view_spec
+from pipeline.train.loop import History, atomic_file, evaluate_model, fingerprint, fit, load_model, resolve_device
+from pipeline.train.metrics import Retrieval, recall_curve, summary
+from pipeline.train.params import EvaluateParams, TrainParams
+
+log = logging.getLogger(__name__)
+
+# One row per evaluated pair; the lead moves this into pipeline/schemas.py.
+def write_text(text: str, path: str | Path) -> None:
+    """Write a text file atomically (temp file + rename)."""
+    with atomic_file(path) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8", newline="")
+
+
+def write_json(data: dict, path: str | Path) -> None:
+    write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", path)
+
+
+def write_csv(rows: list[dict], path: str | Path) -> None:
+    """Rows of equal keys as CSV (DVC plots)."""
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    write_text(buf.getvalue(), path)
+
+
+def train_metrics(params: TrainParams, history: History) -> dict:
+    """The train stage's DVC metrics: the last epoch's row plus what was trained."""
+    last = history.epochs[-1] if history.epochs else {}
+    backbone = params.timm_contrastive.backbone if params.model == "timm_contrastive" else "vgg16"
+    return {**last, "model": params.model, "backbone": backbone, "steps": len(history.steps)}
+
+
+def epoch_rows(history: History) -> list[dict]:
+    """Per-epoch loss and validation recall/rank (the ``train_epochs`` plot)."""
+    keys = ("epoch", "train_loss", "val_recall_at_1", "val_recall_at_5", "val_recall_at_10", "val_mean_rank",
+            "val_median_rank")
+    return [{k: row.get(k, "") for k in keys} for row in history.epochs]
+
+
+def run_training(params: TrainParams, s3: S3Params, train_path: str, val_path: str | None, models_dir: str,
+                 metrics_path: str, loss_csv: str, epochs_csv: str, on_step=None) -> History:
+    """Train on ``train_path`` (validating on ``val_path``); write checkpoints, metrics and curves each epoch."""
+    spec = view_spec(params)
+    train = ManifestPairs(train_path, spec.training(params.augment), s3, seed=params.seed, cache_mb=params.cache_mb)
+    if len(train) < 2:
+        raise StageInputError(f"{train_path} has {len(train)} pairs; training needs at least 2 (check the filters)")
+    val = ManifestPairs(val_path, spec, s3, cache_mb=params.cache_mb) if val_path else None
+    if val is not None and len(val) < 2:
+        log.warning("%s has %d pairs: no validation", val_path, len(val))
+    fp = fingerprint(params, *(p for p in (train_path, val_path) if p))
+
+    def on_epoch(history: History) -> None:
+        write_json(train_metrics(params, history), metrics_path)
+        write_csv(history.steps, loss_csv)
+        write_csv(epoch_rows(history), epochs_csv)
+
+    _, history = fit(params, train, val, models_dir, fp=fp, on_epoch=on_epoch, on_step=on_step)
+    on_epoch(history)  # also when every epoch was already in the checkpoint
+    return history
+
+
+def pair_rows(ids: list[str], splits: list[str], result: Retrieval) -> list[dict]:
+    """EVAL_PAIRS rows from a retrieval result."""
+    bearing = result.bearing_deg
+    return [
+        {"id": ids[i], "split": splits[i], "rank": int(result.rank[i]), "distance": float(result.distance[i]),
+         "top1_id": ids[int(result.top1[i])], "top1_distance": float(result.top1_distance[i]),
+         "predicted_bearing_deg": None if bearing is None else round(float(bearing[i]), 3)}
+        for i in range(len(ids))
+    ]
+
+
+def run_evaluation(params: EvaluateParams, s3: S3Params, manifest: str, model_path: str, metrics_path: str,
+                   pairs_path: str, recall_csv: str) -> dict:
+    """Rank every pair of ``manifest`` with the trained model; write metrics, the recall curve and the pairs."""
+    device = resolve_device(params.device)
+    if device == "cpu":
+        torch.set_num_threads(params.threads)
+    model, train_params = load_model(model_path, device)
+    ds = ManifestPairs(manifest, model.spec, s3)
+    splits = pq.read_table(manifest, columns=["split"]).column("split").to_pylist()
+    ids = [ds.id(i) for i in range(len(ds))]
+    if len(ds) == 0:
+        log.warning("%s has no pairs: nothing to evaluate", manifest)
+        rank, rows = torch.zeros(0, dtype=torch.int64).numpy(), []
+    else:
+        result = evaluate_model(model, ds, batch_size=params.batch_size, workers=params.loader_workers,
+                                device=device, amp=train_params.amp, chunk=params.chunk)
+        rank, rows = result.rank, pair_rows(ids, splits, result)
+    metrics = {**summary(rank), "model": train_params.model, "orientation": model.has_orientation}
+    write_json(metrics, metrics_path)
+    write_csv(recall_curve(rank, params.max_k), recall_csv)
+    write_table(table_from_rows(rows, EVAL_PAIRS), pairs_path, EVAL_PAIRS)
+    log.info("evaluated %d pairs of %s: %s", len(ds), manifest, json.dumps(metrics))
+    return metrics
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``crossview train`` or ``crossview evaluate`` (one module serves both commands)."""
+    if parser.prog.split()[-1] == "evaluate":
+        parser.add_argument("--manifest", required=True, help="manifest to evaluate (e.g. manifests/test.parquet)")
+        parser.add_argument("--model", required=True, help="trained model (models/model.pt)")
+        parser.add_argument("--metrics", required=True, help="metrics to write (DVC metrics JSON)")
+        parser.add_argument("--pairs", required=True, help="per-pair ranks and bearings to write (Parquet)")
+        parser.add_argument("--recall-plot", required=True, help="recall@k curve to write (CSV, DVC plots)")
+        parser.set_defaults(_stage=evaluate_main)
+        return
+    parser.add_argument("--train", required=True, help="training manifest (manifests/train.parquet)")
+    parser.add_argument("--val", help="validation manifest (manifests/val.parquet); none: no validation")
+    parser.add_argument("--models", required=True, help="folder for last.pt (checkpoint) and model.pt")
+    parser.add_argument("--metrics", required=True, help="metrics to write each epoch (DVC metrics JSON)")
+    parser.add_argument("--loss-plot", required=True, help="per-step loss to write (CSV, DVC plots)")
+    parser.add_argument("--epochs-plot", required=True, help="per-epoch loss and val recall to write (CSV)")
+    parser.set_defaults(_stage=train_main)
+
+
+def train_main(params: Params, args: argparse.Namespace) -> int:
+    tp = params.train
+    run_training(tp, params.s3, args.train, args.val, args.models, args.metrics, args.loss_plot, args.epochs_plot)
+    return 0
+
+
+def evaluate_main(params: Params, args: argparse.Namespace) -> int:
+    ep = params.evaluate
+    run_evaluation(ep, params.s3, args.manifest, args.model, args.metrics, args.pairs, args.recall_plot)
+    return 0
+
+
+def main(params: Params, args: argparse.Namespace) -> int:
+    return args._stage(params, args)

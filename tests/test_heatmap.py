@@ -1,0 +1,163 @@
+"""``crossview heatmap``: the grid, CRS and bounds of the GeoTIFF, the GeoJSON points, the PNG, bad areas.
+
+The tile is made in code (:func:`make_tile`): a 500 m square at 1 m in UTM zone 31N with a blocky
+pattern, registered in a ``tiles`` table; the model is a tiny witw_fov (random weights: the files'
+geometry, not the scores, is under test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import shapely
+from affine import Affine
+from PIL import Image
+
+torch = pytest.importorskip("torch")
+
+from pipeline import heatmap
+from pipeline.config import Params
+from pipeline.geo import transformer
+from pipeline.schemas import MANIFEST, TILES, table_from_rows, write_table
+from pipeline.train.loop import save_atomic
+from pipeline.train.models import build_model
+from pipeline.train.params import TrainParams, WitwFovParams
+
+EPSG, X0, Y1, GSD, SIDE = 32631, 600_000.0, 5_000_500.0, 1.0, 500
+STEP = 56.25
+BOX = (600_100.0, 5_000_100.0, 600_400.0, 5_000_400.0)  # 300 m: 6 x 6 cells of 56.25 m (the last ones partial)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_tile(root) -> str:
+    """A 500 x 500 px RGB GeoTIFF at 1 m in EPSG:32631 and its one-row ``tiles`` table; returns the table path."""
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, 256, (3, 20, 20), dtype=np.uint8)
+    data = np.kron(blocks, np.ones((1, 25, 25), np.uint8))
+    data[:, data.any(axis=0) == 0] = 1  # no accidental nodata
+    path = root / "tile.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=SIDE, height=SIDE, count=3, dtype="uint8",
+                       crs=f"EPSG:{EPSG}", transform=Affine(GSD, 0, X0, 0, -GSD, Y1), tiled=True) as dst:
+        dst.write(data)
+    footprint = shapely.box(X0, Y1 - SIDE * GSD, X0 + SIDE * GSD, Y1)
+    row = {"tile_id": "T1", "aoi": "A", "city": "C", "uri": str(path), "epsg": EPSG,
+           "footprint_wkb": shapely.to_wkb(footprint), "minx": X0, "miny": Y1 - SIDE, "maxx": X0 + SIDE, "maxy": Y1,
+           "gsd_m": GSD, "width": SIDE, "height": SIDE, "status": "ok"}
+    table = root / "tiles.parquet"
+    write_table(table_from_rows([row], TILES), table, TILES, sort_by=["tile_id"])
+    return str(table)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("heat")
+    tiles = make_tile(root)
+    torch.manual_seed(0)
+    params = TrainParams(model="witw_fov", witw_fov=WitwFovParams(vgg_convs=2, polar_height=8, polar_width=32,
+                                                                  chip_px=16, channels=4))
+    save_atomic({"params": params.model_dump(), "model": build_model(params).state_dict()}, root / "model.pt")
+    Image.fromarray(np.full((48, 64, 3), 120, np.uint8)).save(root / "photo.jpg")
+    manifest = root / "test.parquet"
+    write_table(table_from_rows([{"id": "p1", "split": "test", "photo_uri": str(root / "photo.jpg"), "x_m": 600_250.0,
+                                  "y_m": 5_000_250.0, "epsg": EPSG}], MANIFEST), manifest, MANIFEST)
+    return root, tiles, manifest
+
+
+def run(world, *extra: str) -> str:
+    root, tiles, manifest = world
+    parser = argparse.ArgumentParser(prog="crossview heatmap")
+    heatmap.configure(parser)
+    out = str(root / f"out{abs(hash(extra))}")
+    args = parser.parse_args(["--model", str(root / "model.pt"), "--tiles", tiles, "--manifest", str(manifest),
+                              "--out", out, *extra])
+    assert heatmap.main(Params(), args) == 0
+    return out
+
+
+def test_geotiff_has_the_grid_crs_transform_and_bounds(world):
+    out = run(world, "--bbox", *map(str, BOX), "--crs", "tile", "--photo", str(world[0] / "photo.jpg"))
+    with rasterio.open(f"{out}.tif") as src:
+        assert src.crs.to_epsg() == EPSG
+        assert (src.width, src.height, src.count) == (6, 6, 2)
+        assert src.transform == Affine(STEP, 0, BOX[0], 0, -STEP, BOX[3])
+        assert src.bounds == pytest.approx((BOX[0], BOX[3] - 6 * STEP, BOX[0] + 6 * STEP, BOX[3]))
+        assert src.descriptions == ("score", "bearing_deg")
+        score, bearing = src.read(1), src.read(2)
+    # a point is scored when its whole 225 m chip lies in the tile: centres 128.1 .. 353.1 m in, not 409.4 m
+    assert np.isfinite(score[:5, :5]).all() and np.isnan(score[5]).all() and np.isnan(score[:, 5]).all()
+    assert (np.abs(score[:5, :5]) <= 1).all()
+    assert ((bearing[:5, :5] >= 0) & (bearing[:5, :5] < 360)).all()
+
+
+def test_geojson_points_are_the_scored_cell_centres_in_lon_lat(world):
+    out = run(world, "--bbox", *map(str, BOX), "--crs", f"EPSG:{EPSG}", "--photo", str(world[0] / "photo.jpg"))
+    features = json.loads(Path(f"{out}.geojson").read_text())["features"]
+    assert len(features) == 25
+    with rasterio.open(f"{out}.tif") as src:
+        score = src.read(1)
+    back = transformer(4326, EPSG)
+    for f in features:
+        p = f["properties"]
+        x, y = back.transform(*f["geometry"]["coordinates"])
+        assert (x, y) == pytest.approx((BOX[0] + (p["col"] + 0.5) * STEP, BOX[3] - (p["row"] + 0.5) * STEP), abs=1e-3)
+        assert p["score"] == pytest.approx(float(score[p["row"], p["col"]]), abs=1e-6)
+        assert 0 <= p["bearing_deg"] < 360 and p["tile_id"] == "T1" and p["epsg"] == EPSG
+    ranks = sorted(f["properties"]["rank"] for f in features)
+    assert ranks == list(range(1, 26))
+    best = min(features, key=lambda f: f["properties"]["rank"])["properties"]["score"]
+    assert best == max(f["properties"]["score"] for f in features)
+
+
+def test_png_shows_the_area_with_the_true_location_marked(world):
+    out = run(world, "--bbox", *map(str, BOX), "--crs", "tile", "--id", "p1")
+    png = Image.open(f"{out}.png")
+    assert png.size == (1600, 1600)
+    side = 6 * STEP  # the truth (600250, 5000250) is 150 m right of and below the grid's top-left corner
+    t = round(150 / side * 1600)
+    assert png.getpixel((t, t)) == (0, 255, 255)
+
+
+def test_a_lon_lat_polygon_is_gridded_in_the_tiles_utm_crs(world):
+    to_ll = transformer(EPSG, 4326)
+    corners = [(600_150, 5_000_150), (600_350, 5_000_150), (600_250, 5_000_350)]
+    wkt = "POLYGON((" + ", ".join(f"{lon} {lat}" for lon, lat in (to_ll.transform(*c) for c in corners + corners[:1])) + "))"
+    out = run(world, "--polygon", wkt, "--photo", str(world[0] / "photo.jpg"))
+    with rasterio.open(f"{out}.tif") as src:
+        assert src.crs.to_epsg() == EPSG
+        assert src.transform.a == STEP
+        assert (src.width, src.height) == (math.ceil(200 / STEP), math.ceil(200 / STEP))
+        assert src.transform.c == pytest.approx(600_150, abs=0.5) and src.transform.f == pytest.approx(5_000_350, abs=0.5)
+        scored = np.isfinite(src.read(1))
+    triangle = shapely.Polygon(corners)
+    x, y = np.meshgrid(src.transform.c + (np.arange(src.width) + 0.5) * STEP,
+                       src.transform.f - (np.arange(src.height) + 0.5) * STEP)
+    inside = shapely.covers(triangle, shapely.points(x, y))
+    assert scored.sum() > 0 and not (scored & ~inside).any()  # nothing outside the polygon is scored
+
+
+def test_an_area_outside_every_tile_or_too_large_is_refused(world):
+    root, tiles, _ = world
+    model, _ = __import__("pipeline.train.loop", fromlist=["load_model"]).load_model(root / "model.pt")
+    photo = Image.open(root / "photo.jpg")
+    far = shapely.box(700_000, 5_000_000, 700_300, 5_000_300)
+    with pytest.raises(heatmap.HeatmapError, match="not inside any tile"):
+        heatmap.compute(model, photo, heatmap.load_tiles(tiles), far, EPSG, STEP, 225.0)
+    with pytest.raises(heatmap.HeatmapError, match="max_points"):
+        heatmap.compute(model, photo, heatmap.load_tiles(tiles), shapely.box(*BOX), EPSG, 1.0, 225.0, max_points=100)
+    with pytest.raises(heatmap.HeatmapError, match="--crs"):
+        heatmap.parse_crs("mercator")
+    with pytest.raises(heatmap.HeatmapError, match="min < max"):
+        heatmap.parse_area([1, 1, 0, 2], None)

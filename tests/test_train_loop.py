@@ -1,0 +1,218 @@
+"""The training loop and the train/evaluate stages: deterministic loading, resume, outputs, the demo.
+
+The fixture manifest is made in code (:func:`make_pairs`): each pair's photo and chip share a
+colour and a stripe pattern, so a tiny model can learn it in a few steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("timm")
+
+from pipeline.config import Params, S3Params
+from pipeline.errors import StageInputError
+from pipeline.schemas import EVAL_PAIRS, MANIFEST, table_from_rows, write_table
+from pipeline.train import stage
+from pipeline.train.data import ManifestPairs, ViewSpec, make_loader
+from pipeline.train.loop import CHECKPOINT, MODEL
+from pipeline.train.params import EvaluateParams, TimmParams, TrainParams, WitwFovParams
+
+TINY = TrainParams(
+    epochs=2, batch_size=4, loader_workers=0, threads=1, cache_mb=0,
+    timm_contrastive=TimmParams(backbone="test_byobnet", embed_dim=16, photo_height=24, photo_width=32, chip_px=24),
+)
+TINY_WITW = TINY.model_copy(update={"model": "witw_fov", "witw_fov": WitwFovParams(
+    vgg_convs=2, polar_height=8, polar_width=32, chip_px=16, channels=4, lr=1e-3)})
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_pairs(root: Path, n: int, split: str = "train", seed: int = 0) -> Path:
+    """``n`` pairs (photo JPEG 64x48, chip PNG 64x64 sharing a colour and stripes) and their manifest."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        colour = rng.integers(30, 226, 3)
+        period = int(rng.integers(3, 12))
+        stripes = (np.arange(64) // period % 2 * 40)[None, :, None]
+        photo = np.clip(colour + stripes[:, :64] + rng.normal(0, 8, (48, 64, 3)), 0, 255).astype(np.uint8)
+        chip = np.clip(colour + stripes + rng.normal(0, 8, (64, 64, 3)), 0, 255).astype(np.uint8)
+        pid = f"{split}{i:03d}"
+        (root / "photos").mkdir(parents=True, exist_ok=True)
+        (root / "chips").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(photo).save(root / "photos" / f"{pid}.jpg", quality=95)
+        Image.fromarray(chip).save(root / "chips" / f"{pid}.png")
+        rows.append({"id": pid, "split": split, "photo_uri": str(root / "photos" / f"{pid}.jpg"),
+                     "chip_uri": str(root / "chips" / f"{pid}.png"), "chip_edge_m": 225.0, "chip_px": 64})
+    path = root / f"{split}.parquet"
+    write_table(table_from_rows(rows, MANIFEST), path, MANIFEST)
+    return path
+
+
+@pytest.fixture(scope="module")
+def manifests(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("pairs")
+    return make_pairs(root, 16, "train"), make_pairs(root, 8, "val", seed=1)
+
+
+def outputs(root: Path) -> dict[str, str]:
+    return {"models_dir": str(root / "models"), "metrics_path": str(root / "train.json"),
+            "loss_csv": str(root / "loss.csv"), "epochs_csv": str(root / "epochs.csv")}
+
+
+def train(params: TrainParams, manifests, root: Path, on_step=None):
+    return stage.run_training(params, S3Params(), str(manifests[0]), str(manifests[1]), on_step=on_step,
+                              **outputs(root))
+
+
+def test_loader_order_and_augmentation_depend_only_on_seed_and_epoch(manifests):
+    spec = ViewSpec(24, 32, 24).training(True)
+    ds = ManifestPairs(str(manifests[0]), spec, seed=5)
+    loader, sampler = make_loader(ds, 4, 0, train=True, seed=5)
+    parallel, psampler = make_loader(ManifestPairs(str(manifests[0]), spec, seed=5), 4, 2, train=True, seed=5)
+    epochs = {}
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        psampler.set_epoch(epoch)
+        batches = list(loader)
+        for (i, p, c), (j, q, d) in zip(batches, parallel, strict=True):  # 2 decode workers: same batches
+            assert torch.equal(i, j) and torch.equal(p, q) and torch.equal(c, d)
+        epochs[epoch] = torch.cat([b[0] for b in batches]).tolist()
+    sampler.set_epoch(0)
+    assert torch.cat([b[0] for b in loader]).tolist() == epochs[0]
+    assert epochs[0] != epochs[1] and sorted(epochs[0]) == list(range(16))
+    assert ds[(0, 3)][2].shape == (3, 24, 24) and ds[(0, 3)][1].shape == (3, 24, 32)
+    assert any(not torch.equal(ds[(e, 3)][2], ds[(0, 3)][2]) for e in range(1, 6))  # augmentations differ by epoch
+
+
+def test_evaluation_order_is_row_order_and_cache_gives_the_same_pixels(manifests):
+    plain = ManifestPairs(str(manifests[1]), ViewSpec(24, 32, 24, polar=(8, 32)))
+    cached = ManifestPairs(str(manifests[1]), ViewSpec(24, 32, 24, polar=(8, 32)), cache_mb=1)
+    loader, _ = make_loader(cached, 3, 0, train=False)
+    assert torch.cat([b[0] for b in loader]).tolist() == list(range(8))
+    assert len(cached._cache) == 8 and torch.equal(plain[5][2], cached[5][2])
+    assert plain.id(0) == "val000" and plain[0][2].shape == (3, 8, 32)
+
+
+def test_a_missing_manifest_says_which_stage_to_run(tmp_path):
+    with pytest.raises(StageInputError, match="manifest stage"):
+        ManifestPairs(str(tmp_path / "nope.parquet"), ViewSpec(8, 8, 8))
+
+
+def test_resume_after_an_interruption_gives_the_same_weights_and_metrics(manifests, tmp_path):
+    train(TINY, manifests, tmp_path / "a")
+
+    def interrupt(epoch: int, step: int) -> None:
+        if (epoch, step) == (1, 2):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(TINY, manifests, tmp_path / "b", on_step=interrupt)
+    assert torch.load(tmp_path / "b" / "models" / CHECKPOINT, weights_only=True)["epoch"] == 1
+    assert not (tmp_path / "b" / "models" / MODEL).exists()
+    train(TINY, manifests, tmp_path / "b")
+    a = torch.load(tmp_path / "a" / "models" / MODEL, weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / "models" / MODEL, weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "a" / "train.json").read_bytes() == (tmp_path / "b" / "train.json").read_bytes()
+    assert (tmp_path / "a" / "loss.csv").read_text() == (tmp_path / "b" / "loss.csv").read_text()
+
+
+def test_a_finished_run_is_not_retrained_but_changed_params_start_afresh(manifests, tmp_path, caplog):
+    train(TINY, manifests, tmp_path)
+    before = (tmp_path / "models" / MODEL).read_bytes()
+    with caplog.at_level(logging.INFO, logger="pipeline.train.loop"):
+        train(TINY, manifests, tmp_path)
+        assert "resuming" in caplog.text and "epoch 1/2" not in caplog.text
+        assert (tmp_path / "models" / MODEL).read_bytes() == before  # untouched: evaluate need not rerun
+        caplog.clear()
+        train(TINY.model_copy(update={"seed": 1}), manifests, tmp_path)
+    assert "starts afresh" in caplog.text and "epoch 1/2" in caplog.text and "from scratch" in caplog.text
+
+
+def test_train_writes_metrics_and_curves_and_the_loss_goes_down(manifests, tmp_path):
+    params = TINY.model_copy(update={"epochs": 6})
+    train(params, manifests, tmp_path)
+    metrics = json.loads((tmp_path / "train.json").read_text())
+    assert metrics["epoch"] == 6 and metrics["model"] == "timm_contrastive" and metrics["backbone"] == "test_byobnet"
+    assert metrics["val_pairs"] == 8 and metrics["steps"] == 6 * 4
+    steps = list(csv.DictReader((tmp_path / "loss.csv").open()))
+    assert list(steps[0]) == ["step", "epoch", "loss"] and len(steps) == 24
+    epochs = list(csv.DictReader((tmp_path / "epochs.csv").open()))
+    assert [int(r["epoch"]) for r in epochs] == list(range(1, 7))
+    assert float(epochs[-1]["train_loss"]) < float(epochs[0]["train_loss"])
+
+
+@pytest.mark.parametrize("params", [TINY, TINY_WITW], ids=["timm_contrastive", "witw_fov"])
+def test_evaluate_writes_metrics_recall_curve_and_pairs_with_orientation(params, manifests, tmp_path):
+    train(params.model_copy(update={"epochs": 1}), manifests, tmp_path)
+    parser = argparse.ArgumentParser(prog="crossview evaluate")
+    stage.configure(parser)
+    args = parser.parse_args(["--manifest", str(manifests[1]), "--model", str(tmp_path / "models" / MODEL),
+                              "--metrics", str(tmp_path / "eval.json"), "--pairs", str(tmp_path / "pairs.parquet"),
+                              "--recall-plot", str(tmp_path / "recall.csv")])
+    params_all = Params().model_copy(update={"evaluate": EvaluateParams(threads=1, loader_workers=0, chunk=3)}) \
+        if "evaluate" in Params.model_fields else Params()
+    assert stage.main(params_all, args) == 0
+    metrics = json.loads((tmp_path / "eval.json").read_text())
+    assert metrics["pairs"] == 8 and metrics["orientation"] == (params.model == "witw_fov")
+    assert 1 <= metrics["mean_rank"] <= 8 and metrics["chance_mean_rank"] == 4.5
+    curve = list(csv.DictReader((tmp_path / "recall.csv").open()))
+    assert [int(r["k"]) for r in curve] == list(range(1, 9)) and float(curve[-1]["recall"]) == 1.0
+    pairs = pq.read_table(tmp_path / "pairs.parquet")
+    assert pairs.schema.equals(EVAL_PAIRS) and pairs.num_rows == 8
+    assert all(1 <= r <= 8 for r in pairs.column("rank").to_pylist())
+    assert set(pairs.column("top1_id").to_pylist()) <= set(pairs.column("id").to_pylist())
+    bearings = pairs.column("predicted_bearing_deg").to_pylist()
+    if params.model == "witw_fov":
+        assert all(0 <= b < 360 for b in bearings)
+    else:
+        assert bearings == [None] * 8
+
+
+def test_configure_serves_both_commands():
+    train_parser = argparse.ArgumentParser(prog="crossview train")
+    stage.configure(train_parser)
+    args = train_parser.parse_args(["--train", "t", "--models", "m", "--metrics", "x", "--loss-plot", "l",
+                                    "--epochs-plot", "e"])
+    assert args._stage is stage.train_main and args.val is None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("params", [TINY, TINY_WITW], ids=["timm_contrastive", "witw_fov"])
+def test_gpu_training_with_bf16_and_compile(params, manifests, tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    gpu = params.model_copy(update={"device": "cuda", "amp": True, "compile": True, "epochs": 2})
+    train(gpu, manifests, tmp_path)
+    metrics = json.loads((tmp_path / "train.json").read_text())
+    assert np.isfinite(metrics["train_loss"]) and metrics["val_pairs"] == 8
+
+
+def test_the_default_demo_run_beats_chance_on_val_and_test(demo_repo):
+    """The demo's photos are rendered from its world, so the default tiny model (trained by the
+    `train` stage of the shared `dvc repro`) must learn something."""
+    reports = demo_repo / "reports"
+    train_json, eval_json = reports / "train_metrics.json", reports / "eval_metrics.json"
+    val, test = json.loads(train_json.read_text()), json.loads(eval_json.read_text())
+    assert val["val_pairs"] >= 10 and test["pairs"] >= 40
+    # chance: mean rank (N + 1) / 2, recall@k = k / N. Seeds 0-2 give val 4.5-4.9 of 7, test 21-24 of 41.
+    assert val["val_mean_rank"] < val["val_chance_mean_rank"] - 1
+    assert test["mean_rank"] < 0.8 * test["chance_mean_rank"]
+    assert test["recall_at_10"] > 10 / test["pairs"]
