@@ -107,7 +107,7 @@ def filter_notes(decisions: pa.Table, registry: Sequence[Filter]) -> dict[str, s
     names, kept, reasons = (column(decisions, c) for c in ("filter", "kept", "reason"))
     for f in registry:
         rows = [(k, r or "") for n, k, r in zip(names, kept, reasons, strict=True) if n == f.name]
-        if not rows:
+        if not rows and f.kind == "model":
             notes[f.name] = "judged no photo (its input was not given or was empty)"
         elif all(k for k, _ in rows) and len({r for _, r in rows}) == 1 and rows[0][1].startswith(f"{f.name}: "):
             notes[f.name] = rows[0][1].removeprefix(f"{f.name}: ")
@@ -122,6 +122,7 @@ from filters import chip, indoor, location, photo, relevance, verdicts  # noqa: 
 REGISTRY: list[Filter] = [
     Filter("download", photo.download, "rule"),
     Filter("single_band", photo.single_band, "rule"),
+    Filter("colour_mode", photo.colour_mode, "rule"),
     Filter("too_small", photo.too_small, "rule"),
     Filter("duplicate_image", photo.duplicate_image, "rule"),
     Filter("licence", photo.licence, "rule"),

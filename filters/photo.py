@@ -40,13 +40,32 @@ def single_band(tables: Tables, params: FilterParams) -> pa.Table:
     for i, r in _ok_downloads(tables, ["bands", "mode"]):
         if r["bands"] is None:
             continue
-        if r["bands"] != 1:
+        if r["bands"] != 1 or r["mode"] in PALETTE_MODES:  # a palette image has one band of colour indices
             out.append((i, True, "", float(r["bands"])))
         elif params.single_band == "drop":
             out.append((i, False, f"single_band: 1 band (mode {r['mode']})", 1.0))
         else:
             out.append((i, True, f"single_band: converted to RGB (mode {r['mode']})", 1.0))
     return decisions_table("single_band", out)
+
+
+PALETTE_MODES = frozenset({"P", "PA"})
+
+
+def colour_mode(tables: Tables, params: FilterParams) -> pa.Table:
+    """CMYK, palette, alpha and high-bit photos: converted to RGB by default (noted), dropped when their
+    mode is in ``reject_modes``; single-band photos are the ``single_band`` rule's."""
+    out = []
+    for i, r in _ok_downloads(tables, ["mode", "bands"]):
+        mode = r["mode"]
+        single = r["bands"] == 1 and mode not in PALETTE_MODES  # the single_band rule's
+        if mode is None or mode in ("RGB", "L") or single and mode not in params.reject_modes:
+            continue
+        if mode in params.reject_modes:
+            out.append((i, False, f"colour_mode: {mode} rejected by filter.reject_modes", None))
+        else:
+            out.append((i, True, f"colour_mode: {mode} converted to RGB", None))
+    return decisions_table("colour_mode", out)
 
 
 def too_small(tables: Tables, params: FilterParams) -> pa.Table:

@@ -41,6 +41,7 @@ class DemoParams(_Section):
 
 class DownloadParams(_Section):
     workers: int = Field(8, ge=1)
+    per_host: int = Field(4, ge=1)  # at most this many requests in flight to one host (be polite to a CDN)
     timeout_s: float = Field(30.0, gt=0)
     retries: int = Field(3, ge=0)
     jpeg_quality: int = Field(95, ge=50, le=100)
@@ -86,6 +87,7 @@ class FilterParams(_Section):
     min_chip_std: float = Field(2.0, ge=0)
     min_side_px: int = Field(64, ge=1)
     single_band: Literal["drop", "convert"] = "drop"
+    reject_modes: list[Literal["CMYK", "P", "RGBA", "LA", "PA", "I;16", "I", "F"]] = []  # else converted to RGB
     deny_list: str = "catalogs/deny_list.yaml"
     verdicts: str = "review/verdicts.csv"
 

@@ -111,11 +111,24 @@ def _get_once(url: str, timeout_s: float) -> Fetched:
         return Fetched("http_error", error=f"connection failed: {type(err).__name__}: {redact(str(err))}", final=False)
 
 
+_host_slots: dict[tuple[str, int], threading.BoundedSemaphore] = {}
+_host_slots_lock = threading.Lock()
+
+
+def host_slot(url: str, per_host: int) -> threading.BoundedSemaphore:
+    """The semaphore that caps requests in flight to ``url``'s host at ``per_host`` (one per process)."""
+    key = (urlparse(url).netloc.lower(), per_host)
+    with _host_slots_lock:
+        return _host_slots.setdefault(key, threading.BoundedSemaphore(per_host))
+
+
 def fetch_http(url: str, opts: DownloadParams) -> Fetched:
-    """GET with ``opts.retries`` retries on timeouts, 5xx, 429 and connection errors (backoff + jitter)."""
+    """GET with ``opts.retries`` retries on timeouts, 5xx, 429 and connection errors (backoff + jitter),
+    never more than ``opts.per_host`` requests in flight to one host."""
     result = Fetched("timeout")
     for attempt in range(opts.retries + 1):
-        result = _get_once(url, opts.timeout_s)
+        with host_slot(url, opts.per_host):
+            result = _get_once(url, opts.timeout_s)
         if result.final:
             return result
         if attempt < opts.retries:

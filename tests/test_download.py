@@ -362,3 +362,39 @@ def test_kill_9_mid_run_then_rerun_matches_an_uninterrupted_run(tmp_path, served
         decoded(jpeg)  # every stored file is whole
     rows = read_table(killed / "downloads.parquet", DOWNLOADS).to_pylist()
     assert len(rows) == 30 and {r["status"] for r in rows} >= {"ok", "empty", "corrupt"}
+
+
+def test_requests_to_one_host_never_exceed_per_host(tmp_path, monkeypatch, realdata):
+    """8 workers, per_host 2: the server never sees more than 2 requests at once, and all succeed."""
+    monkeypatch.chdir(tmp_path)
+    body = (realdata / "photos" / "outdoor_park_01.jpg").read_bytes()
+    state = {"now": 0, "max": 0}
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            with lock:
+                state["now"] += 1
+                state["max"] = max(state["max"], state["now"])
+            time.sleep(0.1)
+            with lock:
+                state["now"] -= 1
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        items = {f"h{i}": f"http://127.0.0.1:{httpd.server_port}/p{i}.jpg" for i in range(12)}
+        rows = run_stage({"store": "store", "download": {"workers": 8, "per_host": 2}}, items)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert {r["status"] for r in rows.values()} == {"ok"} and len(rows) == 12
+    assert state["max"] == 2

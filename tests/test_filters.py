@@ -342,3 +342,26 @@ def test_first_drops_follows_the_given_order():
     assert filters.first_drops(decisions, ["a", "b"]) == {"x": ("a", "a: no")}
     assert filters.first_drops(decisions, ["b", "a"]) == {"x": ("b", "b: no")}
     assert filters.reason_code("corrupt: bad JPEG") == "corrupt" and filters.reason_code("density") == "density"
+
+
+def test_colour_modes_are_converted_and_noted_or_rejected_by_param(tmp_path):
+    from filters import photo
+
+
+    modes = {"a": ("RGB", 3), "b": ("CMYK", 4), "c": ("P", 1), "d": ("RGBA", 4), "e": ("L", 1)}
+    tables = Tables(
+        photos=table_from_rows([{"id": i} for i in modes], PHOTOS),
+        downloads=table_from_rows([{"id": i, "status": "ok", "mode": m, "bands": b} for i, (m, b) in modes.items()],
+                                  DOWNLOADS),
+        pairs=table_from_rows([], PAIRS),
+        chips=table_from_rows([], CHIPS),
+    )
+    got = {r["id"]: (r["kept"], r["reason"]) for r in photo.colour_mode(tables, make_params(tmp_path)).to_pylist()}
+    assert got == {"b": (True, "colour_mode: CMYK converted to RGB"), "c": (True, "colour_mode: P converted to RGB"),
+                   "d": (True, "colour_mode: RGBA converted to RGB")}
+    strict = make_params(tmp_path, reject_modes=["CMYK", "P"])
+    got = {r["id"]: r["kept"] for r in photo.colour_mode(tables, strict).to_pylist()}
+    assert got == {"b": False, "c": False, "d": True}
+    # a palette image has one band of colour indices: it is not the single_band rule's
+    single = {r["id"]: r["kept"] for r in photo.single_band(tables, make_params(tmp_path)).to_pylist()}
+    assert single["c"] is True and single["e"] is False
