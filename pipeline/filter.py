@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from filters import REGISTRY, Filter, Tables, column, filter_notes, filter_order, first_drops, reason_code
+from pipeline import funnel_chart
 from pipeline.config import FilterParams, Params
 from pipeline.errors import SchemaError
 from pipeline.schemas import (
@@ -167,6 +168,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--relevance", help="relevance stage scores (Parquet)")
     parser.add_argument("--out", required=True, help="decisions table to write (Parquet)")
     parser.add_argument("--funnel", required=True, help="funnel report to write (DVC metrics JSON)")
+    parser.add_argument("--funnel-csv", help="funnel steps as CSV (a DVC plot)")
+    parser.add_argument("--funnel-png", help="funnel bar chart (PNG)")
 
 
 def main(params: Params, args: argparse.Namespace, registry: Sequence[Filter] = REGISTRY) -> int:
@@ -176,5 +179,9 @@ def main(params: Params, args: argparse.Namespace, registry: Sequence[Filter] = 
     order = filter_order(registry, decisions)
     report = funnel(tables.photos, tables.pairs, decisions, order, overrides, filter_notes(decisions, registry))
     write_json(report, args.funnel)
+    if args.funnel_csv:
+        funnel_chart.write_csv(report, args.funnel_csv)
+    if args.funnel_png:
+        funnel_chart.write_png(report, args.funnel_png)
     log.info("found %d photos, kept %d; by reason: %s", report["found"], report["kept"], report["by_reason"])
     return 0

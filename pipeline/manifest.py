@@ -258,6 +258,8 @@ def render_card(rows: list[dict], photos: pa.Table, decisions: pa.Table, params:
         "",
         "## Filtering (the funnel)",
         "",
+        "![the funnel](../reports/funnel.png)",
+        "",
         *_funnel_lines(photos, decisions),
         "",
         "Every photo not in a manifest has at least one recorded reason in the decisions table (`filter` stage).",

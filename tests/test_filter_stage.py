@@ -161,3 +161,27 @@ def test_empty_tables_give_empty_decisions_and_a_zero_funnel(tmp_path):
     report = stage.funnel(tables.photos, tables.pairs, decisions, filter_order(REGISTRY, decisions), overrides)
     assert decisions.num_rows == 0 and decisions.schema.equals(DECISIONS)
     assert report["found"] == report["kept"] == 0 and set(report["removed"].values()) == {0}
+
+
+def test_funnel_csv_and_png_follow_the_report(tmp_path):
+    import csv as csvmod
+
+    from PIL import Image
+
+    from pipeline import funnel_chart
+
+    tables = make_tables()
+    decisions, overrides = stage.run_filters(tables, make_params(tmp_path))
+    report = stage.funnel(tables.photos, tables.pairs, decisions, filter_order(REGISTRY, decisions), overrides)
+    funnel_chart.write_csv(report, tmp_path / "reports" / "funnel.csv")
+    funnel_chart.write_png(report, tmp_path / "reports" / "funnel.png")
+    rows = list(csvmod.DictReader((tmp_path / "reports" / "funnel.csv").open()))
+    assert rows[0] == {"step": "found", "removed": "0", "remaining": str(report["found"])}
+    assert rows[-1]["step"] == "kept" and int(rows[-1]["remaining"]) == report["kept"]
+    remaining = [int(r["remaining"]) for r in rows]
+    assert remaining == sorted(remaining, reverse=True)
+    assert sum(int(r["removed"]) for r in rows) == report["found"] - report["kept"]
+    with Image.open(tmp_path / "reports" / "funnel.png") as img:
+        assert img.format == "PNG" and img.height > 20 * len(rows)
+    again = funnel_chart.render_png(report)
+    assert again == (tmp_path / "reports" / "funnel.png").read_bytes()
