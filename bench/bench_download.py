@@ -121,7 +121,8 @@ def ours(urls: dict[str, str], out: Path, workers: int) -> float:
     from pipeline.config import DownloadParams, Params
     from pipeline.download import download
 
-    params = Params(store=str(out), workers=workers, download=DownloadParams(workers=workers))
+    # equal concurrency: as many requests in flight to the one host as the plain loop has threads
+    params = Params(store=str(out), workers=workers, download=DownloadParams(workers=workers, per_host=workers))
     photos = pa.table({"id": list(urls), "url": list(urls.values())})
     start = time.perf_counter()
     table = download(photos, params)

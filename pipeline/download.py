@@ -115,11 +115,19 @@ _host_slots: dict[tuple[str, int], threading.BoundedSemaphore] = {}
 _host_slots_lock = threading.Lock()
 
 
+def _slot(key: tuple[str, int]) -> threading.BoundedSemaphore:
+    with _host_slots_lock:
+        return _host_slots.setdefault(key, threading.BoundedSemaphore(key[1]))
+
+
 def host_slot(url: str, per_host: int) -> threading.BoundedSemaphore:
     """The semaphore that caps requests in flight to ``url``'s host at ``per_host`` (one per process)."""
-    key = (urlparse(url).netloc.lower(), per_host)
-    with _host_slots_lock:
-        return _host_slots.setdefault(key, threading.BoundedSemaphore(per_host))
+    return _slot(("host:" + urlparse(url).netloc.lower(), per_host))
+
+
+def fetch_slot(workers: int) -> threading.BoundedSemaphore:
+    """The semaphore that caps fetches in flight in this process at ``download.workers``."""
+    return _slot(("all", workers))
 
 
 def fetch_http(url: str, opts: DownloadParams) -> Fetched:
@@ -127,7 +135,7 @@ def fetch_http(url: str, opts: DownloadParams) -> Fetched:
     never more than ``opts.per_host`` requests in flight to one host."""
     result = Fetched("timeout")
     for attempt in range(opts.retries + 1):
-        with host_slot(url, opts.per_host):
+        with fetch_slot(opts.workers), host_slot(url, opts.per_host):
             result = _get_once(url, opts.timeout_s)
         if result.final:
             return result
@@ -168,7 +176,8 @@ def fetch(url: str, ctx: Context) -> Fetched:
     if is_http(url):
         return fetch_http(url, ctx.download)
     if is_s3(url):
-        return fetch_s3(url, ctx.s3)
+        with fetch_slot(ctx.download.workers):
+            return fetch_s3(url, ctx.s3)
     if url.startswith("file://"):
         return fetch_local(url2pathname(urlparse(url).path))
     if "://" in url:
@@ -297,8 +306,10 @@ def download(photos: pa.Table, params: Params) -> pa.Table:
         log.info("removed %d partial files left by an interrupted run", stale)
     work = functools.partial(process_one, ctx=ctx)
     items = sorted(zip(ids, urls, strict=True))
-    rows = mark_duplicates(list(run(work, items, scheduler=params.scheduler, workers=params.download.workers,
-                                    desc="download")))
+    # Twice as many threads as fetches in flight: while ``download.workers`` photos are being fetched
+    # (fetch_slot), others are validated and stored, so validation never holds a download slot.
+    threads = 2 * params.download.workers
+    rows = mark_duplicates(list(run(work, items, scheduler=params.scheduler, workers=threads, desc="download")))
     counts = Counter(r["status"] for r in rows)
     log.info("download: %s", ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     return table_from_rows(rows, DOWNLOADS)
