@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +33,7 @@ from pipeline.schemas import (
     read_table,
     write_table,
 )
+from pipeline.store import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -140,12 +139,7 @@ def funnel(
 
 def write_json(data: dict, path: str | Path) -> None:
     """Write JSON atomically with a stable layout (insertion key order, 2-space indent, final newline)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(json.dumps(data, indent=2, ensure_ascii=False) + "\n", path)
 
 
 def read_tables(args: argparse.Namespace) -> Tables:

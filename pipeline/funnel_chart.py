@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.store import Store
+from pipeline.store import atomic_file, write_text_atomic
 
 BAR_H, GAP, LABEL_W, BAR_W, MARGIN = 18, 6, 190, 520, 12
 KEPT, REMOVED, REASON = (60, 130, 200), (220, 90, 70), (150, 150, 150)
@@ -28,7 +28,7 @@ def write_csv(report: dict, path: str | Path) -> None:
     writer = csv.DictWriter(buf, fieldnames=["step", "removed", "remaining"], lineterminator="\n")
     writer.writeheader()
     writer.writerows(funnel_rows(report))
-    Store(str(Path(path).parent)).put_bytes(Path(path).name, buf.getvalue().encode())
+    write_text_atomic(buf.getvalue(), path)
 
 
 def _bars(draw: ImageDraw.ImageDraw, y: int, items: list[tuple[str, int, int, tuple]], top: int, font) -> int:
@@ -65,4 +65,5 @@ def render_png(report: dict) -> bytes:
 
 def write_png(report: dict, path: str | Path) -> None:
     """The bar chart, written atomically."""
-    Store(str(Path(path).parent)).put_bytes(Path(path).name, render_png(report))
+    with atomic_file(path) as tmp:
+        Path(tmp).write_bytes(render_png(report))

@@ -197,7 +197,7 @@ def compute(model, photo: Image.Image, tiles: list[Tile], area: BaseGeometry, ar
 
 
 def _atomic(path: str | Path, write) -> None:
-    from pipeline.train.loop import atomic_file
+    from pipeline.store import atomic_file
 
     with atomic_file(path) as tmp:
         write(tmp)

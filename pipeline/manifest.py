@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -35,6 +33,7 @@ from pipeline.schemas import (
     table_from_rows,
     write_table,
 )  # fmt: skip
+from pipeline.store import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -305,14 +304,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics", required=True, help="counts report to write (DVC metrics JSON)")
 
 
-def _write_text(text: str, path: str | Path) -> None:
-    """Write a text file atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+_write_text = write_text_atomic
 
 
 def main(params: Params, args: argparse.Namespace) -> int:

@@ -16,8 +16,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from pipeline.classify import EmbeddingCache
 from pipeline.config import Params, RelevanceParams
 from pipeline.errors import StageInputError
 from pipeline.schemas import RELEVANCE, SCORES, read_table, table_from_rows, write_table
+from pipeline.store import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -259,12 +258,7 @@ def score(scores: pa.Table, head: Head, cache_root: str | Path) -> pa.Table:
 
 def write_head(head: Head, path: str | Path) -> None:
     """Write the model file atomically with a stable layout."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(json.dumps(head.to_json(), indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(json.dumps(head.to_json(), indent=1, sort_keys=True) + "\n", path)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

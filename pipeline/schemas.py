@@ -6,8 +6,6 @@ metadata) and atomic (temp file + rename), so the same inputs give byte-identica
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import SchemaError, StageInputError
+from pipeline.store import atomic_file
 
 PHOTOS = pa.schema(
     [
@@ -258,16 +257,8 @@ def write_table(table: pa.Table, path: str | Path, schema: pa.Schema, sort_by: S
             raise SchemaError(f"{path}: table does not match its schema: {err}") from None
     table = _sorted(table, sort_by if sort_by is not None else ["id"])
     table = table.replace_schema_metadata(None)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         pq.write_table(table, tmp, compression="zstd", write_statistics=True, row_group_size=256_000)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_table(path: str | Path, schema: pa.Schema, columns: Sequence[str] | None = None) -> pa.Table:

@@ -133,6 +133,27 @@ def redact(text: str) -> str:
     return text
 
 
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[str]:
+    """Yield a temp path beside local ``path``; on success it becomes ``path`` (mode 0666 less the umask) at once."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix or ".tmp")
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def write_text_atomic(text: str, path: str | Path) -> None:
+    """Write a local UTF-8 text file atomically (no half-written file is ever visible)."""
+    with atomic_file(path) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8", newline="")
+
+
 class Store:
     """A place to put images and tiles: a local folder or an S3 prefix."""
 

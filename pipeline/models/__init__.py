@@ -9,5 +9,4 @@ from __future__ import annotations
 
 from pipeline.errors import ModelError
 
-
 __all__ = ["ModelError"]

@@ -12,11 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline.errors import ConfigError, StageInputError
+from pipeline.store import atomic_file
 from pipeline.train.data import ManifestPairs, make_loader
 from pipeline.train.metrics import Retrieval, retrieve, summary
 from pipeline.train.models import CrossViewModel, build_model
@@ -32,8 +31,6 @@ from pipeline.train.params import TrainParams
 
 log = logging.getLogger(__name__)
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 CHECKPOINT = "last.pt"
 MODEL = "model.pt"
 StepHook = Callable[[int, int], None]  # (epoch, step) before each step
@@ -65,21 +62,6 @@ def fingerprint(params: TrainParams, *manifests: str) -> str:
     for source in sorted(Path(__file__).parent.glob("*.py")):
         h.update(source.read_bytes())
     return h.hexdigest()
-
-
-@contextmanager
-def atomic_file(path: str | Path) -> Iterator[str]:
-    """Yield a temp path beside ``path``; on success it becomes ``path`` (mode 0666 less the umask) at once."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix or ".tmp")
-    os.close(fd)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def save_atomic(obj: object, path: str | Path) -> None:

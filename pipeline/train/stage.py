@@ -22,18 +22,16 @@ import torch
 from pipeline.config import Params, S3Params
 from pipeline.errors import StageInputError
 from pipeline.schemas import EVAL_PAIRS, table_from_rows, write_table
+from pipeline.store import write_text_atomic
 from pipeline.train.data import ManifestPairs, view_spec
-from pipeline.train.loop import History, atomic_file, evaluate_model, fingerprint, fit, load_model, resolve_device
+from pipeline.train.loop import History, evaluate_model, fingerprint, fit, load_model, resolve_device
 from pipeline.train.metrics import Retrieval, recall_curve, summary
 from pipeline.train.params import EvaluateParams, TrainParams
 
 log = logging.getLogger(__name__)
 
 # One row per evaluated pair; the lead moves this into pipeline/schemas.py.
-def write_text(text: str, path: str | Path) -> None:
-    """Write a text file atomically (temp file + rename)."""
-    with atomic_file(path) as tmp:
-        Path(tmp).write_text(text, encoding="utf-8", newline="")
+write_text = write_text_atomic
 
 
 def write_json(data: dict, path: str | Path) -> None:
