@@ -55,7 +55,6 @@ TILE_COLUMNS = {"licence": "overhead_licence", "licence_url": "overhead_licence_
                 "attribution": "overhead_attribution", "satellite": "satellite"}  # fmt: skip
 
 
-
 def chip_geometry(params: Params) -> tuple[float, int, float]:
     """(chip edge in metres, chip side in pixels, ground sample distance in metres) from params."""
     return params.chip.edge_m, int(round(params.chip.edge_m / params.tiles.gsd_m)), params.tiles.gsd_m
@@ -304,9 +303,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics", required=True, help="counts report to write (DVC metrics JSON)")
 
 
-_write_text = write_text_atomic
-
-
 def main(params: Params, args: argparse.Namespace) -> int:
     tables = Tables(
         photos=read_table(args.photos, PHOTOS),
@@ -320,7 +316,7 @@ def main(params: Params, args: argparse.Namespace) -> int:
     out_dir = Path(args.out_dir)
     for split, table in manifests.items():
         write_table(table, out_dir / f"{split}.parquet", MANIFEST)
-    _write_text(text, args.card)
-    _write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", args.metrics)
+    write_text_atomic(text, args.card)
+    write_text_atomic(json.dumps(report, indent=2, ensure_ascii=False) + "\n", args.metrics)
     log.info("manifests: %s; dropped %d of %d photos", report["rows"], report["dropped"], report["photos_found"])
     return 0

@@ -31,11 +31,10 @@ from pipeline.train.params import EvaluateParams, TrainParams
 log = logging.getLogger(__name__)
 
 # One row per evaluated pair; the lead moves this into pipeline/schemas.py.
-write_text = write_text_atomic
 
 
 def write_json(data: dict, path: str | Path) -> None:
-    write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", path)
+    write_text_atomic(json.dumps(data, indent=2, sort_keys=True) + "\n", path)
 
 
 def write_csv(rows: list[dict], path: str | Path) -> None:
@@ -45,7 +44,7 @@ def write_csv(rows: list[dict], path: str | Path) -> None:
         writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-    write_text(buf.getvalue(), path)
+    write_text_atomic(buf.getvalue(), path)
 
 
 def train_metrics(params: TrainParams, history: History) -> dict:
