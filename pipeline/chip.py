@@ -30,7 +30,7 @@ from rasterio.windows import Window
 
 from pipeline import chipgeom
 from pipeline.config import ChipParams, Params, S3Params
-from pipeline.errors import RasterError
+from pipeline.errors import RasterError, describe
 from pipeline.executor import run
 from pipeline.schemas import (
     CHIPS,
@@ -179,9 +179,9 @@ def process_task(task: ChipTask, store_root: str, s3: S3Params, chip: ChipParams
                     try:
                         rows[k] = _cut_one(src, task, k, store, chip)
                     except Exception as err:  # noqa: BLE001 - recorded as data; the rest go on
-                        rows[k] = _error(task.ids[k], task.tile_id, f"{type(err).__name__}: {err}")
+                        rows[k] = _error(task.ids[k], task.tile_id, describe(err))
         except Exception as err:  # noqa: BLE001 - an unreadable tile fails its chips, not the stage
-            msg = f"cannot read tile {task.tile_id} ({task.tile_uri}): {type(err).__name__}: {err}"
+            msg = f"cannot read tile {task.tile_id} ({task.tile_uri}): {describe(err)}"
             for k in todo:
                 rows.setdefault(k, _error(task.ids[k], task.tile_id, msg))
     return [rows[k] for k in range(len(task.ids))]

@@ -1,9 +1,10 @@
 """Scene scores and embeddings for every downloaded photo → ``scores`` table + an embedding cache.
 
 The unit of work is a chunk of photos (:func:`score_chunk`): batched inference through a torch
-DataLoader (:func:`pipeline.models.scene.infer`), returning one cache shard: photo id, sha256, the
-top categories with probabilities and the float16 embedding. Chunks run through the shared executor
-(in this process, or on a Dask cluster when ``scheduler`` is set); this process writes each shard
+DataLoader (:func:`pipeline.models.scene.infer`) on torch or, on the CPU, ONNX Runtime
+(:mod:`pipeline.models.onnx`), returning one cache shard: photo id, sha256, the top categories with
+probabilities and the float16 embedding. Chunks run through the shared executor (``workers`` at once
+on the CPU or a Dask cluster, one at a time on a local GPU); this process writes each shard
 atomically to ``<embeddings>/<model key>/part-<hash>.parquet`` as it arrives, so an interrupted run
 keeps its finished chunks and a rerun scores only photos (id + sha256) no shard holds yet.
 
@@ -95,12 +96,15 @@ def score_chunk(
 ) -> ChunkResult:
     """Run the backbone over ``items``; return the shard rows and the photos that could not be read."""
     from pipeline.models import scene  # torch is imported only when there is work
+    from pipeline.models.onnx import cached_session, resolve_runtime
 
     torch = scene.import_torch()
     torch.set_num_threads(params.threads)
     spec = model_spec(params, imagenet_weights)
-    backbone = scene.cached_backbone(spec)
     device = scene.resolve_device(params.device)
+    backbone = scene.cached_backbone(spec)
+    if resolve_runtime(params.runtime, device) == "onnxruntime":
+        backbone = cached_session(backbone, params.threads)
     keep = max(STORED_TOP, spec.vote.top_k)
     rows, errors = [], {}
     outputs = scene.infer(
@@ -246,6 +250,20 @@ def score_rows(items: Sequence[Item], spec: ModelSpec, index: dict, errors: dict
     return rows
 
 
+def concurrent_chunks(params: Params) -> int:
+    """How many chunks run at once: ``workers`` on a cluster or on the CPU, one at a time on a local GPU.
+
+    On the CPU each chunk is a lane that decodes and runs the network in its own thread (both release
+    the GIL), so ``workers`` lanes of ``classify.threads`` compute threads keep the cores busy without
+    the hand-off of a decode process; a local GPU is fed by one chunk's DataLoader workers instead.
+    """
+    if params.scheduler or params.workers == 1:
+        return params.workers
+    from pipeline.models import scene
+
+    return params.workers if scene.resolve_device(params.classify.device) == "cpu" else 1
+
+
 @dataclass(frozen=True)
 class Summary:
     photos: int
@@ -272,17 +290,13 @@ def classify(
     )
     errors: dict[str, str] = {}
     if todo:
-        chunks = [todo[k : k + CHUNK_PHOTOS] for k in range(0, len(todo), CHUNK_PHOTOS)]
+        lanes = concurrent_chunks(params)
+        size = min(CHUNK_PHOTOS, -(-len(todo) // lanes))
+        chunks = [todo[k : k + size] for k in range(0, len(todo), size)]
         store_s3 = params.s3.model_copy(update={"anonymous": False})  # the store is written with credentials
         work = functools.partial(score_chunk, params=params.classify, s3=store_s3, imagenet_weights=imagenet_weights)
-        remote = bool(params.scheduler)
         for result in run(
-            work,
-            chunks,
-            scheduler=params.scheduler,
-            workers=params.workers if remote else 1,
-            desc="classify",
-            batch_size=params.workers if remote else 1,
+            work, chunks, scheduler=params.scheduler, workers=lanes, desc="classify", batch_size=lanes
         ):
             if result.shard is not None:
                 cache.write(result.shard)

@@ -123,6 +123,7 @@ class ClassifyParams(_Section):
     indoor_threshold: float = Field(0.5, ge=0, le=1)
     min_indoor_mass: float = Field(0.15, ge=0, le=1)
     device: str = "auto"
+    runtime: Literal["auto", "torch", "onnxruntime"] = "auto"  # auto: onnxruntime on the CPU when installed
     batch_size: int = Field(16, ge=1)
     loader_workers: int = Field(2, ge=0)
     threads: int = Field(2, ge=1)

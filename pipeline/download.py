@@ -30,7 +30,7 @@ from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError,
 from urllib3.exceptions import ReadTimeoutError as Urllib3ReadTimeout
 
 from pipeline.config import DownloadParams, Params, S3Params
-from pipeline.errors import SchemaError, StoreError
+from pipeline.errors import SchemaError, StoreError, describe
 from pipeline.executor import run
 from pipeline.images import inspect_image, storable
 from pipeline.schemas import DOWNLOADS, PHOTOS, read_table, table_from_rows, write_table
@@ -252,7 +252,7 @@ def process_one(item: tuple[str, str | None], ctx: Context) -> dict:
         try:
             jpeg = storable(fetched.data, info, ctx.download.jpeg_quality)
         except Exception as err:  # noqa: BLE001 - decodable but not convertible (exotic mode): recorded
-            row.update(status="corrupt", error=f"cannot convert to RGB: {type(err).__name__}: {err}")
+            row.update(status="corrupt", error=f"cannot convert to RGB: {describe(err)}")
         else:
             key = f"photos/{photo_id}.jpg"
             with store.writer(key) as tmp:

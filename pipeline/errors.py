@@ -7,6 +7,16 @@ contain credentials.
 
 from __future__ import annotations
 
+import re
+
+_ADDRESS = re.compile(r" (?:object )?at 0x[0-9a-fA-F]+")
+
+
+def describe(err: BaseException) -> str:
+    """``"TypeName: message"`` for a table's error column, without memory addresses (``<_io.BytesIO
+    object at 0x7f…>``) so that the same bad input gives the same row in every run."""
+    return _ADDRESS.sub("", f"{type(err).__name__}: {err}")
+
 
 class CrossviewError(Exception):
     """Base class of every error raised by crossview."""

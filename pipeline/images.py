@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
+from pipeline.errors import describe
+
 BACKGROUND_RGB = (128, 128, 128)  # neutral grey under transparent pixels
 _TRANSPOSED = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
 _HIGH_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
@@ -67,7 +69,7 @@ def inspect_image(data: bytes) -> ImageInfo:
     try:
         im, (width, height) = _decode(data, validate_only=True)
     except Exception as err:  # noqa: BLE001 - untrusted bytes: every decoder failure means "corrupt"
-        return ImageInfo("corrupt", digest, len(data), error=f"{type(err).__name__}: {err}")
+        return ImageInfo("corrupt", digest, len(data), error=describe(err))
     with im:
         orientation = _orientation(im)
         if orientation in _TRANSPOSED:

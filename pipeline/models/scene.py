@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -34,7 +35,7 @@ from PIL import Image, ImageOps
 
 from catalogs import HERE as CATALOGS
 from pipeline.config import ClassifyParams, S3Params
-from pipeline.errors import CatalogError
+from pipeline.errors import CatalogError, describe
 from pipeline.images import to_rgb
 from pipeline.models import ModelError
 from pipeline.models.vote import IO_CODES, VoteParams
@@ -203,14 +204,19 @@ def decode_rgb(data: bytes, preprocess: Preprocess) -> Image.Image:
 
 
 def prepare(data: bytes, preprocess: Preprocess) -> np.ndarray:
-    """Photo bytes → a float32 CHW array: shorter side resized, centre-cropped, normalised."""
+    """Photo bytes → a float32 CHW array: shorter side resized, centre-cropped, normalised.
+
+    The resize is computed for the crop's pixels only (Pillow's ``box``): the same filter taps as
+    resizing the whole photo and then cropping, for half the work.
+    """
     im = decode_rgb(data, preprocess)
     w, h = im.size
     scale = preprocess.resize / min(w, h)
-    im = im.resize((max(preprocess.crop, round(w * scale)), max(preprocess.crop, round(h * scale))), Image.BICUBIC)
-    w, h = im.size
-    left, top = (w - preprocess.crop) // 2, (h - preprocess.crop) // 2
-    im = im.crop((left, top, left + preprocess.crop, top + preprocess.crop))
+    out_w, out_h = max(preprocess.crop, round(w * scale)), max(preprocess.crop, round(h * scale))
+    left, top = (out_w - preprocess.crop) // 2, (out_h - preprocess.crop) // 2
+    sx, sy = w / out_w, h / out_h
+    box = (left * sx, top * sy, (left + preprocess.crop) * sx, (top + preprocess.crop) * sy)
+    im = im.resize((preprocess.crop, preprocess.crop), Image.BICUBIC, box=box)
     arr = np.asarray(im, dtype=np.float32)
     arr = (arr - np.asarray(preprocess.mean, np.float32)) / np.asarray(preprocess.std, np.float32)
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
@@ -310,6 +316,7 @@ class Backbone:
         self.spec = spec
         self.net = net.eval()
         self.device = "cpu"
+        self.head = head
         self._seen: list = []
         head.register_forward_hook(lambda _m, inputs, _out: self._seen.append(inputs[0]))
         self.dim = int(head.in_features)
@@ -340,13 +347,15 @@ def load_backbone(spec: ModelSpec) -> Backbone:
 
 
 _BACKBONES: dict[str, Backbone] = {}
+_LOCK = threading.Lock()
 
 
 def cached_backbone(spec: ModelSpec) -> Backbone:
-    """One loaded backbone per model key and process (Dask workers reuse it across chunks)."""
-    if spec.key not in _BACKBONES:
-        _BACKBONES[spec.key] = load_backbone(spec)
-    return _BACKBONES[spec.key]
+    """One loaded backbone per model key and process (chunks and Dask workers reuse it; loaded once)."""
+    with _LOCK:
+        if spec.key not in _BACKBONES:
+            _BACKBONES[spec.key] = load_backbone(spec)
+        return _BACKBONES[spec.key]
 
 
 def resolve_device(device: str) -> str:
@@ -386,7 +395,7 @@ class PhotoDataset:
             return i, prepare(read_bytes(self.uris[i], self.s3), self.preprocess), ""
         except Exception as err:  # noqa: BLE001 - one unreadable photo must not stop the batch
             size = self.preprocess.crop
-            return i, np.zeros((3, size, size), np.float32), f"{type(err).__name__}: {err}"[:500]
+            return i, np.zeros((3, size, size), np.float32), describe(err)[:500]
 
 
 def _worker_init(_worker_id: int) -> None:
@@ -394,12 +403,18 @@ def _worker_init(_worker_id: int) -> None:
 
 
 def infer(
-    backbone: Backbone, uris: Sequence[str], *, s3: S3Params, batch_size: int, workers: int, device: str, keep_top: int
+    backbone, uris: Sequence[str], *, s3: S3Params, batch_size: int, workers: int, device: str, keep_top: int
 ) -> Iterator[Output]:
-    """Batched inference through a torch DataLoader (``workers`` decode processes; pinned memory on GPU)."""
+    """Batched inference through a torch DataLoader (``workers`` decode processes; pinned memory on GPU).
+
+    ``backbone`` is a torch :class:`Backbone` (moved to ``device``) or an ONNX Runtime session over
+    the same network (:class:`pipeline.models.onnx.OnnxBackbone`, CPU only); both give the same outputs.
+    """
     torch = import_torch()
-    backbone.to(device)
-    on_gpu = device.startswith("cuda")
+    on_torch = isinstance(backbone, Backbone)
+    if on_torch:
+        backbone.to(device)
+    on_gpu = on_torch and device.startswith("cuda")
     loader = torch.utils.data.DataLoader(
         PhotoDataset(uris, backbone.spec.preprocess, s3),
         batch_size=batch_size,
@@ -411,8 +426,11 @@ def infer(
     )
     with torch.inference_mode():
         for index, x, errors in loader:
-            x = x.to(device, non_blocking=on_gpu).contiguous(memory_format=torch.channels_last)
-            logits, emb = backbone.forward(x)
+            if on_torch:
+                x = x.to(device, non_blocking=on_gpu).contiguous(memory_format=torch.channels_last)
+                logits, emb = backbone.forward(x)
+            else:
+                logits, emb = (torch.from_numpy(a) for a in backbone.run(x.numpy()))
             probs = torch.softmax(logits.float(), dim=1)
             values, order = torch.sort(probs, dim=1, descending=True, stable=True)
             values = values[:, :keep_top].cpu().numpy()
