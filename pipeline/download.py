@@ -18,6 +18,7 @@ import random
 import re
 import threading
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,9 +26,8 @@ from urllib.parse import urlparse
 from urllib.request import url2pathname
 
 import pyarrow as pa
-import requests
+import urllib3
 from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, ReadTimeoutError
-from urllib3.exceptions import ReadTimeoutError as Urllib3ReadTimeout
 
 from pipeline.config import DownloadParams, Params, S3Params
 from pipeline.errors import SchemaError, StoreError, describe
@@ -42,7 +42,6 @@ USER_AGENT = "crossview/0.1 (cross-view geolocalization dataset builder)"
 BACKOFF_BASE_S = 0.5  # retry n waits uniform(0, min(cap, base * 2**n)): exponential backoff, full jitter
 BACKOFF_CAP_S = 30.0
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
-_thread = threading.local()
 
 
 @dataclass(frozen=True)
@@ -70,45 +69,88 @@ class Context:
 # ---------------------------------------------------------------- fetching
 
 
-def _session() -> requests.Session:
-    """This worker thread's ``requests.Session`` (connections are reused across its photos)."""
-    session = getattr(_thread, "session", None)
-    if session is None:
-        session = requests.Session()
-        session.headers["User-Agent"] = USER_AGENT
-        _thread.session = session
-    return session
+def _proxy_for(url: str) -> str:
+    """The proxy the environment asks for ``url`` (``https_proxy``, ``no_proxy`` …), or ``""``."""
+    parts = urlparse(url)
+    key = (parts.scheme, parts.netloc)
+    with _managers_lock:
+        if key not in _proxies:
+            proxy = urllib.request.getproxies().get(parts.scheme, "")
+            if proxy and urllib.request.proxy_bypass(parts.hostname or ""):
+                proxy = ""
+            _proxies[key] = proxy
+        return _proxies[key]
 
 
-def _timed_out(err: Exception) -> bool:
-    # requests wraps a read timeout met while streaming the body in a ConnectionError
-    return any(isinstance(arg, Urllib3ReadTimeout) for arg in err.args)
+def _manager(url: str, connections: int) -> urllib3.PoolManager:
+    """The process's connection pools (shared by its threads: connections are reused across photos)."""
+    proxy = _proxy_for(url)
+    with _managers_lock:
+        manager = _managers.get((proxy, connections))
+        if manager is None:
+            kw = {"num_pools": 64, "maxsize": connections, "headers": {"User-Agent": USER_AGENT}}
+            manager = urllib3.ProxyManager(proxy, **kw) if proxy else urllib3.PoolManager(**kw)
+            _managers[(proxy, connections)] = manager
+        return manager
 
 
-def _get_once(url: str, timeout_s: float) -> Fetched:
-    """One GET with a whole-response deadline; HTTP status → missing / http_error (5xx, 429 transient)."""
+_managers: dict[tuple[str, int], urllib3.PoolManager] = {}
+_proxies: dict[tuple[str, str], str] = {}
+_managers_lock = threading.Lock()
+# no retries inside urllib3 (fetch_http retries with backoff), but follow redirects as browsers do
+_NO_RETRY = urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5, raise_on_redirect=True)
+
+
+def _failed(err: Exception, timeout_s: float) -> Fetched:
+    reason = err.reason if isinstance(err, urllib3.exceptions.MaxRetryError) and err.reason else err
+    # NewConnectionError (refused, unknown host) subclasses ConnectTimeoutError for old reasons: not a timeout
+    if isinstance(reason, urllib3.exceptions.TimeoutError) and not isinstance(reason, urllib3.exceptions.NewConnectionError):
+        return Fetched("timeout", error=f"no complete response within {timeout_s:g} s", final=False)
+    if isinstance(err, urllib3.exceptions.MaxRetryError) and "redirect" in str(err).lower():
+        return Fetched("http_error", error="too many redirects")
+    detail = redact(str(reason)) if not isinstance(reason, urllib3.exceptions.NewConnectionError) else "cannot connect"
+    return Fetched("http_error", error=f"connection failed: {type(reason).__name__}: {detail}", final=False)
+
+
+def _get_once(url: str, timeout_s: float, connections: int) -> Fetched:
+    """One GET with a whole-response deadline; HTTP status → missing / http_error (5xx, 429 transient).
+
+    urllib3 directly rather than requests: the same connection pooling with a third of the Python
+    per request, which is what bounds a download on a fast link (``bench/bench_download.py``).
+    """
     deadline = time.monotonic() + timeout_s
     try:
-        with _session().get(url, timeout=timeout_s, stream=True) as resp:
-            code = resp.status_code
+        resp = _manager(url, connections).request(
+            "GET", url, preload_content=False, timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s),
+            retries=_NO_RETRY,
+        )
+    except urllib3.exceptions.LocationValueError:
+        return Fetched("http_error", error="invalid URL: fix it in the photos table")
+    except urllib3.exceptions.HTTPError as err:
+        return _failed(err, timeout_s)
+    reusable = False  # whether the connection may go back to the pool (its response read to the end)
+    try:
+        code = resp.status
+        if not 200 <= code < 300:
+            resp.drain_conn()  # a short error page: read it so the connection stays usable
+            reusable = True
             if code in (404, 410):
                 return Fetched("missing", error=f"HTTP {code} {resp.reason}")
-            if not 200 <= code < 300:
-                return Fetched("http_error", error=f"HTTP {code} {resp.reason}", final=not (code >= 500 or code == 429))
-            chunks = []
-            for chunk in resp.iter_content(1 << 16):
-                chunks.append(chunk)
-                if time.monotonic() > deadline:
-                    return Fetched("timeout", error=f"response not complete within {timeout_s:g} s", final=False)
-            return Fetched("ok", b"".join(chunks))
-    except requests.Timeout:
-        return Fetched("timeout", error=f"no response within {timeout_s:g} s", final=False)
-    except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema, requests.exceptions.MissingSchema):
-        return Fetched("http_error", error="invalid URL: fix it in the photos table")
-    except requests.RequestException as err:
-        if _timed_out(err):
-            return Fetched("timeout", error=f"response not complete within {timeout_s:g} s", final=False)
-        return Fetched("http_error", error=f"connection failed: {type(err).__name__}: {redact(str(err))}", final=False)
+            return Fetched("http_error", error=f"HTTP {code} {resp.reason}", final=not (code >= 500 or code == 429))
+        chunks = []
+        for chunk in resp.stream(1 << 20):
+            chunks.append(chunk)
+            if time.monotonic() > deadline:
+                return Fetched("timeout", error=f"response not complete within {timeout_s:g} s", final=False)
+        reusable = True
+        return Fetched("ok", b"".join(chunks))
+    except urllib3.exceptions.HTTPError as err:
+        return _failed(err, timeout_s)
+    finally:
+        if reusable:
+            resp.release_conn()
+        else:
+            resp.close()  # an unread body would poison the next request on this connection
 
 
 _host_slots: dict[tuple[str, int], threading.BoundedSemaphore] = {}
@@ -136,7 +178,7 @@ def fetch_http(url: str, opts: DownloadParams) -> Fetched:
     result = Fetched("timeout")
     for attempt in range(opts.retries + 1):
         with fetch_slot(opts.workers), host_slot(url, opts.per_host):
-            result = _get_once(url, opts.timeout_s)
+            result = _get_once(url, opts.timeout_s, opts.workers)
         if result.final:
             return result
         if attempt < opts.retries:
@@ -254,10 +296,7 @@ def process_one(item: tuple[str, str | None], ctx: Context) -> dict:
         except Exception as err:  # noqa: BLE001 - decodable but not convertible (exotic mode): recorded
             row.update(status="corrupt", error=f"cannot convert to RGB: {describe(err)}")
         else:
-            key = f"photos/{photo_id}.jpg"
-            with store.writer(key) as tmp:
-                Path(tmp).write_bytes(jpeg)
-            row["uri"] = store.uri(key)
+            row["uri"] = store.put_bytes(f"photos/{photo_id}.jpg", jpeg)
     _mark_finished(store, photo_id, row, stamp)
     return row
 
@@ -306,9 +345,10 @@ def download(photos: pa.Table, params: Params) -> pa.Table:
         log.info("removed %d partial files left by an interrupted run", stale)
     work = functools.partial(process_one, ctx=ctx)
     items = sorted(zip(ids, urls, strict=True))
-    # Twice as many threads as fetches in flight: while ``download.workers`` photos are being fetched
-    # (fetch_slot), others are validated and stored, so validation never holds a download slot.
-    threads = 2 * params.download.workers
+    # A few more threads than fetches in flight (fetch_slot caps those at download.workers): while
+    # the fetches run, the spare threads validate and store, so a fetch slot never waits on a decode.
+    # More spares only add GIL contention (bench/bench_download.py: 16 threads lost 15 % at 0 ms).
+    threads = params.download.workers + max(1, params.download.workers // 4)
     rows = mark_duplicates(list(run(work, items, scheduler=params.scheduler, workers=threads, desc="download")))
     counts = Counter(r["status"] for r in rows)
     log.info("download: %s", ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))

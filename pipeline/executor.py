@@ -26,6 +26,17 @@ def _batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         yield items[start : start + size]
 
 
+TASKS_PER_WORKER = 4
+
+
+class _Results(list):
+    """One task's results (a type of its own, so the progress callback can tell them from other tasks)."""
+
+
+def _apply(fn: Callable[[T], R], items: Sequence[T]) -> _Results:
+    return _Results(fn(item) for item in items)
+
+
 def _client(address: str):
     try:
         from distributed import Client
@@ -64,9 +75,19 @@ def run(
                 results = [fn(item) for item in batch]
                 bar.update(len(batch))
             else:
-                tasks = [dask.delayed(fn, pure=False)(item) for item in batch]
-                with Callback(posttask=lambda *_: bar.update(1)):
-                    results = dask.compute(*tasks, scheduler="threads", num_workers=workers)
+                # Several items per task: Dask's threaded scheduler spends ~0.2 ms of GIL-held Python
+                # per task, as much as a photo's fetch on a fast link; TASKS_PER_WORKER tasks per
+                # thread still balance uneven items.
+                per_task = max(1, len(batch) // (workers * TASKS_PER_WORKER))
+                tasks = [dask.delayed(_apply, pure=False)(fn, chunk) for chunk in _batches(batch, per_task)]
+
+                def done(_key, result, *_):
+                    if isinstance(result, _Results):
+                        bar.update(len(result))
+
+                with Callback(posttask=done):
+                    chunks = dask.compute(*tasks, scheduler="threads", num_workers=workers)
+                results = [r for chunk in chunks for r in chunk]
             yield from results
     finally:
         bar.close()

@@ -73,6 +73,13 @@ class PhotoServer:
         elif path.startswith("/slow/"):  # answers after the client's timeout
             self.stop.wait(self.slow_s)
             self.send_file(h, name)
+        elif path.startswith("/moved/"):  # a CDN redirect to where the file is
+            h.send_response(302)
+            h.send_header("Location", f"/files/{name}")
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+        elif path.startswith("http://"):  # absolute form: we are being used as the proxy
+            self.send_file(h, name)
         elif path == "/error500":
             self.send(h, 500, b"boom")
         elif path == "/forbidden":
@@ -398,3 +405,30 @@ def test_requests_to_one_host_never_exceed_per_host(tmp_path, monkeypatch, reald
         httpd.server_close()
     assert {r["status"] for r in rows.values()} == {"ok"} and len(rows) == 12
     assert state["max"] == 2
+
+
+# ---------------------------------------------------------------- HTTP details
+
+
+def test_redirects_are_followed_and_connections_reused_after_errors(served, monkeypatch):
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    with PhotoServer(served) as srv:
+        moved = download._get_once(f"{srv.url}/moved/outdoor_park_01.jpg", 5, 4)
+        missing = download._get_once(f"{srv.url}/files/nope.jpg", 5, 4)
+        again = download._get_once(f"{srv.url}/files/outdoor_park_01.jpg", 5, 4)
+    assert moved.status == "ok" and moved.data == (served / "outdoor_park_01.jpg").read_bytes()
+    assert srv.hits["/moved/outdoor_park_01.jpg"] == 1 and srv.hits["/files/outdoor_park_01.jpg"] == 2
+    assert (missing.status, missing.error) == ("missing", "HTTP 404 Not Found")
+    assert again.status == "ok" and again.data == moved.data
+
+
+def test_the_proxy_from_the_environment_is_used(served, monkeypatch):
+    """As requests did: ``http_proxy`` / ``no_proxy`` from the environment (here the photo server is the proxy)."""
+    with PhotoServer(served) as proxy:
+        monkeypatch.setenv("http_proxy", proxy.url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        got = download._get_once("http://photos.example.invalid:8123/x/outdoor_street_01.jpg", 5, 4)
+    assert got.status == "ok", got
+    assert got.data == (served / "outdoor_street_01.jpg").read_bytes()
+    assert proxy.hits["http://photos.example.invalid:8123/x/outdoor_street_01.jpg"] == 1

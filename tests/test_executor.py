@@ -24,6 +24,19 @@ def test_local_threads_keep_input_order_and_use_several_threads():
     assert len(seen) >= 1
 
 
+def test_items_run_once_each_in_order_when_tasks_hold_several_items():
+    calls: list[int] = []
+    lock = threading.Lock()
+
+    def work(x: int) -> int:
+        with lock:
+            calls.append(x)
+        return -x
+
+    out = list(run(work, range(1001), workers=3, batch_size=500))  # uneven batches and uneven tasks
+    assert out == [-x for x in range(1001)] and sorted(calls) == list(range(1001))
+
+
 def test_exceptions_propagate():
     def boom(x: int) -> int:
         raise ValueError(f"bad {x}")

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from pipeline.errors import StoreError
-from pipeline.store import Store, gdal_options, gdal_path, read_bytes
+from pipeline.store import Store, gdal_options, gdal_path, put_local_atomic, read_bytes
 
 
 def test_local_store_uris_are_relative_and_writes_atomic(tmp_path, monkeypatch):
@@ -27,6 +27,20 @@ def test_failed_write_leaves_nothing(tmp_path):
             raise RuntimeError("killed mid-write")
     assert not store.exists("tiles/t.tif")
     assert list((tmp_path / "store" / "tiles").iterdir()) == []
+
+
+def test_put_local_atomic_makes_ordinary_files_and_leaves_no_temp(tmp_path):
+    umask = os.umask(0o027)
+    try:
+        put_local_atomic(tmp_path / "new" / "dir" / "a.json", b"{}")  # missing parents are made
+        put_local_atomic(tmp_path / "new" / "dir" / "a.json", b'{"v": 2}')  # replaced whole
+    finally:
+        os.umask(umask)
+    path = tmp_path / "new" / "dir" / "a.json"
+    assert path.read_bytes() == b'{"v": 2}' and (path.stat().st_mode & 0o777) == 0o640
+    with pytest.raises(TypeError):
+        put_local_atomic(tmp_path / "new" / "dir" / "b.json", "not bytes")  # fails after the temp file exists
+    assert sorted(p.name for p in path.parent.iterdir()) == ["a.json"]
 
 
 def test_clean_partial_removes_stale_temp_files(tmp_path):
