@@ -26,7 +26,7 @@ def _batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         yield items[start : start + size]
 
 
-TASKS_PER_WORKER = 4
+TASKS_PER_WORKER = 8
 
 
 class _Results(list):
