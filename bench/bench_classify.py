@@ -238,7 +238,8 @@ def main() -> None:
             f"{label:38s} {rate[name]:7.1f} img/s  {cpu_ms[name]:6.1f} CPU-ms/img"
             f"   stage / this = {rate['stage'] / rate[name]:.2f}x"
         )
-    print("forward only, batch 1, %d threads: %s" % (cores, ", ".join(f"{k} {v:.1f} img/s" for k, v in forward.items())))
+    rates = ", ".join(f"{k} {v:.1f} img/s" for k, v in forward.items())
+    print(f"forward only, batch 1, {cores} threads: {rates}")
     print(f"preprocess: stage's prepare {fast_ms:.1f} ms/photo; textbook decode + transforms {textbook_ms:.1f} ms/photo")
     for name in ("naive", "naive+prepare"):
         print(f"top-1 agreement {name} vs stage: {float(np.mean(np.array(top[name]) == np.array(top['stage']))):.3f}")

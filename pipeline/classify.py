@@ -20,8 +20,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +33,7 @@ from pipeline.executor import run
 from pipeline.models.scene import ModelSpec, model_spec
 from pipeline.models.vote import format_top, vote_top
 from pipeline.schemas import DOWNLOADS, SCORES, read_table, table_from_rows, write_table
+from pipeline.store import atomic_file, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -165,19 +164,14 @@ class EmbeddingCache:
         self._describe()
         keys = "\n".join(f"{i}:{s}" for i, s in zip(shard.column("id").to_pylist(), shard.column("sha256").to_pylist()))
         path = self.dir / f"part-{hashlib.sha256(keys.encode()).hexdigest()[:16]}.parquet"
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".part-", suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_file(path) as tmp:
             pq.write_table(shard, tmp, compression="zstd")
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
         return path
 
     def _describe(self) -> None:
         meta = self.dir / "model.json"
         if self.about and not meta.exists():
-            meta.write_text(json.dumps(self.about, indent=2, sort_keys=True) + "\n")
+            write_text_atomic(json.dumps(self.about, indent=2, sort_keys=True) + "\n", meta)
 
     def index(self, min_top: int) -> dict[tuple[str, str], tuple[list[int], list[float]]]:
         """``{(id, sha256): (top_index, top_prob)}`` over all shards (first shard wins; short top lists skipped)."""

@@ -194,7 +194,7 @@ def _both_runtimes(spec, paths: list[Path]):
     from pipeline.models.scene import infer, load_backbone
 
     backbone = load_backbone(spec)
-    kw = dict(s3=S3Params(), batch_size=3, workers=0, device="cpu", keep_top=32)
+    kw = {"s3": S3Params(), "batch_size": 3, "workers": 0, "device": "cpu", "keep_top": 32}
     on_torch = list(infer(backbone, [str(p) for p in paths], **kw))
     on_ort = list(infer(onnx.OnnxBackbone(backbone, threads=1), [str(p) for p in paths], **kw))
     return on_torch, on_ort

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.errors import StoreError
+from pipeline.store import put_local_atomic
 
 VERSION = 1
 
@@ -51,15 +50,7 @@ class CellRecord:
 
 def atomic_write_json(path: Path, data) -> None:
     """Write JSON to ``path`` via a temp file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(data, separators=(",", ":"), sort_keys=True))  # dumps uses the C encoder
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    put_local_atomic(path, json.dumps(data, separators=(",", ":"), sort_keys=True).encode())  # C encoder
 
 
 def fingerprint_hash(fingerprint: dict) -> str:
