@@ -106,7 +106,7 @@ def _failed(err: Exception, timeout_s: float) -> Fetched:
     # NewConnectionError (refused, unknown host) subclasses ConnectTimeoutError for old reasons: not a timeout
     if isinstance(reason, urllib3.exceptions.TimeoutError) and not isinstance(reason, urllib3.exceptions.NewConnectionError):
         return Fetched("timeout", error=f"no complete response within {timeout_s:g} s", final=False)
-    if isinstance(err, urllib3.exceptions.MaxRetryError) and "redirect" in str(err).lower():
+    if isinstance(reason, urllib3.exceptions.ResponseError):  # the only retry left on: redirects
         return Fetched("http_error", error="too many redirects")
     detail = redact(str(reason)) if not isinstance(reason, urllib3.exceptions.NewConnectionError) else "cannot connect"
     return Fetched("http_error", error=f"connection failed: {type(reason).__name__}: {detail}", final=False)

@@ -78,6 +78,11 @@ class PhotoServer:
             h.send_header("Location", f"/files/{name}")
             h.send_header("Content-Length", "0")
             h.end_headers()
+        elif path.startswith("/loop/"):  # redirects to itself for ever
+            h.send_response(302)
+            h.send_header("Location", path)
+            h.send_header("Content-Length", "0")
+            h.end_headers()
         elif path.startswith("http://"):  # absolute form: we are being used as the proxy
             self.send_file(h, name)
         elif path == "/error500":
@@ -416,10 +421,13 @@ def test_redirects_are_followed_and_connections_reused_after_errors(served, monk
         moved = download._get_once(f"{srv.url}/moved/outdoor_park_01.jpg", 5, 4)
         missing = download._get_once(f"{srv.url}/files/nope.jpg", 5, 4)
         again = download._get_once(f"{srv.url}/files/outdoor_park_01.jpg", 5, 4)
+        loop = download._get_once(f"{srv.url}/loop/redirect.jpg", 5, 4)
     assert moved.status == "ok" and moved.data == (served / "outdoor_park_01.jpg").read_bytes()
     assert srv.hits["/moved/outdoor_park_01.jpg"] == 1 and srv.hits["/files/outdoor_park_01.jpg"] == 2
     assert (missing.status, missing.error) == ("missing", "HTTP 404 Not Found")
     assert again.status == "ok" and again.data == moved.data
+    assert (loop.status, loop.error, loop.final) == ("http_error", "too many redirects", True)
+    assert srv.hits["/loop/redirect.jpg"] == 6  # the first request and 5 redirects
 
 
 def test_the_proxy_from_the_environment_is_used(served, monkeypatch):

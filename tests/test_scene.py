@@ -238,3 +238,23 @@ def test_runtime_resolution():
         onnx.resolve_runtime("onnxruntime", "cuda:0")
     with pytest.raises(ModelError, match="classify.runtime must be one of"):
         onnx.resolve_runtime("tensorrt", "cpu")
+
+
+def test_concurrent_forwards_on_one_backbone_keep_their_own_embeddings(tiny_places):
+    """Chunks run in threads and share the cached backbone; the embedding hook must not mix them up."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.models.scene import load_backbone
+
+    backbone = load_backbone(model_spec(ClassifyParams(model="places365", places365_checkpoint=str(tiny_places["alley"]))))
+    backbone.head.register_forward_hook(lambda *_: time.sleep(0.002))  # widens the window between threads
+    inputs = [torch.full((1, 3, 64, 64), float(k)) + torch.randn(1, 3, 64, 64) for k in range(4)]
+    with torch.inference_mode():
+        alone = [backbone.forward(x)[1].clone() for x in inputs]
+
+        def run(k: int) -> bool:
+            return all(torch.allclose(backbone.forward(inputs[k % 4])[1], alone[k % 4], atol=1e-4) for _ in range(10))
+
+        with ThreadPoolExecutor(4) as pool:
+            assert all(pool.map(run, range(8)))

@@ -317,14 +317,14 @@ class Backbone:
         self.net = net.eval()
         self.device = "cpu"
         self.head = head
-        self._seen: list = []
-        head.register_forward_hook(lambda _m, inputs, _out: self._seen.append(inputs[0]))
+        self._seen = threading.local()  # per thread: concurrent chunks share one backbone
+        head.register_forward_hook(lambda _m, inputs, _out: setattr(self._seen, "embedding", inputs[0]))
         self.dim = int(head.in_features)
 
     def forward(self, x):
-        self._seen.clear()
+        self._seen.embedding = None
         logits = self.net(x)
-        return logits, self._seen[-1]
+        return logits, self._seen.embedding
 
     def to(self, device: str) -> Backbone:
         """Move to ``device`` in channels-last layout (faster convolutions on CPU and GPU)."""
