@@ -115,8 +115,8 @@ def _failed(err: Exception, timeout_s: float) -> Fetched:
 def _get_once(url: str, timeout_s: float, connections: int) -> Fetched:
     """One GET with a whole-response deadline; HTTP status → missing / http_error (5xx, 429 transient).
 
-    urllib3 directly rather than requests: the same connection pooling with a third of the Python
-    per request, which is what bounds a download on a fast link (``bench/bench_download.py``).
+    urllib3 directly rather than requests: the same connection pooling for about half the CPU per
+    request, which is what bounds a download on a fast link (``bench/bench_download.py``).
     """
     deadline = time.monotonic() + timeout_s
     try:

@@ -75,7 +75,7 @@ def run(
                 results = [fn(item) for item in batch]
                 bar.update(len(batch))
             else:
-                # Several items per task: Dask's threaded scheduler spends ~0.2 ms of GIL-held Python
+                # Several items per task: Dask's threaded scheduler spends ~0.3 ms of CPU
                 # per task, as much as a photo's fetch on a fast link; TASKS_PER_WORKER tasks per
                 # thread still balance uneven items.
                 per_task = max(1, len(batch) // (workers * TASKS_PER_WORKER))
