@@ -74,16 +74,11 @@ def make_store(root: Path, n: int, size: int):
     return table_from_rows(rows, DOWNLOADS)
 
 
-def naive(spec, uris: list[str], device: str, textbook: bool = True) -> tuple[float, list[int]]:
-    """One photo at a time: read, decode, preprocess, forward in eager PyTorch."""
-    import torch
-    from PIL import Image
+def textbook_transform(pre):
+    """torchvision's usual recipe for ``pre``: Resize(shorter side, bicubic), CenterCrop, ToTensor, Normalize."""
     from torchvision import transforms
 
-    from pipeline.models.scene import load_backbone, prepare
-
-    pre = spec.preprocess
-    textbook_pre = transforms.Compose(
+    return transforms.Compose(
         [
             transforms.Resize(pre.resize, interpolation=transforms.InterpolationMode.BICUBIC),
             transforms.CenterCrop(pre.crop),
@@ -91,6 +86,17 @@ def naive(spec, uris: list[str], device: str, textbook: bool = True) -> tuple[fl
             transforms.Normalize([m / 255 for m in pre.mean], [s / 255 for s in pre.std]),
         ]
     )
+
+
+def naive(spec, uris: list[str], device: str, textbook: bool = True) -> tuple[float, list[int]]:
+    """One photo at a time: read, decode, preprocess, forward in eager PyTorch."""
+    import torch
+    from PIL import Image
+
+    from pipeline.models.scene import load_backbone, prepare
+
+    pre = spec.preprocess
+    textbook_pre = textbook_transform(pre)
     net = load_backbone(spec).net.to(device)
     top1 = []
     start = time.perf_counter()
@@ -148,18 +154,11 @@ def forward_rates(spec, threads: int, seconds: float = 3.0) -> dict[str, float]:
 def preprocess_ms(uris: list[str], spec) -> tuple[float, float]:
     """ms per photo: the stage's ``prepare`` and the textbook full decode + torchvision transforms."""
     from PIL import Image
-    from torchvision import transforms
 
     from pipeline.models.scene import prepare
 
     pre = spec.preprocess
-    textbook = transforms.Compose(
-        [
-            transforms.Resize(pre.resize, interpolation=transforms.InterpolationMode.BICUBIC),
-            transforms.CenterCrop(pre.crop),
-            transforms.ToTensor(),
-        ]
-    )
+    textbook = textbook_transform(pre)
     sample = uris[:24]
     start = time.perf_counter()
     for u in sample:
