@@ -36,7 +36,12 @@ def tracked_files() -> list[str]:
     out = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, check=True, capture_output=True, text=True
     ).stdout
-    return [line for line in out.splitlines() if line and (REPO / line).is_file()]
+    # dvc.lock records this checkout's own runs (README command 1 in CI); a fresh clone has none.
+    return [
+        line
+        for line in out.splitlines()
+        if line and Path(line).name != "dvc.lock" and (REPO / line).is_file()
+    ]
 
 
 def sh(cmd: list[str], cwd: Path, timeout: int = 1500) -> str:
