@@ -36,10 +36,16 @@ class RasterSource:
 
 @dataclass(frozen=True)
 class Licence:
-    id: int
+    """A licence: its Flickr id (None for licences Flickr does not offer), name, URL and terms."""
+
+    id: int | None
     name: str
     url: str
     redistributable: bool
+    spdx: str = ""
+    attribution: bool = True  # credit the owner (all CC licences; not public-domain marks)
+    source_link: str = "if_available"  # "required": a row without a page URL cannot be attributed
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -76,12 +82,29 @@ def _resolve_uri(uri: str, base: Path) -> str:
         return str(path)
 
 
+def _raster_licence(row: dict, where: str) -> tuple[str, str]:
+    """(licence name, licence URL) of a raster row: a known licence name or SPDX id gives its URL; an
+    unknown one needs ``licence_url`` (every manifest row carries the overhead licence's URL)."""
+    text, url = str(row["licence"]).strip(), str(row.get("licence_url") or "").strip()
+    known = find_licence(text)
+    if known is not None and not known.redistributable:
+        raise CatalogError(f"{where}: column licence: {text!r} does not allow redistribution")
+    if url:
+        return (known.name if known else text), url
+    if known is None:
+        raise CatalogError(
+            f"{where}: column licence: {text!r} is not a known licence name or SPDX id (e.g. 'CC BY-SA 4.0'); "
+            "add a licence_url column with its URL, or use a name from catalogs/licences.csv"
+        )
+    return known.name, known.url
+
+
 def _raster_row(row: dict, where: str, base: Path) -> RasterSource:
     if not isinstance(row, dict):
         raise CatalogError(f"{where}: each entry must be a mapping with keys {', '.join(RASTER_KEYS)}")
     missing = [k for k in RASTER_KEYS if row.get(k) in (None, "")]
     if missing:
-        raise CatalogError(f"{where}: missing {', '.join(missing)}")
+        raise CatalogError(f"{where}: missing required column(s) {', '.join(missing)} (need {', '.join(RASTER_KEYS)})")
     unknown = set(row) - set(RASTER_KEYS) - set(RASTER_OPTIONAL)
     if unknown:
         raise CatalogError(f"{where}: unknown keys {sorted(unknown)} (allowed: {RASTER_KEYS + RASTER_OPTIONAL})")
@@ -90,15 +113,16 @@ def _raster_row(row: dict, where: str, base: Path) -> RasterSource:
         epsg = int(epsg) if epsg not in (None, "") else None
     except (TypeError, ValueError):
         raise CatalogError(f"{where}: epsg must be an integer EPSG code, got {epsg!r}") from None
+    licence, licence_url = _raster_licence(row, where)
     return RasterSource(
         aoi=str(row["aoi"]),
         city=str(row["city"]),
         uri=_resolve_uri(str(row["uri"]), base),
         band_order=_band_order(row["band_order"], where),
         satellite=str(row["satellite"]),
-        licence=str(row["licence"]),
+        licence=licence,
         attribution=str(row["attribution"]),
-        licence_url=str(row.get("licence_url") or ""),
+        licence_url=licence_url,
         epsg=epsg,
         key_status=str(row.get("key_status") or ""),
     )
@@ -118,7 +142,8 @@ def load_raster_catalog(path: str | Path) -> list[RasterSource]:
             rows = rows["rasters"]
         if not isinstance(rows, list):
             raise CatalogError(f"{path}: expected a list of rasters (or a mapping with a 'rasters' list)")
-    return [_raster_row(r, f"{path} entry {i + 1}", path.parent) for i, r in enumerate(rows)]
+    kind = "row" if path.suffix.lower() == ".csv" else "entry"  # CSV rows count from 1 after the header
+    return [_raster_row(r, f"{path} {kind} {i + 1}", path.parent) for i, r in enumerate(rows)]
 
 
 def load_spacenet() -> list[RasterSource]:
@@ -126,14 +151,67 @@ def load_spacenet() -> list[RasterSource]:
     return load_raster_catalog(HERE / "spacenet_aois.csv")
 
 
+LICENCE_COLUMNS = ("flickr_id", "name", "spdx", "url", "redistributable", "attribution", "source_link", "aliases")
+
+
+def _licence_key(text: str) -> str:
+    """A licence name or id compared loosely: case, spaces, hyphens and underscores ignored."""
+    return "".join(ch for ch in text.casefold() if ch.isalnum() or ch in ".()")
+
+
 @lru_cache(maxsize=1)
+def load_licence_catalog() -> tuple[Licence, ...]:
+    """Every known licence (catalogs/licences.csv): Flickr's ids 0-16 and other common ones by SPDX id."""
+    path = HERE / "licences.csv"
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        if tuple(reader.fieldnames or ()) != LICENCE_COLUMNS:
+            raise CatalogError(f"{path}: columns must be {', '.join(LICENCE_COLUMNS)}")
+        return tuple(
+            Licence(
+                id=int(r["flickr_id"]) if r["flickr_id"] else None,
+                name=r["name"],
+                url=r["url"],
+                redistributable=r["redistributable"] == "true",
+                spdx=r["spdx"],
+                attribution=r["attribution"] == "true",
+                source_link=r["source_link"],
+                aliases=tuple(a for a in r["aliases"].split(";") if a),
+            )
+            for r in reader
+        )
+
+
 def load_licences() -> dict[int, Licence]:
     """Flickr licence ids -> name, URL, whether redistribution with attribution is allowed."""
-    with (HERE / "flickr_licences.csv").open(newline="") as fh:
-        return {
-            int(r["id"]): Licence(int(r["id"]), r["name"], r["url"], r["redistributable"] == "true")
-            for r in csv.DictReader(fh)
-        }
+    return {lic.id: lic for lic in load_licence_catalog() if lic.id is not None}
+
+
+@lru_cache(maxsize=1)
+def _licences_by_key() -> dict[str, Licence]:
+    out: dict[str, Licence] = {}
+    for lic in load_licence_catalog():
+        for text in (lic.name, lic.spdx, lic.url, *lic.aliases):
+            if text:
+                out.setdefault(_licence_key(text), lic)
+    return out
+
+
+def find_licence(value) -> Licence | None:
+    """A known licence from a Flickr id (``4``, ``"4"``), a name (``CC BY-SA 4.0``, any case), an SPDX id
+    (``CC-BY-SA-4.0``), a long name (``Attribution-ShareAlike 4.0 International``) or its URL; else None."""
+    if value is None or isinstance(value, bool):
+        return None
+    text = str(value).strip()
+    if not text:
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        number = None
+    if number is not None and number.is_integer():
+        return load_licences().get(int(number))
+    return _licences_by_key().get(_licence_key(text))
 
 
 def load_demo() -> dict:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from catalogs import load_licences
+from catalogs import find_licence
 from filters import Tables, by_id, column, decisions_table
 from pipeline.config import FilterParams
 
 # Flickr geo accuracy: 1 world ... 11 city ... 16 street. WITW searched at the default (16).
 STREET_LEVEL = 16
+FLICKR_SOURCES = ("flickr", "demo")  # the demo's photos are Flickr-shaped and follow Flickr's terms
 
 
 def _ok_downloads(tables: Tables, columns: list[str]) -> list[tuple[str, dict]]:
@@ -96,27 +97,40 @@ def duplicate_image(tables: Tables, params: FilterParams) -> pa.Table:
 
 
 def _licence_problem(row: dict) -> tuple[str | None, str]:
-    """(drop reason or None, note for a kept row) for one photo's licence and attribution fields."""
-    catalog = load_licences()
-    known = catalog.get(row["licence_id"]) if row["licence_id"] is not None else None
+    """(drop reason or None, note for a kept row) for one photo's licence and attribution fields.
+
+    A page URL is needed only where nothing else can stand in for it: for Flickr photos (Flickr's API
+    terms ask for a link back to the photo page, which the search stage derives) and for a
+    licence marked ``source_link: required`` in catalogs/licences.csv. CC licences ask for a link to
+    the work only "if supplied" (2.0) / "to the extent reasonably practicable" (4.0), so a custom row
+    without one is kept with a note.
+    """
+    known = find_licence(row["licence_id"]) if row["licence_id"] is not None else None
+    known = known or find_licence(row["licence"])
     name = row["licence"] or (known.name if known else None)
     url = row["licence_url"] or (known.url if known else None)
-    known = known or next((lic for lic in catalog.values() if lic.name == name), None)
     if not name or not url:
         return f"licence: unknown licence (id {row['licence_id']}, name {row['licence']!r})", ""
     if known is not None and not known.redistributable:
         return f"licence: {name} does not allow redistribution", ""
-    if not row["owner"]:
+    if not row["owner"] and (known is None or known.attribution):
         return "licence: no owner to attribute", ""
+    flickr = row["source"] in FLICKR_SOURCES
+    needs_link = flickr or (known is not None and known.source_link == "required")
+    if not row["page_url"] and needs_link:
+        why = "Flickr's API terms" if flickr else f"{name} requires a link to the source"
+        return f"licence: no photo page URL to attribute ({why})", ""
+    notes = []
+    if known is None:
+        notes.append(f"licence {name!r} is not in catalogs/licences.csv; redistribution not checked")
     if not row["page_url"]:
-        return "licence: no photo page URL to attribute", ""
-    note = "" if known else f"licence {name!r} is not in catalogs/flickr_licences.csv; redistribution not checked"
-    return None, note
+        notes.append("no page URL: attribution credits the owner and the licence only")
+    return None, "; ".join(notes)
 
 
 def licence(tables: Tables, params: FilterParams) -> pa.Table:
     """Drop photos that cannot be redistributed with attribution (licence, owner, page URL)."""
-    rows = by_id(tables.photos, ["licence_id", "licence", "licence_url", "owner", "page_url"])
+    rows = by_id(tables.photos, ["source", "licence_id", "licence", "licence_url", "owner", "page_url"])
     out = []
     for i, row in rows.items():
         problem, note = _licence_problem(row)

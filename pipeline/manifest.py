@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from catalogs import load_licences
+from catalogs import find_licence
 from filters import REGISTRY, Tables, by_id, column, filter_notes, filter_order, first_drops, reason_code
 from pipeline.config import Params
 from pipeline.errors import InvariantError
@@ -67,7 +67,7 @@ def dropped_ids(decisions: pa.Table) -> set[str]:
 
 def _photo_fields(photo: dict) -> dict:
     """Manifest columns from a photos row; licence name/URL from the catalog when the row lacks them."""
-    known = load_licences().get(photo["licence_id"]) if photo["licence_id"] is not None else None
+    known = find_licence(photo["licence_id"]) if photo["licence_id"] is not None else find_licence(photo["licence"])
     out = {k: photo[k] for k in PHOTO_COLUMNS if k not in ("licence_id", "licence", "licence_url")}
     out["owner_name"] = photo["owner_name"] or photo["owner"]  # Flickr credits the name, else the NSID
     out["photo_licence"] = photo["licence"] or (known.name if known else None)
@@ -119,6 +119,17 @@ def _name(ids: list[str], limit: int = 10) -> str:
     return ", ".join(ids[:limit]) + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")
 
 
+def _required(column_name: str, row: dict) -> bool:
+    """Whether a manifest row must carry ``column_name``: a page URL only where the licence rule asked for one
+    (it drops the rows that lack it), an owner only where the licence asks for attribution."""
+    if column_name == "page_url":
+        return False
+    if column_name in ("owner", "owner_name"):
+        known = find_licence(row["photo_licence"])
+        return known is None or known.attribution
+    return True
+
+
 def check_invariants(photos: pa.Table, rows: list[dict], decisions: pa.Table) -> None:
     """Raise InvariantError if a photo is neither in a manifest nor dropped, or a row lacks attribution."""
     in_manifest = {r["id"] for r in rows}
@@ -129,7 +140,7 @@ def check_invariants(photos: pa.Table, rows: list[dict], decisions: pa.Table) ->
             "rerun `crossview filter` on the current tables"
         )
     for col in ATTRIBUTION:
-        bad = sorted(r["id"] for r in rows if not r[col])
+        bad = sorted(r["id"] for r in rows if not r[col] and _required(col, r))
         if bad:
             raise InvariantError(f"manifest rows without {col}: {_name(bad)}; fix the photos/tiles catalog and rerun")
     bad_split = sorted(r["id"] for r in rows if r["split"] not in SPLITS)

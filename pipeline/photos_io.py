@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
-from catalogs import Licence, load_licences
+from catalogs import Licence, find_licence
 from pipeline.errors import CatalogError
 from pipeline.schemas import PHOTOS
 
@@ -29,6 +29,7 @@ PAGE_URL = "https://www.flickr.com/photos/{owner}/{id}"
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff"})
 TABLE_REQUIRED = ("id", "lat", "lon", "image", "owner", "licence")
 TABLE_OPTIONAL = ("accuracy", "date_taken", "title", "page_url", "licence_url", "owner_name")
+WEB_URL = re.compile(r"https?://", re.IGNORECASE)  # an image at a public URL is its own link to the source
 SAFE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 
 
@@ -83,18 +84,10 @@ def local_uri(path: str, base: str | Path) -> str:
 
 
 def match_licence(value) -> tuple[Licence | None, str | None]:
-    """A Flickr licence id (``4``, ``"4"``) or name (any case) → (Licence, None); other text → (None, text)."""
-    licences = load_licences()
-    number = to_int(value)
-    if number is not None:
-        return licences.get(number), (None if number in licences else _text(value))
-    text = _text(value)
-    if text is None:
-        return None, None
-    for lic in licences.values():
-        if lic.name.casefold() == text.casefold():
-            return lic, None
-    return None, text
+    """A known licence (Flickr id, name, SPDX id, any case; catalogs/licences.csv) → (Licence, None);
+    other text → (None, text)."""
+    lic = find_licence(_text(value))
+    return (lic, None) if lic is not None else (None, _text(value))
 
 
 def _licence_columns(value, licence_url=None) -> dict:
@@ -252,7 +245,7 @@ def _custom_row(r: Mapping, photo_id: str, base: Path) -> dict:
         "accuracy": to_int(r.get("accuracy")),
         "date_taken": _text(r.get("date_taken")),
         "url": local_uri(image, base) if image else None,
-        "page_url": _text(r.get("page_url")),
+        "page_url": _text(r.get("page_url")) or (image if image and WEB_URL.match(image) else None),
     })
 
 

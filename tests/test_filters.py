@@ -238,8 +238,25 @@ def test_licence_that_forbids_redistribution_is_dropped_and_catalog_fills_names(
     patched = Tables(table_from_rows(rows, PHOTOS), tables.downloads, tables.pairs, tables.chips)
     d = judged(photo.licence(patched, params))
     assert d["p01"] == (True, "", None)
-    assert d["p02"][:2] == (False, "licence: no photo page URL to attribute")
-    assert d["p03"][0] is True and "not in catalogs/flickr_licences.csv" in d["p03"][1]
+    assert d["p02"][:2] == (False, "licence: no photo page URL to attribute (Flickr's API terms)")
+    assert d["p03"][0] is True and "not in catalogs/licences.csv" in d["p03"][1]
+
+
+def test_custom_photos_need_a_page_url_only_where_the_licence_asks_for_a_link(world):
+    tables, params = world
+    rows = tables.photos.to_pylist()
+    for r in rows[:4]:
+        r.update(source="custom", page_url=None, licence_id=None, licence_url=None)
+    rows[0].update(licence="CC BY-SA 4.0")
+    rows[1].update(licence="CC0-1.0", owner=None)  # public domain: nobody to credit, nothing to link
+    rows[2].update(licence="CC BY 4.0", owner=None)
+    rows[3].update(licence="Company terms", licence_url="https://example.com/terms")
+    patched = Tables(table_from_rows(rows, PHOTOS), tables.downloads, tables.pairs, tables.chips)
+    d = judged(photo.licence(patched, params))
+    assert d["p01"][:2] == (True, "no page URL: attribution credits the owner and the licence only")
+    assert d["p02"][:2] == (True, "no page URL: attribution credits the owner and the licence only")
+    assert d["p03"][:2] == (False, "licence: no owner to attribute")
+    assert d["p04"][0] is True and "not in catalogs/licences.csv" in d["p04"][1]
 
 
 def test_coordinates_density_split_buffer_come_from_pair_status(world):

@@ -162,6 +162,8 @@ def test_custom_csv_rows(tmp_path, monkeypatch):
     assert (rows["a1"]["lat"], rows["a1"]["lon"], rows["a1"]["accuracy"]) == (43.47, 11.88, 16)
     assert math.isnan(rows["a2"]["lat"]) and math.isnan(rows["a2"]["lon"])  # kept: the pair stage records why
     assert rows["a2"]["url"] == "https://example.org/a2.jpg" and rows["a2"]["licence"] == "CC BY-SA 2.0"
+    assert rows["a2"]["page_url"] == "https://example.org/a2.jpg"  # a public image URL is its own source link
+    assert rows["a1"]["page_url"] is None and rows["a3"]["page_url"] is None
     assert rows["a3"]["url"] == "s3://bucket/a3.jpg"
     assert rows["a3"]["licence_id"] is None and rows["a3"]["licence"] == "my own terms"
     assert all(r["aoi"] is None and r["city"] is None and r["source"] == "custom" for r in rows.values())
