@@ -160,15 +160,16 @@ class EmbeddingCache:
 
     def write(self, shard: pa.Table) -> Path:
         """Write one shard (name = hash of its keys) atomically; return its path."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._describe()
+        self.describe()
         keys = "\n".join(f"{i}:{s}" for i, s in zip(shard.column("id").to_pylist(), shard.column("sha256").to_pylist()))
         path = self.dir / f"part-{hashlib.sha256(keys.encode()).hexdigest()[:16]}.parquet"
         with atomic_file(path) as tmp:
             pq.write_table(shard, tmp, compression="zstd")
         return path
 
-    def _describe(self) -> None:
+    def describe(self) -> None:
+        """Create the cache folder and write ``model.json`` (what model the shards come from) once."""
+        self.dir.mkdir(parents=True, exist_ok=True)
         meta = self.dir / "model.json"
         if self.about and not meta.exists():
             write_text_atomic(json.dumps(self.about, indent=2, sort_keys=True) + "\n", meta)
@@ -296,6 +297,7 @@ def classify(
                 cache.write(result.shard)
             errors.update(result.errors)
         index = cache.index(spec.vote.top_k)
+    cache.describe()  # the cache folder exists (a DVC output) even when there was nothing to score
     rows = score_rows(items, spec, index, errors)
     failed = sum(r["status"] != "ok" for r in rows)
     summary = Summary(len(items), len(todo) - len(errors), len(items) - len(todo), failed)

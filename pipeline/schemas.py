@@ -261,13 +261,40 @@ def write_table(table: pa.Table, path: str | Path, schema: pa.Schema, sort_by: S
         pq.write_table(table, tmp, compression="zstd", write_statistics=True, row_group_size=256_000)
 
 
+# The stage (``crossview STAGE``) that writes each table, for error messages that say what to rerun.
+WRITTEN_BY: dict[str, str] = {
+    "photos": "search",
+    "downloads": "download",
+    "tiles": "tiles",
+    "pairs": "pair",
+    "chips": "chip",
+    "decisions": "filter",
+    "manifest": "manifest",
+    "scores": "classify",
+    "relevance": "relevance",
+    "eval_pairs": "evaluate",
+}
+
+
+def _writer(schema: pa.Schema) -> str:
+    """``crossview STAGE`` for the stage that writes tables of ``schema`` (or a generic hint)."""
+    name = next((n for n, s in SCHEMAS.items() if s.equals(schema)), None)
+    return f"`crossview {WRITTEN_BY[name]}`" if name in WRITTEN_BY else "the stage that writes it"
+
+
 def read_table(path: str | Path, schema: pa.Schema, columns: Sequence[str] | None = None) -> pa.Table:
-    """Read a table written by :func:`write_table`, checking its schema."""
+    """Read a table written by :func:`write_table`, checking its schema; a missing or unreadable file is a
+    one-line error naming the file and the stage that writes it."""
     path = Path(path)
+    writer = _writer(schema)
     if not path.exists():
-        raise StageInputError(f"{path} does not exist: run the stage that writes it first (`dvc repro`)")
-    table = pq.read_table(path, columns=list(columns) if columns else None)
+        raise StageInputError(f"{path} does not exist: run {writer} first (`dvc repro` runs it)")
+    try:
+        table = pq.read_table(path, columns=list(columns) if columns else None)
+    except (pa.ArrowException, OSError) as err:
+        reason = " ".join(str(err).split())[:200]
+        raise SchemaError(f"{path} cannot be read as Parquet ({reason}): delete it and rerun {writer}") from None
     want = schema if columns is None else pa.schema([schema.field(c) for c in columns])
     if not table.schema.equals(want):
-        raise SchemaError(f"{path}: schema differs from the declared one; rerun the stage that writes it")
+        raise SchemaError(f"{path}: schema differs from the declared one; rerun {writer}")
     return table

@@ -63,14 +63,8 @@ def digests(root: Path, patterns: tuple[str, ...]) -> dict[str, str]:
     return found
 
 
-@pytest.fixture(scope="session")
-def demo_repo(tmp_path_factory) -> Path:
-    """A temp copy of the repo (its own git repo) after a real `dvc repro` of the demo.
-
-    Shared by the whole session: tests that change params or verdicts must restore them.
-    The first repro's log is kept in ``first_repro.log``.
-    """
-    root = tmp_path_factory.mktemp("repo")
+def repo_copy(root: Path) -> Path:
+    """A copy of the repo's files as a fresh clone would have them, as its own git repo, at ``root``."""
     for rel in tracked_files():
         dst = root / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -78,5 +72,16 @@ def demo_repo(tmp_path_factory) -> Path:
     sh(["git", "init", "-q"], root)
     sh(["git", "add", "-A"], root)
     sh(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"], root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def demo_repo(tmp_path_factory) -> Path:
+    """A temp copy of the repo (its own git repo) after a real `dvc repro` of the demo.
+
+    Shared by the whole session: tests that change params or verdicts must restore them.
+    The first repro's log is kept in ``first_repro.log``.
+    """
+    root = repo_copy(tmp_path_factory.mktemp("repo"))
     (root / "first_repro.log").write_text(sh(["dvc", "repro"], root))
     return root

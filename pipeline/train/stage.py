@@ -67,7 +67,10 @@ def run_training(params: TrainParams, s3: S3Params, train_path: str, val_path: s
     spec = view_spec(params)
     train = ManifestPairs(train_path, spec.training(params.augment), s3, seed=params.seed, cache_mb=params.cache_mb)
     if len(train) < 2:
-        raise StageInputError(f"{train_path} has {len(train)} pairs; training needs at least 2 (check the filters)")
+        raise StageInputError(
+            f"{train_path} has {len(train)} pairs; training needs at least 2: reports/funnel.json and "
+            "manifests/DATASET_CARD.md say why photos were dropped (add photos, or loosen filter.* / split.* params)"
+        )
     val = ManifestPairs(val_path, spec, s3, cache_mb=params.cache_mb) if val_path else None
     if val is not None and len(val) < 2:
         log.warning("%s has %d pairs: no validation", val_path, len(val))
