@@ -31,7 +31,7 @@ from rasterio.windows import Window
 from pipeline import chipgeom
 from pipeline.config import ChipParams, Params, S3Params
 from pipeline.errors import RasterError, describe
-from pipeline.executor import run
+from pipeline.executor import local_paths, run
 from pipeline.schemas import (
     CHIPS,
     PAIRS,
@@ -228,7 +228,8 @@ def chip_pairs(pairs: pa.Table, tiles: pa.Table, params: Params) -> pa.Table:
     tasks, errors = plan_tasks(pairs, tiles, params.chip)
     fn = functools.partial(process_task, store_root=params.store, s3=params.s3, chip=params.chip)
     parts = [table_from_rows(errors, CHIPS)]  # rows become Arrow as they come: memory stays small per chip
-    for result in run(fn, tasks, scheduler=params.scheduler, workers=params.workers, desc="chip"):
+    reach = local_paths([params.store, *(t.tile_uri for t in tasks)])
+    for result in run(fn, tasks, scheduler=params.scheduler, workers=params.workers, desc="chip", reach=reach):
         parts.append(table_from_rows(result, CHIPS))
     table = pa.concat_tables(parts).combine_chunks()
     return table.take(pc.sort_indices(table, sort_keys=[("id", "ascending")]))

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import ClassifyParams, Params, S3Params
-from pipeline.executor import run
+from pipeline.executor import local_paths, run
 from pipeline.models.scene import ModelSpec, model_spec
 from pipeline.models.vote import format_top, vote_top
 from pipeline.schemas import DOWNLOADS, SCORES, read_table, table_from_rows, write_table
@@ -290,8 +290,9 @@ def classify(
         chunks = [todo[k : k + size] for k in range(0, len(todo), size)]
         store_s3 = params.s3.model_copy(update={"anonymous": False})  # the store is written with credentials
         work = functools.partial(score_chunk, params=params.classify, s3=store_s3, imagenet_weights=imagenet_weights)
+        reach = local_paths(it.uri for it in todo)
         for result in run(
-            work, chunks, scheduler=params.scheduler, workers=lanes, desc="classify", batch_size=lanes
+            work, chunks, scheduler=params.scheduler, workers=lanes, desc="classify", batch_size=lanes, reach=reach
         ):
             if result.shard is not None:
                 cache.write(result.shard)

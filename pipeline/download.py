@@ -31,7 +31,7 @@ from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError,
 
 from pipeline.config import DownloadParams, Params, S3Params
 from pipeline.errors import SchemaError, StoreError, describe
-from pipeline.executor import run
+from pipeline.executor import local_paths, run
 from pipeline.images import inspect_image, storable
 from pipeline.schemas import DOWNLOADS, PHOTOS, read_table, table_from_rows, write_table
 from pipeline.store import Store, client_for, is_http, is_s3, read_bytes, redact, split_s3
@@ -349,7 +349,10 @@ def download(photos: pa.Table, params: Params) -> pa.Table:
     # the fetches run, the spare threads validate and store, so a fetch slot never waits on a decode.
     # More spares only add GIL contention (bench/bench_download.py: 16 threads lost 15 % at 0 ms).
     threads = params.download.workers + max(1, params.download.workers // 4)
-    rows = mark_duplicates(list(run(work, items, scheduler=params.scheduler, workers=threads, desc="download")))
+    reach = local_paths([store.root, *urls])
+    rows = mark_duplicates(
+        list(run(work, items, scheduler=params.scheduler, workers=threads, desc="download", reach=reach))
+    )
     counts = Counter(r["status"] for r in rows)
     log.info("download: %s", ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     return table_from_rows(rows, DOWNLOADS)

@@ -10,10 +10,13 @@ Results come back in input order, in batches, so memory stays bounded whatever t
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TypeVar
 
 from tqdm import tqdm
+
+from pipeline.errors import StageInputError
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,39 @@ def _client(address: str):
     return Client(address)
 
 
+def _missing_paths(paths: Sequence[str]) -> tuple[list[str], str]:
+    """On a worker: which local ``paths`` it cannot see, and where it runs (``host:cwd``)."""
+    import socket
+
+    return [p for p in paths if not os.path.exists(p)], f"{socket.gethostname()}:{os.getcwd()}"
+
+
+def local_paths(uris: Iterable[str | None], limit: int = 3) -> list[str]:
+    """Up to ``limit`` distinct local paths among ``uris`` (URLs and ``s3://`` URIs are not probed)."""
+    out: list[str] = []
+    for uri in uris:
+        if uri and "://" not in uri and uri not in out:
+            out.append(uri)
+            if len(out) == limit:
+                break
+    return out
+
+
+def check_reach(client, paths: Sequence[str], address: str) -> None:
+    """One probe task: stop with what to do when the cluster's workers cannot see local ``paths`` that this
+    process sees (workers started elsewhere than this checkout, with a local store or local inputs)."""
+    paths = [p for p in paths if p]
+    if not paths:
+        return
+    missing, where = client.submit(_missing_paths, list(paths), pure=False).result()
+    if missing:
+        raise StageInputError(
+            f"scheduler {address}: a worker ({where}) cannot see {', '.join(missing)}, which this process sees; "
+            "start the workers in this checkout's folder on a shared filesystem, or use an S3 store "
+            "(store: s3://bucket/prefix) and S3/HTTP inputs"
+        )
+
+
 def run(
     fn: Callable[[T], R],
     items: Iterable[T],
@@ -55,8 +91,13 @@ def run(
     workers: int = 2,
     desc: str = "",
     batch_size: int | None = None,
+    reach: Sequence[str] = (),
 ) -> Iterator[R]:
-    """Apply ``fn`` to every item through Dask and yield the results in input order."""
+    """Apply ``fn`` to every item through Dask and yield the results in input order.
+
+    ``reach``: local paths the work reads or writes (the store folder, a few inputs); on a cluster, one
+    probe task checks that a worker sees them before any work is sent.
+    """
     import dask
     from dask.callbacks import Callback
 
@@ -67,6 +108,8 @@ def run(
     bar = tqdm(total=len(items), desc=desc, unit="item", disable=None, leave=False)
     client = _client(scheduler) if scheduler else None
     try:
+        if client is not None and items:
+            check_reach(client, [p for p in reach if os.path.exists(p)], scheduler)
         for batch in _batches(items, batch_size):
             if client is not None:
                 results = client.gather(client.map(fn, list(batch), pure=False))

@@ -34,7 +34,7 @@ from catalogs import RasterSource, load_raster_catalog, load_spacenet
 from pipeline.catalog_check import resolve
 from pipeline.config import Params, S3Params, TilesParams
 from pipeline.errors import CatalogError, ConfigError, CrossviewError, RasterError, StoreError
-from pipeline.executor import run
+from pipeline.executor import local_paths, run
 from pipeline.raster import (
     PASSTHROUGH,
     apply_stretch,
@@ -267,9 +267,9 @@ def build_tiles(params: Params, sources: list[RasterSource]) -> pa.Table:
     if not store.remote:
         Path(store.uri("tiles")).mkdir(parents=True, exist_ok=True)
     jobs = plan(sources, params.s3)
-    rows = list(
-        run(partial(process_one, params=params), jobs, scheduler=params.scheduler, workers=params.workers, desc="tiles")
-    )
+    reach = local_paths([store.root, *(job.uri for job in jobs)])
+    work = partial(process_one, params=params)
+    rows = list(run(work, jobs, scheduler=params.scheduler, workers=params.workers, desc="tiles", reach=reach))
     for row in rows:
         if row["status"] != "ok":
             log.warning("tile %s: %s", row["tile_id"], row["error"])

@@ -50,3 +50,29 @@ def test_same_tasks_run_on_a_distributed_scheduler():
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
         out = list(run(_square, range(20), scheduler=cluster.scheduler_address, workers=2))
     assert out == [x * x for x in range(20)]
+
+
+def test_a_cluster_whose_workers_cannot_see_the_checkout_stops_the_stage_before_any_work(tmp_path, monkeypatch):
+    """Workers started in another folder (no shared filesystem) would mark every photo missing: one probe
+    task finds that first and the stage stops, saying what to do."""
+    distributed = pytest.importorskip("distributed")
+    from pipeline.config import Params
+    from pipeline.download import download
+    from pipeline.errors import StageInputError
+    from pipeline.schemas import PHOTOS, table_from_rows
+
+    elsewhere, checkout = tmp_path / "elsewhere", tmp_path / "checkout"
+    elsewhere.mkdir()
+    (checkout / "photos").mkdir(parents=True)
+    (checkout / "photos" / "a.jpg").write_bytes(b"\xff\xd8 not needed: nothing is fetched")
+    monkeypatch.chdir(elsewhere)  # worker processes keep the folder they were started in
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        monkeypatch.chdir(checkout)
+        photos = table_from_rows([{"id": "a", "url": "photos/a.jpg"}], PHOTOS)
+        params = Params(scheduler=cluster.scheduler_address, store="data/store")
+        with pytest.raises(StageInputError) as err:
+            download(photos, params)
+    message = str(err.value)
+    assert "cannot see data/store, photos/a.jpg" in message and str(elsewhere) in message
+    assert "s3://" in message and "shared filesystem" in message
+    assert not list((checkout / "data" / "store" / "photos").iterdir())  # nothing was fetched or stored
