@@ -40,7 +40,7 @@ from pipeline.schemas import (
     table_from_rows,
     write_table,
 )
-from pipeline.store import Store, gdal_options, gdal_path, read_bytes
+from pipeline.store import Store, add_store_out, make_store_out, gdal_options, gdal_path, read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +240,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs", required=True, help="pairs table (tables/pairs.parquet)")
     parser.add_argument("--tiles", required=True, help="tiles table (tables/tiles.parquet)")
     parser.add_argument("--out", required=True, help="chips table to write (tables/chips.parquet)")
+    add_store_out(parser)
 
 
 def main(params: Params, args: argparse.Namespace) -> int:
@@ -253,6 +254,7 @@ def main(params: Params, args: argparse.Namespace) -> int:
     pairs = read_table(args.pairs, PAIRS)
     tiles = read_table(args.tiles, TILES, columns=["tile_id", "uri", "epsg", "gsd_m", "sha256", "status"])
     chips = chip_pairs(pairs, tiles, params)
+    make_store_out(args.store_out)
     write_table(chips, args.out, CHIPS)
     counts = Counter(chips["status"].to_pylist())
     log.info("chips: %d rows %s", chips.num_rows, dict(sorted(counts.items())))

@@ -34,7 +34,7 @@ from pipeline.errors import SchemaError, StoreError, describe
 from pipeline.executor import local_paths, run
 from pipeline.images import inspect_image, storable
 from pipeline.schemas import DOWNLOADS, PHOTOS, read_table, table_from_rows, write_table
-from pipeline.store import Store, client_for, is_http, is_s3, read_bytes, redact, split_s3
+from pipeline.store import Store, add_store_out, make_store_out, client_for, is_http, is_s3, read_bytes, redact, split_s3
 
 log = logging.getLogger(__name__)
 
@@ -361,11 +361,13 @@ def download(photos: pa.Table, params: Params) -> pa.Table:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--photos", required=True, help="photos table to read (Parquet)")
     parser.add_argument("--out", required=True, help="downloads table to write (Parquet)")
+    add_store_out(parser)
 
 
 def main(params: Params, args: argparse.Namespace) -> int:
     photos = read_table(args.photos, PHOTOS, columns=["id", "url"])
     table = download(photos, params)
+    make_store_out(args.store_out)
     write_table(table, args.out, DOWNLOADS)
     log.info("download: %d rows -> %s", table.num_rows, args.out)
     return 0

@@ -283,3 +283,20 @@ class Store:
         """Delete everything under ``prefix`` (local stores only; used by tests and `--force`)."""
         if not self.remote:
             shutil.rmtree(self.uri(prefix), ignore_errors=True)
+
+
+STORE_OUT_HELP = (
+    "local folder that dvc.yaml tracks as this stage's store output (e.g. data/store/photos); created even "
+    "when the store is elsewhere (s3://, another folder), where it stays empty"
+)
+
+
+def add_store_out(parser) -> None:
+    """The ``--store-out`` argument of a stage that writes into the store."""
+    parser.add_argument("--store-out", default=None, help=STORE_OUT_HELP)
+
+
+def make_store_out(path: str | None) -> None:
+    """Create the stage's DVC-tracked store folder (see :data:`STORE_OUT_HELP`)."""
+    if path:
+        Path(path).mkdir(parents=True, exist_ok=True)

@@ -50,7 +50,7 @@ from pipeline.raster import (
     write_cog,
 )
 from pipeline.schemas import TILES, table_from_rows, write_table
-from pipeline.store import Store, gdal_path, rasterio_env, read_bytes, redact
+from pipeline.store import Store, add_store_out, make_store_out, gdal_path, rasterio_env, read_bytes, redact
 
 log = logging.getLogger(__name__)
 
@@ -279,12 +279,14 @@ def build_tiles(params: Params, sources: list[RasterSource]) -> pa.Table:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--demo", default=None, help="demo folder holding rasters.yaml (default: params demo.out)")
     parser.add_argument("--out", default="tables/tiles.parquet", help="tiles table to write")
+    add_store_out(parser)
 
 
 def main(params: Params, args: argparse.Namespace) -> int:
     """Read the raster catalog, convert every tile, write the tiles table."""
     sources = raster_sources(params, args.demo or params.demo.out)
     table = build_tiles(params, sources)
+    make_store_out(args.store_out)
     write_table(table, args.out, TILES, sort_by=["tile_id"])
     ok = sum(s == "ok" for s in table.column("status").to_pylist())
     log.info("tiles: %d ok, %d error -> %s", ok, table.num_rows - ok, args.out)
