@@ -48,7 +48,7 @@ def test_multi_key_sort_for_decisions(tmp_path):
 
 
 def test_missing_input_names_the_stage_to_run(tmp_path):
-    with pytest.raises(StageInputError, match="run the stage"):
+    with pytest.raises(StageInputError, match=r"nope\.parquet does not exist: run `crossview search` first"):
         read_table(tmp_path / "nope.parquet", PHOTOS)
 
 
