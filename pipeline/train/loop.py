@@ -27,7 +27,7 @@ from pipeline.store import atomic_file
 from pipeline.train.data import ManifestPairs, make_loader
 from pipeline.train.metrics import Retrieval, retrieve, summary
 from pipeline.train.models import CrossViewModel, build_model
-from pipeline.train.params import TrainParams
+from pipeline.config import TrainParams
 
 log = logging.getLogger(__name__)
 

@@ -19,14 +19,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.config import Params, S3Params
+from pipeline.config import EvaluateParams, Params, S3Params, TrainParams
 from pipeline.errors import StageInputError
 from pipeline.schemas import EVAL_PAIRS, table_from_rows, write_table
 from pipeline.store import write_text_atomic
 from pipeline.train.data import ManifestPairs, view_spec
 from pipeline.train.loop import History, evaluate_model, fingerprint, fit, load_model, resolve_device
 from pipeline.train.metrics import Retrieval, recall_curve, summary
-from pipeline.train.params import EvaluateParams, TrainParams
 
 log = logging.getLogger(__name__)
 
