@@ -154,7 +154,7 @@ def _cut_one(src, task: ChipTask, k: int, store: Store, chip: ChipParams) -> dic
         Path(tmp).write_bytes(encode(data, chip))
     row = {"id": pid, "tile_id": task.tile_id, "uri": store.uri(key), "width": window.width,
            "height": window.height, "nodata_fraction": nodata, "std": std, "status": "ok", "error": None}
-    store.put_bytes(f"{task.folder}/{pid}.json", json.dumps(row, sort_keys=True).encode())
+    store.put_json(f"{task.folder}/{pid}.json", row)
     return row
 
 

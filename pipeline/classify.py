@@ -1,8 +1,8 @@
 """Scene scores and embeddings for every downloaded photo → ``scores`` table + an embedding cache.
 
 The unit of work is a chunk of photos (:func:`score_chunk`): batched inference through a torch
-DataLoader (:func:`pipeline.models.scene.infer`) on torch or, on the CPU, ONNX Runtime
-(:mod:`pipeline.models.onnx`), returning one cache shard: photo id, sha256, the top categories with
+DataLoader (:func:`pipeline.scene.infer.infer`) on torch or, on the CPU, ONNX Runtime
+(:mod:`pipeline.scene.onnx`), returning one cache shard: photo id, sha256, the top categories with
 probabilities and the float16 embedding. Chunks run through the shared executor (``workers`` at once
 on the CPU or a Dask cluster, one at a time on a local GPU); this process writes each shard
 atomically to ``<embeddings>/<model key>/part-<hash>.parquet`` as it arrives, so an interrupted run
@@ -30,10 +30,10 @@ import pyarrow.parquet as pq
 
 from pipeline.config import ClassifyParams, Params, S3Params
 from pipeline.executor import run
-from pipeline.models.scene import ModelSpec, model_spec
-from pipeline.models.vote import format_top, vote_top
+from pipeline.scene.spec import ModelSpec, model_spec
+from pipeline.scene.vote import format_top, vote_top
 from pipeline.schemas import DOWNLOADS, SCORES, read_table, table_from_rows, write_table
-from pipeline.store import atomic_file, write_text_atomic
+from pipeline.store import atomic_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -94,19 +94,21 @@ def score_chunk(
     items: Sequence[Item], *, params: ClassifyParams, s3: S3Params, imagenet_weights: str | None = None
 ) -> ChunkResult:
     """Run the backbone over ``items``; return the shard rows and the photos that could not be read."""
-    from pipeline.models import scene  # torch is imported only when there is work
-    from pipeline.models.onnx import cached_session, resolve_runtime
+    from pipeline.device import import_torch, resolve_device  # torch is imported only when there is work
+    from pipeline.scene.backbone import cached_backbone
+    from pipeline.scene.infer import infer
+    from pipeline.scene.onnx import cached_session, resolve_runtime
 
-    torch = scene.import_torch()
+    torch = import_torch()
     torch.set_num_threads(params.threads)
     spec = model_spec(params, imagenet_weights)
-    device = scene.resolve_device(params.device)
-    backbone = scene.cached_backbone(spec)
+    device = resolve_device(params.device, "classify.device")
+    backbone = cached_backbone(spec)
     if resolve_runtime(params.runtime, device) == "onnxruntime":
         backbone = cached_session(backbone, params.threads)
     keep = max(STORED_TOP, spec.vote.top_k)
     rows, errors = [], {}
-    outputs = scene.infer(
+    outputs = infer(
         backbone,
         [it.uri for it in items],
         s3=s3,
@@ -171,7 +173,7 @@ class EmbeddingCache:
     def _describe(self) -> None:
         meta = self.dir / "model.json"
         if self.about and not meta.exists():
-            write_text_atomic(json.dumps(self.about, indent=2, sort_keys=True) + "\n", meta)
+            write_json(self.about, meta, sort_keys=True)
 
     def index(self, min_top: int) -> dict[tuple[str, str], tuple[list[int], list[float]]]:
         """``{(id, sha256): (top_index, top_prob)}`` over all shards (first shard wins; short top lists skipped)."""
@@ -253,9 +255,9 @@ def concurrent_chunks(params: Params) -> int:
     """
     if params.scheduler or params.workers == 1:
         return params.workers
-    from pipeline.models import scene
+    from pipeline.device import resolve_device
 
-    return params.workers if scene.resolve_device(params.classify.device) == "cpu" else 1
+    return params.workers if resolve_device(params.classify.device, "classify.device") == "cpu" else 1
 
 
 @dataclass(frozen=True)

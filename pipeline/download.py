@@ -303,7 +303,7 @@ def process_one(item: tuple[str, str | None], ctx: Context) -> dict:
 
 def _mark_finished(store: Store, photo_id: str, row: dict, stamp: dict) -> None:
     doc = {"fetch": stamp, "row": {**row, "duplicate_of": None}}
-    store.put_bytes(f"photos/{photo_id}.json", json.dumps(doc, sort_keys=True).encode())
+    store.put_json(f"photos/{photo_id}.json", doc)
 
 
 # ---------------------------------------------------------------- the stage

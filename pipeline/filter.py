@@ -8,11 +8,9 @@ override is on record. Rule drops are never overridden.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -33,7 +31,7 @@ from pipeline.schemas import (
     read_table,
     write_table,
 )
-from pipeline.store import write_text_atomic
+from pipeline.store import write_json
 
 log = logging.getLogger(__name__)
 
@@ -135,11 +133,6 @@ def funnel(
         "by_city": _groups(ids, dict(zip(ids, column(photos, "city"), strict=True)), first),
         "by_split": _groups(ids, dict(zip(column(pairs, "id"), column(pairs, "split"), strict=True)), first, SPLITS),
     }
-
-
-def write_json(data: dict, path: str | Path) -> None:
-    """Write JSON atomically with a stable layout (insertion key order, 2-space indent, final newline)."""
-    write_text_atomic(json.dumps(data, indent=2, ensure_ascii=False) + "\n", path)
 
 
 def read_tables(args: argparse.Namespace) -> Tables:

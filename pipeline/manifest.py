@@ -33,7 +33,7 @@ from pipeline.schemas import (
     table_from_rows,
     write_table,
 )  # fmt: skip
-from pipeline.store import write_text_atomic
+from pipeline.store import write_json, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -317,6 +317,6 @@ def main(params: Params, args: argparse.Namespace) -> int:
     for split, table in manifests.items():
         write_table(table, out_dir / f"{split}.parquet", MANIFEST)
     write_text_atomic(text, args.card)
-    write_text_atomic(json.dumps(report, indent=2, ensure_ascii=False) + "\n", args.metrics)
+    write_json(report, args.metrics)
     log.info("manifests: %s; dropped %d of %d photos", report["rows"], report["dropped"], report["photos_found"])
     return 0

@@ -13,10 +13,8 @@ the raster size; GDAL's block cache is bounded by :func:`bound_gdal_cache`. Conv
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -282,12 +280,3 @@ def _fill_holes(geom: Polygon | MultiPolygon) -> Polygon | MultiPolygon:
     if isinstance(geom, Polygon):
         return Polygon(geom.exterior)
     return MultiPolygon([Polygon(g.exterior) for g in geom.geoms])
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """sha256 hex digest of a file, streamed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()

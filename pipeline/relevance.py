@@ -28,7 +28,7 @@ from pipeline.classify import EmbeddingCache
 from pipeline.config import Params, RelevanceParams
 from pipeline.errors import StageInputError
 from pipeline.schemas import RELEVANCE, SCORES, read_table, table_from_rows, write_table
-from pipeline.store import write_text_atomic
+from pipeline.store import write_json
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ def score(scores: pa.Table, head: Head, cache_root: str | Path) -> pa.Table:
 
 def write_head(head: Head, path: str | Path) -> None:
     """Write the model file atomically with a stable layout."""
-    write_text_atomic(json.dumps(head.to_json(), indent=1, sort_keys=True) + "\n", path)
+    write_json(head.to_json(), path, indent=1, sort_keys=True)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

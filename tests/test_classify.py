@@ -155,9 +155,9 @@ def test_rerun_scores_only_new_or_changed_photos(world, first):
 
 
 def test_new_vote_params_revote_from_the_cache_without_the_backbone(world, first, monkeypatch):
-    from pipeline.models import scene
+    from pipeline.scene import backbone
 
-    monkeypatch.setattr(scene, "load_backbone", lambda spec: pytest.fail("the backbone ran"))
+    monkeypatch.setattr(backbone, "load_backbone", lambda spec: pytest.fail("the backbone ran"))
     params = _params(world.root, top_k=5, min_indoor_mass=0.5)
     table = run_stage(world, world.root / "a" / "scores5.parquet", world.root / "a" / "emb", params)
     rows = {r["id"]: r for r in table.to_pylist()}

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
 import shutil
 import time
@@ -36,6 +35,7 @@ from pipeline.demo.photos import Camera, encode, random_camera, render
 from pipeline.demo.placement import Shot, choose_patches, plan_city, split_cases
 from pipeline.demo.rasters import write_tile
 from pipeline.demo.world import Sun, World, build_world
+from pipeline.store import write_json
 
 log = logging.getLogger(__name__)
 
@@ -171,9 +171,7 @@ def _write_metadata(root: Path, cities: list[City], photos: list[Photo], rasters
     for city in cities:
         recs = [p.record for p in photos if p.shot.city == city.index]
         recs.sort(key=lambda r: (-int(r["dateupload"]), r["id"]))  # the API's default: newest first
-        with (root / "flickr" / f"{city.aoi}.json").open("w") as fh:
-            json.dump({"image_count": len(recs), "images": recs}, fh, indent=2, sort_keys=True)
-            fh.write("\n")
+        write_json({"image_count": len(recs), "images": recs}, root / "flickr" / f"{city.aoi}.json", sort_keys=True)
     with (root / "truth.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, TRUTH_COLUMNS, lineterminator="\n")
         writer.writeheader()
