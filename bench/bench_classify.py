@@ -113,7 +113,8 @@ def naive(spec, uris: list[str], device: str, textbook: bool = True) -> tuple[fl
 
 def stage(downloads, params, cache: Path) -> tuple[float, list[int], int]:
     """The classify stage core, cache and table included (a fresh cache each time: everything is scored)."""
-    from pipeline.classify import EmbeddingCache, classify
+    from pipeline.classify import classify
+    from pipeline.embeddings import EmbeddingCache
     from pipeline.scene.spec import model_spec
 
     start = time.perf_counter()

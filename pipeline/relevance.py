@@ -24,8 +24,8 @@ import pyarrow as pa
 from scipy.optimize import minimize
 from scipy.special import expit
 
-from pipeline.classify import EmbeddingCache
 from pipeline.config import Params, RelevanceParams
+from pipeline.embeddings import EmbeddingCache
 from pipeline.errors import StageInputError
 from pipeline.schemas import RELEVANCE, SCORES, read_table, table_from_rows, write_table
 from pipeline.store import write_json

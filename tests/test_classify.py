@@ -18,6 +18,7 @@ from filters.indoor import indoor
 from pipeline import classify
 from pipeline.config import Params, parse_params
 from pipeline.download import download
+from pipeline.embeddings import EmbeddingCache
 from pipeline.schemas import DOWNLOADS, PHOTOS, SCORES, read_table, table_from_rows, write_table
 
 
@@ -98,7 +99,7 @@ def test_embeddings_are_float16_shards_keyed_by_photo_id(world, first):
     assert shard.schema.field("embedding").type == pa.list_(pa.float16(), 1280)
     assert sorted(shard.column("id").to_pylist()) == sorted(first.column("id").to_pylist())
     sha = {r["id"]: r["sha256"] for r in first.to_pylist()}["outdoor_park_01"]
-    found, x = classify.EmbeddingCache(world.root / "a" / "emb", key).embeddings(
+    found, x = EmbeddingCache(world.root / "a" / "emb", key).embeddings(
         [("outdoor_park_01", sha), ("nosuch", sha)]
     )
     assert found == [("outdoor_park_01", sha)] and x.shape == (1, 1280)

@@ -12,8 +12,8 @@ import pytest
 
 from filters.relevance import relevance as relevance_filter
 from pipeline import relevance
-from pipeline.classify import EmbeddingCache, shard_schema
 from pipeline.config import parse_params
+from pipeline.embeddings import EmbeddingCache, shard_schema
 from pipeline.schemas import RELEVANCE, SCORES, read_table, table_from_rows, write_table
 
 KEY = "0123456789abcdef"
