@@ -31,7 +31,6 @@ import rasterio
 import shapely
 
 from catalogs import RasterSource, load_raster_catalog, load_spacenet
-from pipeline.catalog_check import resolve
 from pipeline.config import Params, S3Params, TilesParams
 from pipeline.errors import CatalogError, ConfigError, CrossviewError, RasterError, StoreError
 from pipeline.executor import run
@@ -48,6 +47,7 @@ from pipeline.raster import (
     warped_blocks,
     write_cog,
 )
+from pipeline.raster_uris import resolve
 from pipeline.schemas import TILES, table_from_rows, write_table
 from pipeline.store import Store, gdal_path, rasterio_env, read_bytes, redact, sha256_file
 
