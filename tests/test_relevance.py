@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from filters.relevance import relevance as relevance_filter
+from filters.relevance_rules import relevance as relevance_filter
 from pipeline import relevance
 from pipeline.config import parse_params
 from pipeline.embeddings import EmbeddingCache, shard_schema

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import inspect as inspect_cmd
+from pipeline import inspect_photos as inspect_cmd
 from pipeline.config import parse_params
 from pipeline.errors import StageInputError
 
