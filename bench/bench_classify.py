@@ -4,7 +4,7 @@ Three ways to score the same photos with the same EfficientNet-Lite0 weights:
 
 - ``naive``: the loop most scripts have (and WITW's): ``Image.open().convert("RGB")``, torchvision
   ``Resize(256, bicubic) → CenterCrop(224) → ToTensor → Normalize``, ``net(x[None])`` in eager
-  PyTorch, one photo at a time. The target (issue 5) is the stage at ≥ 5× this.
+  PyTorch, one photo at a time. The stage should run at ≥ 5× this.
 - ``naive+prepare``: the same loop with the stage's own ``prepare`` (reduced-scale JPEG decode,
   resize of the crop only), to show how much of the gain is preprocessing and how much inference.
 - ``stage``: :func:`pipeline.classify.classify` as ``params.yaml`` configures it (``workers`` chunks at

@@ -19,6 +19,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
@@ -34,9 +35,11 @@ from rasterio.windows import Window
 from shapely.geometry import MultiPolygon, Polygon, shape
 from shapely.ops import unary_union
 
-from pipeline import chipgeom
 from pipeline.errors import RasterError
 from pipeline.geo import utm_epsg
+
+if TYPE_CHECKING:  # a type only: the tiles stage runs this module but not chipgeom (nor lists it in dvc.yaml)
+    from pipeline.chipgeom import PixelWindow
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +287,7 @@ def _fill_holes(geom: Polygon | MultiPolygon) -> Polygon | MultiPolygon:
     return MultiPolygon([Polygon(g.exterior) for g in geom.geoms])
 
 
-def read_chip(src: rasterio.DatasetReader, window: chipgeom.PixelWindow) -> tuple[np.ndarray, np.ndarray]:
+def read_chip(src: rasterio.DatasetReader, window: PixelWindow) -> tuple[np.ndarray, np.ndarray]:
     """The (3, n, n) uint8 chip and its valid-pixel mask; what lies outside the raster is nodata (0)."""
     if src.count < 3 or src.dtypes[0] != "uint8":
         raise RasterError(f"tile must be 8-bit RGB, got {src.count} band(s) of {src.dtypes[0]}: rerun the tiles stage")

@@ -3,6 +3,8 @@
 Used by the tests that keep dvc.yaml deps, the module layering and ARCHITECTURE.md true. Imports
 inside functions count (the CLI and several stages import lazily). Two views of the graph:
 
+Imports under ``if TYPE_CHECKING:`` do not count: they never run.
+
 - explicit edges (:func:`import_edges`): ``from pipeline import chipgeom`` is an edge to
   ``pipeline.chipgeom``, ``from filters.base import Tables`` to ``filters.base``; used for cycles
   and layering;
@@ -63,10 +65,26 @@ def _absolute(mod: Module, node: ast.ImportFrom) -> str:
     return ".".join([*base, *([node.module] if node.module else [])])
 
 
+def _type_checking(node: ast.AST) -> bool:
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and (
+        getattr(test, "id", None) == "TYPE_CHECKING" or getattr(test, "attr", None) == "TYPE_CHECKING"
+    )
+
+
+def _walk(tree: ast.AST):
+    """Every node of ``tree`` except those under ``if TYPE_CHECKING:`` (imports for type hints never run)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        todo.extend(child for child in ast.iter_child_nodes(node) if not _type_checking(child))
+
+
 def imported_names(mod: Module, modules: dict[str, Module]) -> set[tuple[str, str | None]]:
     """``(module, name)`` for each project import in ``mod`` (name None for ``import x`` or a module)."""
     found: set[tuple[str, str | None]] = set()
-    for node in ast.walk(mod.tree):
+    for node in _walk(mod.tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.split(".")[0] in PACKAGES and alias.name in modules:

@@ -12,7 +12,7 @@ from tests.conftest import REPO
 def test_repo_params_file_loads_and_matches_documented_names():
     p = load_params(REPO / "params.yaml")
     assert p.source == "demo"
-    # names other tools rely on (issue: foundation)
+    # names the README and other tools rely on
     assert p.tiles.gsd_m == 0.3 and p.chip.edge_m == 225 and p.pair.density_m == 10
     assert "Paris" in p.split.test_cities
     assert p.scheduler == "" and p.store == "data/store"

@@ -11,7 +11,7 @@ import pytest
 
 from filters import REGISTRY, chip_rules, curator_rules, location_rules, photo_rules
 from filters.base import Tables, decisions_table, reason_code
-from filters.funnel import first_drops
+from filters.funnel import first_drops, funnel_steps
 from pipeline.config import FilterParams
 from pipeline.errors import CatalogError
 from pipeline.schemas import CHIPS, DECISIONS, DOWNLOADS, PAIRS, PHOTOS, TILES, table_from_rows
@@ -343,6 +343,21 @@ def test_first_drops_follows_the_given_order():
     assert first_drops(decisions, ["a", "b"]) == {"x": ("a", "a: no")}
     assert first_drops(decisions, ["b", "a"]) == {"x": ("b", "b: no")}
     assert reason_code("corrupt: bad JPEG") == "corrupt" and reason_code("density") == "density"
+
+
+def test_funnel_steps_count_each_photo_once_under_its_first_drop():
+    decisions = pa.concat_tables(
+        [
+            decisions_table("a", [("x", False, "corrupt: bad", None), ("y", True, "", None)]),
+            decisions_table("b", [("x", False, "density: 3 m", None), ("y", False, "density: 4 m", None)]),
+            decisions_table("c", [("gone", False, "c", None)]),  # not a photo of this funnel
+        ]
+    )
+    steps = funnel_steps(["x", "y", "z"], decisions, ["a", "b", "c"])
+    assert (steps.found, steps.kept) == (3, 1)
+    assert steps.removed == {"a": 1, "b": 1, "c": 0} and steps.remaining == {"a": 2, "b": 1, "c": 1}
+    assert steps.first == {"x": ("a", "corrupt: bad"), "y": ("b", "density: 4 m")}
+    assert steps.by_reason == {"corrupt": 1, "density": 1}
 
 
 def test_colour_modes_are_converted_and_noted_or_rejected_by_param(tmp_path):
