@@ -6,8 +6,9 @@ with one row per photo it judges. No filter drops rows itself; the filter stage 
 the manifest stage keeps a photo only when no decision drops it.
 
 Reasons read ``"<code>"`` or ``"<code>: <detail>"``; the code (:func:`filters.base.reason_code`)
-is what the funnel (:mod:`filters.funnel`) and the dataset card count. Kept rows have an empty reason unless there is something
-to note (a converted single-band photo, an unknown geotag accuracy, a curator keep).
+is what the funnel (:mod:`filters.funnel`) and the dataset card count. Kept rows have an empty
+reason unless there is something to note (a converted single-band photo, an unknown geotag
+accuracy, a curator keep).
 
 Adding a filter: write one function in a ``*_rules.py`` module here (helpers in
 :mod:`filters.base`) and add one line to ``REGISTRY``.

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pipeline.config import S3Params
 from pipeline.errors import StoreError
-from pipeline.store import client_for, is_s3, redact, split_s3
+from pipeline.store import S3_NO_KEY, client_for, is_s3, redact, s3_error_code, split_s3
 
 TIF_SUFFIXES = (".tif", ".tiff")
 
@@ -42,16 +42,14 @@ def is_tif(name: str) -> bool:
 
 
 def _missing(err: Exception) -> bool:
-    code = str((getattr(err, "response", None) or {}).get("Error", {}).get("Code", ""))
-    return code in ("404", "NoSuchKey", "NotFound", "NoSuchBucket")
+    return s3_error_code(err) in S3_NO_KEY | {"NoSuchBucket"}
 
 
 def s3_error(uri: str, err: Exception) -> str:
     """A one-line explanation of an S3 failure that says what to do (credentials never included)."""
-    response = getattr(err, "response", None) or {}
-    code = str(response.get("Error", {}).get("Code", ""))
-    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    if code in ("404", "NoSuchKey", "NotFound"):
+    code = s3_error_code(err)
+    status = (getattr(err, "response", None) or {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if code in S3_NO_KEY:
         return f"{uri}: not found (404): fix the uri in the catalog (`crossview catalog check` lists what exists)"
     if code == "NoSuchBucket":
         return f"{uri}: bucket does not exist: fix the uri in the catalog"

@@ -54,6 +54,14 @@ def s3_client(endpoint_url: str | None, region: str, anonymous: bool):
     return boto3.client("s3", endpoint_url=endpoint_url or None, region_name=region, config=config)
 
 
+S3_NO_KEY = frozenset({"404", "NoSuchKey", "NotFound"})  # S3 error codes of an object that does not exist
+
+
+def s3_error_code(err: Exception) -> str:
+    """The S3 error code of a botocore ``ClientError`` (``"NoSuchKey"``, ``"403"`` ...); empty for other errors."""
+    return str(((getattr(err, "response", None) or {}).get("Error") or {}).get("Code", ""))
+
+
 def client_for(s3: S3Params, anonymous: bool | None = None):
     return s3_client(s3.endpoint_url, s3.region, s3.anonymous if anonymous is None else anonymous)
 
@@ -211,7 +219,7 @@ def put_local_atomic(path: str | Path, data: bytes) -> None:
 
 
 def write_text_atomic(text: str, path: str | Path, fsync: bool = False) -> None:
-    """Write a local UTF-8 text file atomically (no half-written file is ever visible); ``fsync``: see :func:`atomic_file`."""
+    """Write a local UTF-8 text file atomically (never visible half-written); ``fsync``: see :func:`atomic_file`."""
     if not fsync:
         put_local_atomic(path, text.encode("utf-8"))
         return
@@ -268,8 +276,7 @@ class Store:
             self._s3().head_object(Bucket=bucket, Key=k)
             return True
         except Exception as err:  # noqa: BLE001
-            code = getattr(err, "response", {}).get("Error", {}).get("Code")
-            if code in ("404", "NoSuchKey", "NotFound"):
+            if s3_error_code(err) in S3_NO_KEY:
                 return False
             raise StoreError(f"{uri}: cannot check existence: {redact(str(err))}") from None
 

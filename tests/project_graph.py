@@ -276,7 +276,9 @@ def command_roots(cmd: str, workdir: PurePosixPath) -> list[str]:
             else:
                 roots.append(_script_module(_normal(workdir / words[1]), modules))
         else:
-            raise UnknownCommand(f"`{part.strip()}`: use `crossview STAGE` or `python -m MODULE` so its deps can be checked")
+            raise UnknownCommand(
+                f"`{part.strip()}`: use `crossview STAGE` or `python -m MODULE` so its deps can be checked"
+            )
     return roots
 
 

@@ -19,5 +19,6 @@ def test_auto_and_cpu_resolve_and_a_bad_value_names_its_param():
 def test_a_cuda_device_without_a_gpu_names_its_param():
     if import_torch().cuda.is_available():
         pytest.skip("a CUDA GPU is visible here")
-    with pytest.raises(ConfigError, match=r"^classify\.device is 'cuda:0' but no CUDA GPU is visible; use auto or cpu$"):
+    message = r"^classify\.device is 'cuda:0' but no CUDA GPU is visible; use auto or cpu$"
+    with pytest.raises(ConfigError, match=message):
         resolve_device("cuda:0", "classify.device")

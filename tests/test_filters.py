@@ -244,7 +244,8 @@ def test_licence_that_forbids_redistribution_is_dropped_and_catalog_fills_names(
 
 
 def test_coordinates_density_split_buffer_come_from_pair_status(world):
-    assert judged(location_rules.coordinates(*world))["p08"] == (False, "bad_coordinates: planted bad_coordinates", None)
+    bad = (False, "bad_coordinates: planted bad_coordinates", None)
+    assert judged(location_rules.coordinates(*world))["p08"] == bad
     assert judged(location_rules.density(*world))["p13"] == (False, "density: planted density", None)
     assert judged(location_rules.split_buffer(*world))["p20"][:2] == (False, "split_buffer: planted split_buffer")
     assert judged(location_rules.density(*world))["p01"] == (True, "", None)
@@ -369,7 +370,8 @@ def test_colour_modes_are_converted_and_noted_or_rejected_by_param(tmp_path):
         pairs=table_from_rows([], PAIRS),
         chips=table_from_rows([], CHIPS),
     )
-    got = {r["id"]: (r["kept"], r["reason"]) for r in photo_rules.colour_mode(tables, make_params(tmp_path)).to_pylist()}
+    judged_modes = photo_rules.colour_mode(tables, make_params(tmp_path)).to_pylist()
+    got = {r["id"]: (r["kept"], r["reason"]) for r in judged_modes}
     assert got == {"b": (True, "colour_mode: CMYK converted to RGB"), "c": (True, "colour_mode: P converted to RGB"),
                    "d": (True, "colour_mode: RGBA converted to RGB")}
     strict = make_params(tmp_path, reject_modes=["CMYK", "P"])

@@ -59,7 +59,8 @@ def test_json_files_have_one_layout_with_the_options_each_writer_needs(tmp_path)
     write_json(data, tmp_path / "report.json")
     write_json(data, tmp_path / "model.json", indent=1, sort_keys=True)
     write_json(data, tmp_path / "state.json", indent=None, sort_keys=True)
-    assert (tmp_path / "report.json").read_text(encoding="utf-8") == '{\n  "b": 1,\n  "a": [\n    "é",\n    2.5\n  ]\n}\n'
+    report = '{\n  "b": 1,\n  "a": [\n    "é",\n    2.5\n  ]\n}\n'
+    assert (tmp_path / "report.json").read_text(encoding="utf-8") == report
     assert (tmp_path / "model.json").read_text(encoding="utf-8") == '{\n "a": [\n  "é",\n  2.5\n ],\n "b": 1\n}\n'
     assert (tmp_path / "state.json").read_text(encoding="utf-8") == '{"a":["é",2.5],"b":1}\n'
     assert [p.name for p in sorted(tmp_path.iterdir())] == ["model.json", "report.json", "state.json"]

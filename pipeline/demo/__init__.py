@@ -113,7 +113,8 @@ def _photos(cities: list[City], shots: list[Shot], seed: int, rng: np.random.Gen
         accuracy = int(rng.integers(6, 12)) if shot.case == "low_accuracy" else 16
         place = flickr_json.place(seed, city.index, shot.x, shot.y)
         size = (camera.width, camera.height)
-        rec = flickr_json.record(rng, photo_id, owner, int(upload), city.name, place, size, (rec_lat, rec_lon, accuracy))
+        where = (rec_lat, rec_lon, accuracy)
+        rec = flickr_json.record(rng, photo_id, owner, int(upload), city.name, place, size, where)
         truth = {"id": photo_id, "aoi": city.aoi, "city": city.name, "case": shot.case, "lat": _cell(rec_lat),
                  "lon": _cell(rec_lon), "bearing_deg": f"{shot.bearing_deg:.1f}", "expected": shot.expected}
         out.append(Photo(shot, camera, rec, truth))

@@ -2,8 +2,9 @@
 
 Saving appends rows under an exclusive lock (``fcntl.flock`` on the file's folder) with one
 ``write`` and an ``fsync``, and takes the UTC timestamp inside the lock, so file order and
-timestamps agree and two curators (or two browser tabs) saving at once lose nothing. Superseded verdicts stay in the file as history; ``retract``
-(the review page's undo) removes exactly the rows it names, atomically (temp file + rename).
+timestamps agree and two curators (or two browser tabs) saving at once lose nothing. Superseded
+verdicts stay in the file as history; ``retract`` (the review page's undo) removes exactly the rows
+it names, atomically (temp file + fsync + rename).
 Reading is :mod:`pipeline.verdicts`'s, the filter stage's: the latest row per id wins.
 """
 
