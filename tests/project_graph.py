@@ -27,7 +27,9 @@ from pathlib import Path, PurePosixPath
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-PACKAGES = ("pipeline", "filters", "catalogs")  # the project's top-level import packages
+# The project's top-level import packages (pipeline, filters, catalogs, and any added later, such
+# as studies/): every folder at the root with an __init__.py, except the tests.
+PACKAGES = tuple(sorted(p.parent.name for p in REPO.glob("*/__init__.py") if p.parent.name != "tests"))
 CODE_ROOTS = PACKAGES  # dvc.yaml deps under these are code deps
 PARAM_MODULE = "pipeline.config"  # its strings are params defaults (paths a stage lists as data deps)
 
@@ -328,12 +330,12 @@ def stage_problems(dvc_path: Path, name: str, stage: dict, repo: Path = REPO) ->
             continue
         if not (repo / dep).exists():
             problems.append(f"lists {dep}, which does not exist")
-        elif _is_code(repo / dep) and not any(covers(dep, p) for p in needed if p.endswith(".py")):
+        elif is_code(repo / dep) and not any(covers(dep, p) for p in needed if p.endswith(".py")):
             problems.append(f"lists {dep}, which its command does not run")
     return problems
 
 
-def _is_code(path: Path) -> bool:
+def is_code(path: Path) -> bool:
     """A module or a folder of modules (catalog data files may be named by params, so they are not judged)."""
     return path.suffix == ".py" or (path.is_dir() and any(path.rglob("*.py")))
 
