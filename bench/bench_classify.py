@@ -4,7 +4,7 @@ Three ways to score the same photos with the same EfficientNet-Lite0 weights:
 
 - ``naive``: the loop most scripts have (and WITW's): ``Image.open().convert("RGB")``, torchvision
   ``Resize(256, bicubic) → CenterCrop(224) → ToTensor → Normalize``, ``net(x[None])`` in eager
-  PyTorch, one photo at a time. The target (issue 5) is the stage at ≥ 5× this.
+  PyTorch, one photo at a time. The stage should run at ≥ 5× this.
 - ``naive+prepare``: the same loop with the stage's own ``prepare`` (reduced-scale JPEG decode,
   resize of the crop only), to show how much of the gain is preprocessing and how much inference.
 - ``stage``: :func:`pipeline.classify.classify` as ``params.yaml`` configures it (``workers`` chunks at
@@ -93,7 +93,8 @@ def naive(spec, uris: list[str], device: str, textbook: bool = True) -> tuple[fl
     import torch
     from PIL import Image
 
-    from pipeline.models.scene import load_backbone, prepare
+    from pipeline.scene.backbone import load_backbone
+    from pipeline.scene.infer import prepare
 
     pre = spec.preprocess
     textbook_pre = textbook_transform(pre)
@@ -112,8 +113,9 @@ def naive(spec, uris: list[str], device: str, textbook: bool = True) -> tuple[fl
 
 def stage(downloads, params, cache: Path) -> tuple[float, list[int], int]:
     """The classify stage core, cache and table included (a fresh cache each time: everything is scored)."""
-    from pipeline.classify import EmbeddingCache, classify
-    from pipeline.models.scene import model_spec
+    from pipeline.classify import classify
+    from pipeline.embeddings import EmbeddingCache
+    from pipeline.scene.spec import model_spec
 
     start = time.perf_counter()
     _, summary = classify(downloads, params, cache)
@@ -129,8 +131,8 @@ def forward_rates(spec, threads: int, seconds: float = 3.0) -> dict[str, float]:
     """Images/s of the network alone on random input: eager torch at batch 1, ONNX Runtime at batch 1."""
     import torch
 
-    from pipeline.models import onnx
-    from pipeline.models.scene import load_backbone
+    from pipeline.scene import onnx
+    from pipeline.scene.backbone import load_backbone
 
     torch.set_num_threads(threads)
     backbone = load_backbone(spec)
@@ -155,7 +157,7 @@ def preprocess_ms(uris: list[str], spec) -> tuple[float, float]:
     """ms per photo: the stage's ``prepare`` and the textbook full decode + torchvision transforms."""
     from PIL import Image
 
-    from pipeline.models.scene import prepare
+    from pipeline.scene.infer import prepare
 
     pre = spec.preprocess
     textbook = textbook_transform(pre)
@@ -183,8 +185,9 @@ def main() -> None:
     import yaml
 
     from pipeline.config import parse_params
-    from pipeline.models import onnx
-    from pipeline.models.scene import import_torch, model_spec, resolve_device
+    from pipeline.scene import onnx
+    from pipeline.device import import_torch, resolve_device
+    from pipeline.scene.spec import model_spec
 
     torch = import_torch()  # first import through the stage's own path (OpenMP settings)
     cores = os.cpu_count() or 1
@@ -194,7 +197,7 @@ def main() -> None:
         section, _, name = key.rpartition(".")
         (doc.setdefault(section, {}) if section else doc)[name] = yaml.safe_load(value)
     params = parse_params(doc)
-    device = resolve_device(params.classify.device)
+    device = resolve_device(params.classify.device, "classify.device")
     runtime = onnx.resolve_runtime(params.classify.runtime, device)
     spec = model_spec(params.classify)
     names = ["naive", "naive+prepare", "stage"]

@@ -105,7 +105,7 @@ def serve(images: dict[str, bytes], latency_s: float, in_process: bool = False) 
 
     The server runs in its own process, as a real one would: in the client's process its Python
     threads would take the client's GIL and CPU and charge them to whichever client overlaps more
-    work with the transfers. ``in_process=True`` keeps it in this process (the old setting) to compare.
+    work with the transfers. ``in_process=True`` keeps it in this process, to measure that effect.
     """
     if in_process:
         httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(images, latency_s))

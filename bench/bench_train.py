@@ -132,7 +132,7 @@ def main() -> None:
 
     from pipeline.train.data import view_spec
     from pipeline.train.models import build_model
-    from pipeline.train.params import TrainParams
+    from pipeline.config import TrainParams
 
     torch.set_num_threads(args.threads)
     params = TrainParams(model=args.model)

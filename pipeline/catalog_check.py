@@ -1,119 +1,22 @@
 """``crossview catalog check``: does every raster catalog URI (S3 key, S3 prefix or local path) exist?
 
-Also the one place that resolves a catalog ``uri`` to the GeoTIFFs behind it (a key, or every
-``.tif`` under a prefix/folder) with their size and version (ETag or mtime), which the tiles
-stage uses for its work list and resume keys.
+What a URI stands for is :mod:`pipeline.raster_uris`'s answer, the same the tiles stage and the
+Flickr harvest use.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from catalogs import RasterSource, load_raster_catalog, load_spacenet
 from pipeline.config import Params, S3Params
 from pipeline.errors import StoreError
-from pipeline.store import client_for, is_s3, redact, split_s3
+from pipeline.raster_uris import MissingObject, head, is_prefix, is_tif, list_prefix
 
 log = logging.getLogger(__name__)
-
-TIF_SUFFIXES = (".tif", ".tiff")
-
-
-class MissingObject(StoreError):
-    """The key, prefix or file does not exist (as opposed to a failed request)."""
-
-
-@dataclass(frozen=True)
-class SourceObject:
-    """One GeoTIFF behind a catalog URI: its URI, size in bytes and version (ETag or mtime)."""
-
-    uri: str
-    size: int
-    version: str
-
-
-def is_prefix(uri: str) -> bool:
-    """A catalog URI names a prefix/folder when it ends with '/' or is a local directory."""
-    return uri.endswith("/") or (not is_s3(uri) and Path(uri).is_dir())
-
-
-def is_tif(name: str) -> bool:
-    return name.lower().endswith(TIF_SUFFIXES)
-
-
-def _missing(err: Exception) -> bool:
-    code = str((getattr(err, "response", None) or {}).get("Error", {}).get("Code", ""))
-    return code in ("404", "NoSuchKey", "NotFound", "NoSuchBucket")
-
-
-def s3_error(uri: str, err: Exception) -> str:
-    """A one-line explanation of an S3 failure that says what to do (credentials never included)."""
-    response = getattr(err, "response", None) or {}
-    code = str(response.get("Error", {}).get("Code", ""))
-    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    if code in ("404", "NoSuchKey", "NotFound"):
-        return f"{uri}: not found (404): fix the uri in the catalog (`crossview catalog check` lists what exists)"
-    if code == "NoSuchBucket":
-        return f"{uri}: bucket does not exist: fix the uri in the catalog"
-    if code in ("403", "AccessDenied", "Forbidden") or status == 403:
-        return (
-            f"{uri}: access denied (403): public buckets need s3.anonymous: true; private ones need "
-            "s3.anonymous: false and AWS credentials in the environment"
-        )
-    return f"{uri}: S3 request failed: {type(err).__name__}: {redact(str(err))}"
-
-
-def head(uri: str, s3: S3Params) -> SourceObject:
-    """Size and version of one object or local file; StoreError with advice when it is missing."""
-    if not is_s3(uri):
-        try:
-            st = os.stat(uri)
-        except OSError:
-            raise MissingObject(f"{uri}: no such file: fix the uri in the raster catalog") from None
-        return SourceObject(uri, st.st_size, f"mtime:{st.st_mtime_ns}")
-    bucket, key = split_s3(uri)
-    try:
-        meta = client_for(s3).head_object(Bucket=bucket, Key=key)
-    except Exception as err:  # botocore raises many types; all become one clear message
-        raise (MissingObject if _missing(err) else StoreError)(s3_error(uri, err)) from None
-    return SourceObject(uri, int(meta["ContentLength"]), f"etag:{meta.get('ETag', '').strip(chr(34))}")
-
-
-def list_prefix(uri: str, s3: S3Params, tif_only: bool = True) -> list[SourceObject]:
-    """Every (GeoTIFF) object under an S3 prefix or local folder, sorted by URI."""
-    if not is_s3(uri):
-        base = Path(uri)
-        if not base.is_dir():
-            raise MissingObject(f"{uri}: no such folder: fix the uri in the raster catalog")
-        paths = sorted(p for p in base.rglob("*") if p.is_file() and (is_tif(p.name) or not tif_only))
-        return [head(str(p), s3) for p in paths]
-    bucket, prefix = split_s3(uri)
-    out = []
-    try:
-        for page in client_for(s3).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            for obj in page.get("Contents", []):
-                if is_tif(obj["Key"]) or not tif_only:
-                    etag = obj.get("ETag", "").strip('"')
-                    out.append(SourceObject(f"s3://{bucket}/{obj['Key']}", int(obj["Size"]), f"etag:{etag}"))
-    except Exception as err:  # as above
-        raise (MissingObject if _missing(err) else StoreError)(s3_error(uri, err)) from None
-    return sorted(out, key=lambda o: o.uri)
-
-
-def resolve(uri: str, s3: S3Params) -> list[SourceObject]:
-    """The GeoTIFFs a catalog URI stands for: the one key/file, or every .tif under a prefix/folder."""
-    if not is_prefix(uri):
-        return [head(uri, s3)]
-    found = list_prefix(uri, s3)
-    if not found:
-        raise MissingObject(f"{uri}: no .tif files under this prefix: fix the uri in the raster catalog")
-    return found
-
 
 @dataclass(frozen=True)
 class CheckResult:

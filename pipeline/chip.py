@@ -24,14 +24,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import rasterio
 from PIL import Image
-from rasterio.enums import MaskFlags
 from rasterio.env import set_gdal_config
-from rasterio.windows import Window
 
 from pipeline import chipgeom
 from pipeline.config import ChipParams, Params, S3Params
 from pipeline.errors import RasterError, describe
 from pipeline.executor import local_paths, run
+from pipeline.raster import read_chip
 from pipeline.schemas import (
     CHIPS,
     PAIRS,
@@ -73,35 +72,10 @@ def chip_folder(chip: ChipParams, tile_sha256: str) -> str:
     return "chips/" + hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def read_chip(src: rasterio.DatasetReader, window: chipgeom.PixelWindow) -> tuple[np.ndarray, np.ndarray]:
-    """The (3, n, n) uint8 chip and its valid-pixel mask; what lies outside the raster is nodata (0)."""
-    if src.count < 3 or src.dtypes[0] != "uint8":
-        raise RasterError(f"tile must be 8-bit RGB, got {src.count} band(s) of {src.dtypes[0]}: rerun the tiles stage")
-    inner = window.clip(src.width, src.height)
-    if inner is None:
-        return np.zeros((3, window.height, window.width), np.uint8), np.zeros((window.height, window.width), bool)
-    win = Window(inner.col_off, inner.row_off, inner.width, inner.height)
-    data = src.read((1, 2, 3), window=win)
-    valid = data.any(axis=0)
-    flags = src.mask_flag_enums[0]
-    if MaskFlags.per_dataset in flags or MaskFlags.alpha in flags:  # an internal mask or alpha band
-        valid &= src.dataset_mask(window=win) > 0
-    if inner != window:  # part of the window lies outside the raster: nodata there
-        out = np.zeros((3, window.height, window.width), np.uint8)
-        full = np.zeros((window.height, window.width), bool)
-        r0, c0 = inner.row_off - window.row_off, inner.col_off - window.col_off
-        out[:, r0 : r0 + inner.height, c0 : c0 + inner.width] = data
-        full[r0 : r0 + inner.height, c0 : c0 + inner.width] = valid
-        data, valid = out, full
-    if not valid.all():
-        data[:, ~valid] = 0
-    return data, valid
-
-
 def chip_stats(chip: np.ndarray, valid: np.ndarray) -> tuple[float, float]:
     """(nodata fraction, standard deviation of the valid pixels' values over all bands).
 
-    Nodata pixels are 0 in every band (see :func:`read_chip`), so they add nothing to the sums:
+    Nodata pixels are 0 in every band (see :func:`pipeline.raster.read_chip`), so they add nothing to the sums:
     exact integer sums over the whole chip give the valid pixels' moments without copying them.
     """
     n_valid = int(np.count_nonzero(valid))
@@ -154,7 +128,7 @@ def _cut_one(src, task: ChipTask, k: int, store: Store, chip: ChipParams) -> dic
         Path(tmp).write_bytes(encode(data, chip))
     row = {"id": pid, "tile_id": task.tile_id, "uri": store.uri(key), "width": window.width,
            "height": window.height, "nodata_fraction": nodata, "std": std, "status": "ok", "error": None}
-    store.put_bytes(f"{task.folder}/{pid}.json", json.dumps(row, sort_keys=True).encode())
+    store.put_json(f"{task.folder}/{pid}.json", row)
     return row
 
 

@@ -1,8 +1,8 @@
 """Scene scores and embeddings for every downloaded photo → ``scores`` table + an embedding cache.
 
 The unit of work is a chunk of photos (:func:`score_chunk`): batched inference through a torch
-DataLoader (:func:`pipeline.models.scene.infer`) on torch or, on the CPU, ONNX Runtime
-(:mod:`pipeline.models.onnx`), returning one cache shard: photo id, sha256, the top categories with
+DataLoader (:func:`pipeline.scene.infer.infer`) on torch or, on the CPU, ONNX Runtime
+(:mod:`pipeline.scene.onnx`), returning one cache shard: photo id, sha256, the top categories with
 probabilities and the float16 embedding. Chunks run through the shared executor (``workers`` at once
 on the CPU or a Dask cluster, one at a time on a local GPU); this process writes each shard
 atomically to ``<embeddings>/<model key>/part-<hash>.parquet`` as it arrives, so an interrupted run
@@ -20,38 +20,23 @@ import functools
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.config import ClassifyParams, Params, S3Params
+from pipeline.embeddings import EmbeddingCache, shard_table
 from pipeline.executor import local_paths, run
-from pipeline.models.scene import ModelSpec, model_spec
-from pipeline.models.vote import format_top, vote_top
+from pipeline.scene.spec import ModelSpec, model_spec
+from pipeline.scene.vote import format_top, vote_top
 from pipeline.schemas import DOWNLOADS, SCORES, read_table, table_from_rows, write_table
-from pipeline.store import atomic_file, write_text_atomic
 
 log = logging.getLogger(__name__)
 
 STORED_TOP = 32  # categories kept per photo in the cache: any top_k up to this re-votes without the backbone
 CHUNK_PHOTOS = 1024  # photos per unit of work (one cache shard)
-
-def shard_schema(dim: int) -> pa.Schema:
-    """Schema of an embedding cache shard for ``dim``-dimensional embeddings."""
-    return pa.schema(
-        [
-            ("id", pa.string()),
-            ("sha256", pa.string()),
-            ("top_index", pa.list_(pa.int32())),
-            ("top_prob", pa.list_(pa.float32())),
-            ("embedding", pa.list_(pa.float16(), dim)),
-        ]
-    )
-
 
 @dataclass(frozen=True)
 class Item:
@@ -94,19 +79,21 @@ def score_chunk(
     items: Sequence[Item], *, params: ClassifyParams, s3: S3Params, imagenet_weights: str | None = None
 ) -> ChunkResult:
     """Run the backbone over ``items``; return the shard rows and the photos that could not be read."""
-    from pipeline.models import scene  # torch is imported only when there is work
-    from pipeline.models.onnx import cached_session, resolve_runtime
+    from pipeline.device import import_torch, resolve_device  # torch is imported only when there is work
+    from pipeline.scene.backbone import cached_backbone
+    from pipeline.scene.infer import infer
+    from pipeline.scene.onnx import cached_session, resolve_runtime
 
-    torch = scene.import_torch()
+    torch = import_torch()
     torch.set_num_threads(params.threads)
     spec = model_spec(params, imagenet_weights)
-    device = scene.resolve_device(params.device)
-    backbone = scene.cached_backbone(spec)
+    device = resolve_device(params.device, "classify.device")
+    backbone = cached_backbone(spec)
     if resolve_runtime(params.runtime, device) == "onnxruntime":
         backbone = cached_session(backbone, params.threads)
     keep = max(STORED_TOP, spec.vote.top_k)
     rows, errors = [], {}
-    outputs = scene.infer(
+    outputs = infer(
         backbone,
         [it.uri for it in items],
         s3=s3,
@@ -129,80 +116,7 @@ def score_chunk(
                 "embedding": out.embedding,
             }
         )
-    return ChunkResult(_shard_table(rows, backbone.dim) if rows else None, errors)
-
-
-def _shard_table(rows: list[dict], dim: int) -> pa.Table:
-    schema = shard_schema(dim)
-    emb = np.stack([r["embedding"] for r in rows]).astype(np.float16).ravel()
-    columns = {
-        "id": pa.array([r["id"] for r in rows], pa.string()),
-        "sha256": pa.array([r["sha256"] for r in rows], pa.string()),
-        "top_index": pa.array([r["top_index"] for r in rows], schema.field("top_index").type),
-        "top_prob": pa.array([r["top_prob"] for r in rows], schema.field("top_prob").type),
-        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb, pa.float16()), dim),
-    }
-    return pa.table(columns, schema=schema)
-
-
-# ---------------------------------------------------------------- the embedding cache
-
-
-class EmbeddingCache:
-    """``<root>/<model key>/part-*.parquet``: shards keyed by (photo id, sha256), written atomically."""
-
-    def __init__(self, root: str | Path, key: str, about: dict | None = None) -> None:
-        self.dir = Path(root) / key
-        self.about = about  # written once as model.json beside the shards, for people
-
-    def shards(self) -> list[Path]:
-        return sorted(self.dir.glob("part-*.parquet")) if self.dir.is_dir() else []
-
-    def write(self, shard: pa.Table) -> Path:
-        """Write one shard (name = hash of its keys) atomically; return its path."""
-        self.describe()
-        keys = "\n".join(f"{i}:{s}" for i, s in zip(shard.column("id").to_pylist(), shard.column("sha256").to_pylist()))
-        path = self.dir / f"part-{hashlib.sha256(keys.encode()).hexdigest()[:16]}.parquet"
-        with atomic_file(path) as tmp:
-            pq.write_table(shard, tmp, compression="zstd")
-        return path
-
-    def describe(self) -> None:
-        """Create the cache folder and write ``model.json`` (what model the shards come from) once."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        meta = self.dir / "model.json"
-        if self.about and not meta.exists():
-            write_text_atomic(json.dumps(self.about, indent=2, sort_keys=True) + "\n", meta)
-
-    def index(self, min_top: int) -> dict[tuple[str, str], tuple[list[int], list[float]]]:
-        """``{(id, sha256): (top_index, top_prob)}`` over all shards (first shard wins; short top lists skipped)."""
-        out: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
-        for path in self.shards():
-            t = pq.read_table(path, columns=["id", "sha256", "top_index", "top_prob"])
-            for i, s, ti, tp in zip(*(t.column(c).to_pylist() for c in t.column_names)):
-                if len(ti) >= min_top and (i, s) not in out:
-                    out[(i, s)] = (ti, tp)
-        return out
-
-    def embeddings(self, keys: Iterable[tuple[str, str]]) -> tuple[list[tuple[str, str]], np.ndarray]:
-        """The float32 embeddings of ``keys`` found in the cache (shard by shard, bounded memory per shard)."""
-        wanted: set[tuple[str, str]] = set(keys)
-        found: list[tuple[str, str]] = []
-        parts = []
-        for path in self.shards():
-            t = pq.read_table(path, columns=["id", "sha256"])
-            keys_here = list(zip(t.column("id").to_pylist(), t.column("sha256").to_pylist()))
-            take = [k for k, key in enumerate(keys_here) if key in wanted]
-            if not take:
-                continue
-            column = pq.read_table(path, columns=["embedding"]).column("embedding").combine_chunks()
-            emb = column.flatten().to_numpy(zero_copy_only=False).reshape(len(keys_here), -1)
-            parts.append(emb[take].astype(np.float32))
-            for k in take:
-                found.append(keys_here[k])
-                wanted.discard(keys_here[k])
-        matrix = np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
-        return found, matrix
+    return ChunkResult(shard_table(rows, backbone.dim) if rows else None, errors)
 
 
 # ---------------------------------------------------------------- the core
@@ -254,9 +168,9 @@ def concurrent_chunks(params: Params) -> int:
     """
     if params.scheduler or params.workers == 1:
         return params.workers
-    from pipeline.models import scene
+    from pipeline.device import resolve_device
 
-    return params.workers if scene.resolve_device(params.classify.device) == "cpu" else 1
+    return params.workers if resolve_device(params.classify.device, "classify.device") == "cpu" else 1
 
 
 @dataclass(frozen=True)

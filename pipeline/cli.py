@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("pipeline.train.stage", "train a cross-view model on the manifests -> models/, metrics, loss curves"),
     "evaluate": ("pipeline.train.stage", "rank every chip for its photo on a split -> recall@k, ranks, orientations"),
     "heatmap": ("pipeline.heatmap", "score a photo over a search area -> PNG, GeoTIFF and GeoJSON of scores and bearings"),
-    "inspect": ("pipeline.inspect", "run every photo-level rule over image files or folders"),
+    "inspect": ("pipeline.inspect_photos", "run every photo-level rule over image files or folders"),
     "review": ("pipeline.review", "serve the curator review page on 127.0.0.1; verdicts feed the next dvc repro"),
     "catalog": ("pipeline.catalog_check", "check that the SpaceNet catalog's S3 keys exist"),
     "picture": ("pipeline.picture", "draw a PNG of a few pairs (photo beside chip) from a manifest"),

@@ -34,7 +34,19 @@ from pipeline.errors import SchemaError, StoreError, describe
 from pipeline.executor import local_paths, run
 from pipeline.images import inspect_image, storable
 from pipeline.schemas import DOWNLOADS, PHOTOS, read_table, table_from_rows, write_table
-from pipeline.store import Store, add_store_out, make_store_out, client_for, is_http, is_s3, read_bytes, redact, split_s3
+from pipeline.store import (
+    S3_NO_KEY,
+    Store,
+    add_store_out,
+    client_for,
+    is_http,
+    is_s3,
+    make_store_out,
+    read_bytes,
+    redact,
+    s3_error_code,
+    split_s3,
+)
 
 log = logging.getLogger(__name__)
 
@@ -192,9 +204,9 @@ def fetch_s3(url: str, s3: S3Params) -> Fetched:
     try:
         return Fetched("ok", client_for(s3).get_object(Bucket=bucket, Key=key)["Body"].read())
     except ClientError as err:
-        code = err.response.get("Error", {}).get("Code", "")
+        code = s3_error_code(err)
         http = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if code in ("NoSuchKey", "NoSuchBucket", "NotFound", "404"):
+        if code in S3_NO_KEY | {"NoSuchBucket"}:
             return Fetched("missing", error=f"S3 {code}")
         return Fetched("http_error", error=f"S3 HTTP {http} {code}", final=bool(http) and http < 500)
     except (ConnectTimeoutError, ReadTimeoutError):
@@ -303,7 +315,7 @@ def process_one(item: tuple[str, str | None], ctx: Context) -> dict:
 
 def _mark_finished(store: Store, photo_id: str, row: dict, stamp: dict) -> None:
     doc = {"fetch": stamp, "row": {**row, "duplicate_of": None}}
-    store.put_bytes(f"photos/{photo_id}.json", json.dumps(doc, sort_keys=True).encode())
+    store.put_json(f"photos/{photo_id}.json", doc)
 
 
 # ---------------------------------------------------------------- the stage

@@ -2,22 +2,24 @@
 
 A curator ``keep`` verdict overrides drops by model-kind filters (indoor, relevance): the model's
 row becomes kept with the reason ``overridden by curator keep`` and the original reason, so the
-override is on record. Rule drops are never overridden.
+override is on record (:func:`filters.curator_rules.apply_curator_override`). Rule drops are never
+overridden.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from filters import REGISTRY, Filter, Tables, column, filter_notes, filter_order, first_drops, reason_code
+from filters import REGISTRY
+from filters.base import Filter, Tables, column
+from filters.curator_rules import apply_curator_override
+from filters.funnel import filter_notes, filter_order, funnel_steps
 from pipeline import funnel_chart
 from pipeline.config import FilterParams, Params
 from pipeline.errors import SchemaError
@@ -30,17 +32,15 @@ from pipeline.schemas import (
     RELEVANCE,
     SCORES,
     SORT_KEYS,
+    SPLITS,
     read_table,
     write_table,
 )
-from pipeline.store import write_text_atomic
+from pipeline.store import write_json
 
 log = logging.getLogger(__name__)
 
-CURATOR = "curator"
-OVERRIDE = "overridden by curator keep"
 UNASSIGNED = "unassigned"
-SPLITS = ("train", "val", "test")
 
 
 def _checked(f: Filter, table: pa.Table) -> pa.Table:
@@ -55,24 +55,6 @@ def _checked(f: Filter, table: pa.Table) -> pa.Table:
         dup = sorted(i for i, n in Counter(ids).items() if n > 1)[:10]
         raise SchemaError(f"filter {f.name} judged some photos twice: {', '.join(dup)}")
     return table
-
-
-def apply_curator_override(decisions: pa.Table, registry: Sequence[Filter]) -> tuple[pa.Table, int]:
-    """Turn model-kind drops of photos with a curator ``keep`` into kept rows; return them and the count."""
-    models = pa.array(sorted({f.name for f in registry if f.kind == "model"}), pa.string())
-    if not len(models) or not decisions.num_rows:
-        return decisions, 0
-    keep_ids = pc.filter(decisions["id"], pc.and_(pc.equal(decisions["filter"], CURATOR), decisions["kept"]))
-    mask = pc.and_(
-        pc.and_(pc.is_in(decisions["filter"], value_set=models), pc.invert(decisions["kept"])),
-        pc.is_in(decisions["id"], value_set=keep_ids.combine_chunks()),
-    )
-    count = pc.sum(mask).as_py() or 0
-    if count:
-        was = pc.binary_join_element_wise(f"{OVERRIDE} (was: ", decisions["reason"].fill_null(""), ")", "")
-        decisions = decisions.set_column(2, "kept", pc.or_(decisions["kept"], mask))
-        decisions = decisions.set_column(3, "reason", pc.if_else(mask, was, decisions["reason"]))
-    return decisions, count
 
 
 def run_filters(tables: Tables, params: FilterParams, registry: Sequence[Filter] = REGISTRY) -> tuple[pa.Table, int]:
@@ -114,32 +96,22 @@ def funnel(
     ``found == kept + sum(removed.values())``. ``dropped`` counts every drop of each filter.
     """
     ids = column(photos, "id")
-    first = first_drops(decisions, order)
-    first = {i: first[i] for i in ids if i in first}
-    removed = Counter(name for name, _ in first.values())
+    steps = funnel_steps(ids, decisions, order)
     all_drops = Counter(n for n, k in zip(column(decisions, "filter"), column(decisions, "kept"), strict=True) if not k)
-    remaining, left = {}, len(ids)
-    for name in order:
-        left -= removed[name]
-        remaining[name] = left
-    reasons = Counter(reason_code(reason) for _, reason in first.values())
     return {
-        "found": len(ids),
-        "removed": {name: removed[name] for name in order},
-        "remaining": remaining,
-        "kept": len(ids) - len(first),
+        "found": steps.found,
+        "removed": steps.removed,
+        "remaining": steps.remaining,
+        "kept": steps.kept,
         "dropped": {name: all_drops[name] for name in order},
         "curator_overrides": overrides,
         "not_run": dict(sorted((notes or {}).items())),
-        "by_reason": {code: reasons[code] for code in sorted(reasons)},
-        "by_city": _groups(ids, dict(zip(ids, column(photos, "city"), strict=True)), first),
-        "by_split": _groups(ids, dict(zip(column(pairs, "id"), column(pairs, "split"), strict=True)), first, SPLITS),
+        "by_reason": steps.by_reason,
+        "by_city": _groups(ids, dict(zip(ids, column(photos, "city"), strict=True)), steps.first),
+        "by_split": _groups(
+            ids, dict(zip(column(pairs, "id"), column(pairs, "split"), strict=True)), steps.first, SPLITS
+        ),
     }
-
-
-def write_json(data: dict, path: str | Path) -> None:
-    """Write JSON atomically with a stable layout (insertion key order, 2-space indent, final newline)."""
-    write_text_atomic(json.dumps(data, indent=2, ensure_ascii=False) + "\n", path)
 
 
 def read_tables(args: argparse.Namespace) -> Tables:

@@ -147,7 +147,7 @@ def score_points(model, photo: Image.Image, x: np.ndarray, y: np.ndarray, owners
     """Score and bearing at each point (NaN where no tile); chips read tile by tile, scored in batches."""
     import torch
 
-    from pipeline.chip import read_chip
+    from pipeline.raster import read_chip
     from pipeline.train.data import chip_pixels, chip_tensor, photo_pixels, photo_tensor
 
     score, bearing = np.full(len(x), np.nan, np.float32), np.full(len(x), np.nan, np.float32)

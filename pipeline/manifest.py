@@ -18,7 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from catalogs import find_licence
-from filters import REGISTRY, Tables, by_id, column, filter_notes, filter_order, first_drops, reason_code
+from filters import REGISTRY
+from filters.base import Tables, by_id, column
+from filters.funnel import Steps, filter_notes, filter_order, funnel_steps
 from pipeline.config import Params
 from pipeline.errors import InvariantError
 from pipeline.schemas import (
@@ -28,16 +30,16 @@ from pipeline.schemas import (
     MANIFEST,
     PAIRS,
     PHOTOS,
+    SPLITS,
     TILES,
     read_table,
     table_from_rows,
     write_table,
 )  # fmt: skip
-from pipeline.store import write_text_atomic
+from pipeline.store import write_json, write_text_atomic
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 ATTRIBUTION = (
     "owner",
     "owner_name",
@@ -153,11 +155,9 @@ def split_tables(rows: list[dict]) -> dict[str, pa.Table]:
     return {s: table_from_rows([r for r in rows if r["split"] == s], MANIFEST) for s in SPLITS}
 
 
-def drop_reasons(photos: pa.Table, decisions: pa.Table) -> Counter:
-    """Photos dropped per reason code, each counted once under its first filter in registry order."""
-    ids = set(column(photos, "id"))
-    first = first_drops(decisions, filter_order(REGISTRY, decisions))
-    return Counter(reason_code(reason) for i, (_, reason) in first.items() if i in ids)
+def funnel(photos: pa.Table, decisions: pa.Table) -> Steps:
+    """The funnel of the photos through the registry's filters (as the filter stage's report counts it)."""
+    return funnel_steps(column(photos, "id"), decisions, filter_order(REGISTRY, decisions))
 
 
 def counts(photos: pa.Table, rows: list[dict], decisions: pa.Table) -> dict:
@@ -166,13 +166,13 @@ def counts(photos: pa.Table, rows: list[dict], decisions: pa.Table) -> dict:
     per_city: dict[str, Counter] = {}
     for r in rows:
         per_city.setdefault(r["city"] or "unknown", Counter())[r["split"]] += 1
-    reasons = drop_reasons(photos, decisions)
+    reasons = funnel(photos, decisions).by_reason
     return {
         "photos_found": photos.num_rows,
         "rows": {**{s: per_split[s] for s in SPLITS}, "total": len(rows)},
         "by_city": {c: {s: per_city[c][s] for s in SPLITS} for c in sorted(per_city)},
         "dropped": sum(reasons.values()),
-        "dropped_by_reason": {code: reasons[code] for code in sorted(reasons)},
+        "dropped_by_reason": reasons,
     }
 
 
@@ -193,22 +193,16 @@ def _table(header: list[str], body: list[list]) -> list[str]:
 
 
 def _funnel_lines(photos: pa.Table, decisions: pa.Table) -> list[str]:
-    ids = set(column(photos, "id"))
-    order = filter_order(REGISTRY, decisions)
-    first = {i: f for i, f in first_drops(decisions, order).items() if i in ids}
-    removed = Counter(name for name, _ in first.values())
-    body, left = [["found", "", len(ids)]], len(ids)
-    for name in order:
-        left -= removed[name]
-        body.append([f"`{name}`", removed[name], left])
-    reasons = drop_reasons(photos, decisions)
+    steps = funnel(photos, decisions)
+    body = [["found", "", steps.found]]
+    body += [[f"`{name}`", steps.removed[name], steps.remaining[name]] for name in steps.removed]
     notes = filter_notes(decisions, REGISTRY)
     return [
-        f"{len(ids)} photos were found; each dropped photo is counted once, under the first filter that dropped it.",
+        f"{steps.found} photos were found; each dropped photo is counted once, under the first filter that dropped it.",
         "",
-        *_table(["step", "removed", "remaining"], body + [["kept", "", left]]),
+        *_table(["step", "removed", "remaining"], body + [["kept", "", steps.kept]]),
         "",
-        *_table(["reason", "photos"], [[f"`{code}`", reasons[code]] for code in sorted(reasons)]),
+        *_table(["reason", "photos"], [[f"`{code}`", n] for code, n in steps.by_reason.items()]),
         *(["", "Filters that did not run:", ""] + [f"- `{n}`: {notes[n]}" for n in sorted(notes)] if notes else []),
     ]
 
@@ -328,6 +322,6 @@ def main(params: Params, args: argparse.Namespace) -> int:
     for split, table in manifests.items():
         write_table(table, out_dir / f"{split}.parquet", MANIFEST)
     write_text_atomic(text, args.card)
-    write_text_atomic(json.dumps(report, indent=2, ensure_ascii=False) + "\n", args.metrics)
+    write_json(report, args.metrics)
     log.info("manifests: %s; dropped %d of %d photos", report["rows"], report["dropped"], report["photos_found"])
     return 0

@@ -16,12 +16,11 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from pipeline.config import Params, S3Params
 from pipeline.errors import CrossviewError, StageInputError
-from pipeline.schemas import MANIFEST, read_table
+from pipeline.schemas import MANIFEST, SPLITS, read_table
 from pipeline.store import read_bytes
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 COLUMNS = ["id", "split", "city", "photo_uri", "chip_uri"]
 CELL = 256  # each image is fitted into a CELL x CELL square
 PAD = 8

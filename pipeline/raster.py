@@ -1,4 +1,5 @@
-"""Raster primitives: percentile stretch from an overview, WarpedVRT re-projection, windowed COG writing, footprint.
+"""Raster primitives: percentile stretch from an overview, WarpedVRT re-projection, windowed COG writing,
+footprint, and reading a chip window from an 8-bit tile.
 
 Each primitive works window by window (or on a decimated read), so memory stays bounded whatever
 the raster size; GDAL's block cache is bounded by :func:`bound_gdal_cache`. Conventions:
@@ -13,13 +14,12 @@ the raster size; GDAL's block cache is bounded by :func:`bound_gdal_cache`. Conv
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
@@ -37,6 +37,9 @@ from shapely.ops import unary_union
 
 from pipeline.errors import RasterError
 from pipeline.geo import utm_epsg
+
+if TYPE_CHECKING:  # a type only: the tiles stage runs this module but not chipgeom (nor lists it in dvc.yaml)
+    from pipeline.chipgeom import PixelWindow
 
 log = logging.getLogger(__name__)
 
@@ -284,10 +287,25 @@ def _fill_holes(geom: Polygon | MultiPolygon) -> Polygon | MultiPolygon:
     return MultiPolygon([Polygon(g.exterior) for g in geom.geoms])
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """sha256 hex digest of a file, streamed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+def read_chip(src: rasterio.DatasetReader, window: PixelWindow) -> tuple[np.ndarray, np.ndarray]:
+    """The (3, n, n) uint8 chip and its valid-pixel mask; what lies outside the raster is nodata (0)."""
+    if src.count < 3 or src.dtypes[0] != "uint8":
+        raise RasterError(f"tile must be 8-bit RGB, got {src.count} band(s) of {src.dtypes[0]}: rerun the tiles stage")
+    inner = window.clip(src.width, src.height)
+    if inner is None:
+        return np.zeros((3, window.height, window.width), np.uint8), np.zeros((window.height, window.width), bool)
+    win = Window(inner.col_off, inner.row_off, inner.width, inner.height)
+    data = src.read((1, 2, 3), window=win)
+    valid = data.any(axis=0)
+    if has_gdal_mask(src):  # an internal mask or alpha band
+        valid &= src.dataset_mask(window=win) > 0
+    if inner != window:  # part of the window lies outside the raster: nodata there
+        out = np.zeros((3, window.height, window.width), np.uint8)
+        full = np.zeros((window.height, window.width), bool)
+        r0, c0 = inner.row_off - window.row_off, inner.col_off - window.col_off
+        out[:, r0 : r0 + inner.height, c0 : c0 + inner.width] = data
+        full[r0 : r0 + inner.height, c0 : c0 + inner.width] = valid
+        data, valid = out, full
+    if not valid.all():
+        data[:, ~valid] = 0
+    return data, valid

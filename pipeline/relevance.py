@@ -24,11 +24,12 @@ import pyarrow as pa
 from scipy.optimize import minimize
 from scipy.special import expit
 
-from pipeline.classify import EmbeddingCache
 from pipeline.config import Params, RelevanceParams
+from pipeline.embeddings import EmbeddingCache
 from pipeline.errors import StageInputError
 from pipeline.schemas import RELEVANCE, SCORES, read_table, table_from_rows, write_table
-from pipeline.store import write_text_atomic
+from pipeline.store import write_json
+from pipeline.verdicts import latest_verdicts
 
 log = logging.getLogger(__name__)
 
@@ -202,8 +203,6 @@ def train_head(
 
 def labelled(verdicts_path: str | Path) -> dict[str, int]:
     """``{photo id: 1 relevant / 0 irrelevant}`` from the latest verdict per photo."""
-    from filters.verdicts import latest_verdicts
-
     values = {RELEVANT: 1, IRRELEVANT: 0}
     return {i: values[v.verdict] for i, v in latest_verdicts(verdicts_path).items() if v.verdict in values}
 
@@ -258,7 +257,7 @@ def score(scores: pa.Table, head: Head, cache_root: str | Path) -> pa.Table:
 
 def write_head(head: Head, path: str | Path) -> None:
     """Write the model file atomically with a stable layout."""
-    write_text_atomic(json.dumps(head.to_json(), indent=1, sort_keys=True) + "\n", path)
+    write_json(head.to_json(), path, indent=1, sort_keys=True)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

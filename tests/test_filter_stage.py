@@ -10,7 +10,9 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from filters import REGISTRY, Filter, Tables, decisions_table, filter_notes, filter_order, first_drops
+from filters import REGISTRY
+from filters.base import Filter, Tables, decisions_table
+from filters.funnel import filter_notes, filter_order, first_drops
 from pipeline import filter as stage
 from pipeline.config import FilterParams, load_params
 from pipeline.schemas import CHIPS, DECISIONS, DOWNLOADS, PAIRS, PHOTOS, read_table, write_table

@@ -9,8 +9,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-import filters
-from filters import REGISTRY, Tables, chip, location, photo, verdicts
+from filters import REGISTRY, chip_rules, curator_rules, location_rules, photo_rules
+from filters.base import Tables, decisions_table, reason_code
+from filters.funnel import first_drops, funnel_steps
 from pipeline.config import FilterParams
 from pipeline.errors import CatalogError
 from pipeline.schemas import CHIPS, DECISIONS, DOWNLOADS, PAIRS, PHOTOS, TILES, table_from_rows
@@ -187,7 +188,7 @@ def test_every_registered_filter_returns_decisions_named_after_it(world):
 
 
 def test_download_failure_is_dropped_with_status_and_error(world):
-    d = judged(photo.download(*world))
+    d = judged(photo_rules.download(*world))
     assert d["p04"] == (False, "corrupt: image file is truncated", None)
     assert d["p01"][0] is True and len(d) == len(CASES)
 
@@ -195,7 +196,7 @@ def test_download_failure_is_dropped_with_status_and_error(world):
 def test_photo_with_no_download_row_is_dropped(world):
     tables, params = world
     tables = Tables(tables.photos, tables.downloads.slice(1), tables.pairs, tables.chips)
-    assert judged(photo.download(tables, params))["p01"][:2] == (
+    assert judged(photo_rules.download(tables, params))["p01"][:2] == (
         False,
         "no_download: no row in the downloads table (rerun `crossview download`)",
     )
@@ -203,24 +204,24 @@ def test_photo_with_no_download_row_is_dropped(world):
 
 def test_single_band_is_dropped_or_kept_with_a_conversion_note(world, tmp_path):
     tables, params = world
-    d = judged(photo.single_band(tables, params))
+    d = judged(photo_rules.single_band(tables, params))
     assert d["p05"] == (False, "single_band: 1 band (mode L)", 1.0)
     assert d["p01"] == (True, "", 3.0) and "p04" not in d
-    kept = judged(photo.single_band(tables, params.model_copy(update={"single_band": "convert"})))
+    kept = judged(photo_rules.single_band(tables, params.model_copy(update={"single_band": "convert"})))
     assert kept["p05"] == (True, "single_band: converted to RGB (mode L)", 1.0)
 
 
 def test_too_small_and_duplicate_image(world):
-    small = judged(photo.too_small(*world))
+    small = judged(photo_rules.too_small(*world))
     assert small["p06"] == (False, "too_small: 40x30 px, shorter side < 64", 30.0)
     assert small["p01"] == (True, "", 480.0)
-    dup = judged(photo.duplicate_image(*world))
+    dup = judged(photo_rules.duplicate_image(*world))
     assert dup["p07"] == (False, "duplicate_image: same bytes as photo p01", None)
     assert dup["p01"][0] is True
 
 
 def test_accuracy_below_street_level_is_dropped_and_unknown_is_kept_with_a_note(world):
-    d = judged(photo.accuracy(*world))
+    d = judged(photo_rules.accuracy(*world))
     assert d["p09"][0] is False and d["p09"][1].startswith("low_accuracy: level 11 < 16") and d["p09"][2] == 11.0
     assert d["p19"] == (True, "accuracy: unknown (no Flickr geo accuracy); kept", None)
     assert d["p01"] == (True, "", 16.0)
@@ -228,7 +229,7 @@ def test_accuracy_below_street_level_is_dropped_and_unknown_is_kept_with_a_note(
 
 def test_licence_that_forbids_redistribution_is_dropped_and_catalog_fills_names(world):
     tables, params = world
-    d = judged(photo.licence(tables, params))
+    d = judged(photo_rules.licence(tables, params))
     assert d["p18"][:2] == (False, "licence: All Rights Reserved does not allow redistribution")
     assert d["p01"][:2] == (True, "")
     rows = tables.photos.to_pylist()
@@ -236,7 +237,7 @@ def test_licence_that_forbids_redistribution_is_dropped_and_catalog_fills_names(
     rows[1].update(page_url=None)
     rows[2].update(licence_id=None, licence="Company internal", licence_url="https://example.com/terms")
     patched = Tables(table_from_rows(rows, PHOTOS), tables.downloads, tables.pairs, tables.chips)
-    d = judged(photo.licence(patched, params))
+    d = judged(photo_rules.licence(patched, params))
     assert d["p01"] == (True, "", None)
     assert d["p02"][:2] == (False, "licence: no photo page URL to attribute (Flickr's API terms)")
     assert d["p03"][0] is True and "not in catalogs/licences.csv" in d["p03"][1]
@@ -260,26 +261,27 @@ def test_custom_photos_need_a_page_url_only_where_the_licence_asks_for_a_link(wo
 
 
 def test_coordinates_density_split_buffer_come_from_pair_status(world):
-    assert judged(location.coordinates(*world))["p08"] == (False, "bad_coordinates: planted bad_coordinates", None)
-    assert judged(location.density(*world))["p13"] == (False, "density: planted density", None)
-    assert judged(location.split_buffer(*world))["p20"][:2] == (False, "split_buffer: planted split_buffer")
-    assert judged(location.density(*world))["p01"] == (True, "", None)
+    bad = (False, "bad_coordinates: planted bad_coordinates", None)
+    assert judged(location_rules.coordinates(*world))["p08"] == bad
+    assert judged(location_rules.density(*world))["p13"] == (False, "density: planted density", None)
+    assert judged(location_rules.split_buffer(*world))["p20"][:2] == (False, "split_buffer: planted split_buffer")
+    assert judged(location_rules.density(*world))["p01"] == (True, "", None)
 
 
 def test_pairing_drops_unpaired_photos_with_the_pair_reason(world):
     tables, params = world
-    d = judged(location.pairing(tables, params))
+    d = judged(location_rules.pairing(tables, params))
     assert d["p12"][:2] == (False, "outside_tiles: planted outside_tiles")
     assert d["p21"][:2] == (False, "near_tile_edge: planted near_tile_edge")
     assert d["p04"][:2] == (False, "not_downloaded: planted not_downloaded")
     assert d["p13"][:2] == (True, "")  # density has its own filter
     missing = Tables(tables.photos, tables.downloads, tables.pairs.slice(1), tables.chips)
-    assert judged(location.pairing(missing, params))["p01"][1].startswith("not_paired:")
+    assert judged(location_rules.pairing(missing, params))["p01"][1].startswith("not_paired:")
 
 
 def test_deny_list_matches_id_owner_and_polygon(world):
     tables, params = world
-    d = judged(location.deny_list(tables, params))
+    d = judged(location_rules.deny_list(tables, params))
     dropped = {i for i, (kept, _, _) in d.items() if not kept}
     assert dropped == {"p09", "p10", "p11"}
     assert d["p10"][1] == f"deny_list: owner {SPAM_OWNER} ({params.deny_list})"
@@ -293,26 +295,26 @@ def test_deny_list_with_bad_wkt_names_the_polygon(tmp_path, world):
     deny = tmp_path / "bad.yaml"
     deny.write_text('polygons:\n  - {wkt: "POLYGON ((1 2, 3"}\n')
     with pytest.raises(CatalogError, match="polygon 1 is not valid WKT"):
-        location.deny_list(tables, FilterParams(deny_list=str(deny)))
+        location_rules.deny_list(tables, FilterParams(deny_list=str(deny)))
 
 
 def test_chip_rules(world):
     tables, params = world
-    err = judged(chip.chip_error(tables, params))
+    err = judged(chip_rules.chip_error(tables, params))
     assert err["p16"][:2] == (False, "chip_error: window read failed")
-    nodata = judged(chip.chip_nodata(tables, params))
+    nodata = judged(chip_rules.chip_nodata(tables, params))
     assert nodata["p14"] == (False, "chip_nodata: 20.0% nodata > 5.0%", 0.2)
     assert "p16" not in nodata and nodata["p01"] == (True, "", 0.0)
-    uniform = judged(chip.chip_uniform(tables, params))
+    uniform = judged(chip_rules.chip_uniform(tables, params))
     assert uniform["p15"] == (False, "chip_uniform: pixel std 0.50 < 2", 0.5)
     no_chip = Tables(tables.photos, tables.downloads, tables.pairs, tables.chips.slice(1))
-    assert judged(chip.chip_error(no_chip, params))["p01"][1].startswith("chip_error: paired but no row")
+    assert judged(chip_rules.chip_error(no_chip, params))["p01"][1].startswith("chip_error: paired but no row")
 
 
 def test_curator_latest_verdict_wins_and_unknown_ids_warn(world, caplog):
     tables, params = world
-    with caplog.at_level(logging.WARNING, logger="filters.verdicts"):
-        d = judged(verdicts.curator(tables, params))
+    with caplog.at_level(logging.WARNING, logger="filters.curator_rules"):
+        d = judged(curator_rules.curator(tables, params))
     assert d == {
         "p02": (True, "curator: keep", None),
         "p09": (True, "curator: keep", None),
@@ -326,7 +328,7 @@ def test_curator_same_timestamp_later_line_wins(tmp_path, world):
     csv_text = "id,verdict,curator,timestamp,note\np01,drop_wrong_location,a,2026-01-02T00:00:00,x\n" \
                "p01,keep,b,2026-01-01T00:00:00Z,\np01,drop_irrelevant,c,2026-01-02T00:00:00Z,a logo\n"  # fmt: skip
     params = make_params(tmp_path, csv_text)
-    assert judged(verdicts.curator(tables, params))["p01"] == (False, "drop_irrelevant: a logo", None)
+    assert judged(curator_rules.curator(tables, params))["p01"] == (False, "drop_irrelevant: a logo", None)
 
 
 @pytest.mark.parametrize(
@@ -342,29 +344,41 @@ def test_malformed_verdicts_name_the_line(tmp_path, world, body, message):
     tables, _ = world
     params = make_params(tmp_path, "id,verdict,curator,timestamp,note\np02,keep,a,2026-01-01T00:00:00Z,\n" + body)
     with pytest.raises(CatalogError, match=message):
-        verdicts.curator(tables, params)
+        curator_rules.curator(tables, params)
 
 
 def test_verdicts_header_and_missing_file(tmp_path, world):
     tables, _ = world
     with pytest.raises(CatalogError, match="line 1: header lacks timestamp"):
-        verdicts.curator(tables, make_params(tmp_path, "id,verdict,curator,note\n"))
+        curator_rules.curator(tables, make_params(tmp_path, "id,verdict,curator,note\n"))
     absent = FilterParams(verdicts=str(tmp_path / "none.csv"), deny_list=str(tmp_path / "none.yaml"))
-    assert verdicts.curator(tables, absent).num_rows == 0
+    assert curator_rules.curator(tables, absent).num_rows == 0
 
 
 def test_first_drops_follows_the_given_order():
-    decisions = filters.decisions_table("b", [("x", False, "b: no", None), ("y", True, "", None)])
-    decisions = pa.concat_tables([decisions, filters.decisions_table("a", [("x", False, "a: no", None)])])
-    assert filters.first_drops(decisions, ["a", "b"]) == {"x": ("a", "a: no")}
-    assert filters.first_drops(decisions, ["b", "a"]) == {"x": ("b", "b: no")}
-    assert filters.reason_code("corrupt: bad JPEG") == "corrupt" and filters.reason_code("density") == "density"
+    decisions = decisions_table("b", [("x", False, "b: no", None), ("y", True, "", None)])
+    decisions = pa.concat_tables([decisions, decisions_table("a", [("x", False, "a: no", None)])])
+    assert first_drops(decisions, ["a", "b"]) == {"x": ("a", "a: no")}
+    assert first_drops(decisions, ["b", "a"]) == {"x": ("b", "b: no")}
+    assert reason_code("corrupt: bad JPEG") == "corrupt" and reason_code("density") == "density"
+
+
+def test_funnel_steps_count_each_photo_once_under_its_first_drop():
+    decisions = pa.concat_tables(
+        [
+            decisions_table("a", [("x", False, "corrupt: bad", None), ("y", True, "", None)]),
+            decisions_table("b", [("x", False, "density: 3 m", None), ("y", False, "density: 4 m", None)]),
+            decisions_table("c", [("gone", False, "c", None)]),  # not a photo of this funnel
+        ]
+    )
+    steps = funnel_steps(["x", "y", "z"], decisions, ["a", "b", "c"])
+    assert (steps.found, steps.kept) == (3, 1)
+    assert steps.removed == {"a": 1, "b": 1, "c": 0} and steps.remaining == {"a": 2, "b": 1, "c": 1}
+    assert steps.first == {"x": ("a", "corrupt: bad"), "y": ("b", "density: 4 m")}
+    assert steps.by_reason == {"corrupt": 1, "density": 1}
 
 
 def test_colour_modes_are_converted_and_noted_or_rejected_by_param(tmp_path):
-    from filters import photo
-
-
     modes = {"a": ("RGB", 3), "b": ("CMYK", 4), "c": ("P", 1), "d": ("RGBA", 4), "e": ("L", 1)}
     tables = Tables(
         photos=table_from_rows([{"id": i} for i in modes], PHOTOS),
@@ -373,12 +387,13 @@ def test_colour_modes_are_converted_and_noted_or_rejected_by_param(tmp_path):
         pairs=table_from_rows([], PAIRS),
         chips=table_from_rows([], CHIPS),
     )
-    got = {r["id"]: (r["kept"], r["reason"]) for r in photo.colour_mode(tables, make_params(tmp_path)).to_pylist()}
+    judged_modes = photo_rules.colour_mode(tables, make_params(tmp_path)).to_pylist()
+    got = {r["id"]: (r["kept"], r["reason"]) for r in judged_modes}
     assert got == {"b": (True, "colour_mode: CMYK converted to RGB"), "c": (True, "colour_mode: P converted to RGB"),
                    "d": (True, "colour_mode: RGBA converted to RGB")}
     strict = make_params(tmp_path, reject_modes=["CMYK", "P"])
-    got = {r["id"]: r["kept"] for r in photo.colour_mode(tables, strict).to_pylist()}
+    got = {r["id"]: r["kept"] for r in photo_rules.colour_mode(tables, strict).to_pylist()}
     assert got == {"b": False, "c": False, "d": True}
     # a palette image has one band of colour indices: it is not the single_band rule's
-    single = {r["id"]: r["kept"] for r in photo.single_band(tables, make_params(tmp_path)).to_pylist()}
+    single = {r["id"]: r["kept"] for r in photo_rules.single_band(tables, make_params(tmp_path)).to_pylist()}
     assert single["c"] is True and single["e"] is False

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import FlickrParams, Params
+from pipeline.errors import RasterError
 from pipeline.flickr import (
     AOI,
     Credentials,
@@ -292,3 +293,35 @@ def test_aoi_bbox_comes_from_the_raster_header_on_s3(s3, realdata):
     assert aoi.bbox == pytest.approx((min(box_a[0], box_b[0]), min(box_a[1], box_b[1]),
                                       max(box_a[2], box_b[2]), max(box_a[3], box_b[3])))
     assert not math.isnan(sum(aoi.bbox))
+
+
+def test_aoi_bounds_of_a_local_folder_cover_every_geotiff_under_it_as_tiles_see_them(realdata, tmp_path):
+    """One rule for what a catalog uri means (pipeline.raster_uris): a local folder without a trailing '/'
+    is a prefix, searched recursively, for the Flickr harvest exactly as for the tiles stage."""
+    import shutil
+
+    import rasterio
+    from rasterio.warp import transform_bounds
+
+    from pipeline.raster_uris import resolve
+
+    src = realdata / "rasters" / "spacenet_rotterdam_rgb_uint8_utm31n.tif"
+    (tmp_path / "aoi" / "deeper").mkdir(parents=True)
+    shutil.copy(src, tmp_path / "aoi" / "a.tif")
+    shutil.copy(realdata / "rasters" / "landsat_rgb_byte_utm18n.tif", tmp_path / "aoi" / "deeper" / "b.TIFF")
+    (tmp_path / "aoi" / "notes.txt").write_text("not a raster")
+    boxes = []
+    for path in (tmp_path / "aoi" / "a.tif", tmp_path / "aoi" / "deeper" / "b.TIFF"):
+        with rasterio.open(path) as r:
+            boxes.append(transform_bounds(r.crs, "EPSG:4326", *r.bounds, densify_pts=21))
+    got = raster_bounds_lonlat(str(tmp_path / "aoi"), Params().s3)
+    assert got == pytest.approx(
+        (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+    )
+    assert [o.uri for o in resolve(str(tmp_path / "aoi"), Params().s3)] == [
+        str(tmp_path / "aoi" / "a.tif"),
+        str(tmp_path / "aoi" / "deeper" / "b.TIFF"),
+    ]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RasterError, match=r"no \.tif files under this prefix.*or set flickr\.bbox"):
+        raster_bounds_lonlat(str(tmp_path / "empty"), Params().s3)

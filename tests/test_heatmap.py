@@ -22,12 +22,11 @@ from PIL import Image
 torch = pytest.importorskip("torch")
 
 from pipeline import heatmap
-from pipeline.config import Params
+from pipeline.config import Params, TrainParams, WitwFovParams
 from pipeline.geo import transformer
 from pipeline.schemas import MANIFEST, TILES, table_from_rows, write_table
 from pipeline.train.loop import save_atomic
 from pipeline.train.models import build_model
-from pipeline.train.params import TrainParams, WitwFovParams
 
 EPSG, X0, Y1, GSD, SIDE = 32631, 600_000.0, 5_000_500.0, 1.0, 500
 STEP = 56.25

@@ -13,7 +13,7 @@ pytest.importorskip("timm")
 from pipeline.train.losses import info_nce, soft_margin_triplet
 from pipeline.train.metrics import one_percent_k, recall_at, recall_curve, retrieve, summary
 from pipeline.train.models import TimmContrastive, WitwFov
-from pipeline.train.params import TimmParams, WitwFovParams
+from pipeline.config import TimmParams, WitwFovParams
 
 
 @pytest.fixture(autouse=True)

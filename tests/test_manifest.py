@@ -9,7 +9,9 @@ import pyarrow.compute as pc
 import pytest
 import yaml
 
-from filters import decisions_table
+from filters import REGISTRY
+from filters.base import decisions_table
+from filters.funnel import filter_order
 from pipeline import filter as filter_stage
 from pipeline import manifest
 from pipeline.config import Params
@@ -91,6 +93,17 @@ def test_dataset_card_has_counts_funnel_licences_and_params(built):
     assert "| CC BY 2.0 | https://creativecommons.org/licenses/by/2.0/ | 4 |" in card
     assert "| CC BY-SA 4.0 | https://creativecommons.org/licenses/by-sa/4.0/ | WorldView-3 (simulated) |" in card
     assert "IQTLabs/WITW" in card and '"edge_m": 225.0' in card and '"min_accuracy": 16' in card
+
+
+def test_the_card_funnel_and_counts_agree_with_the_filter_stage_report(built):
+    tables, decisions = built
+    _, counts, card = manifest.build(tables, tiles_table(), decisions, Params())
+    order = filter_order(REGISTRY, decisions)
+    report = filter_stage.funnel(tables.photos, tables.pairs, decisions, order)
+    assert counts["dropped_by_reason"] == report["by_reason"] and counts["dropped"] == sum(report["removed"].values())
+    for name in order:
+        assert f"| `{name}` | {report['removed'][name]} | {report['remaining'][name]} |" in card
+    assert f"| kept |  | {report['kept']} |" in card and f"| found |  | {report['found']} |" in card
 
 
 def test_stage_writes_all_three_files_even_when_empty_and_reruns_byte_identical(tmp_path):

@@ -16,7 +16,7 @@ from pipeline.train.models import (
     circular_distances,
     vgg_trunk,
 )
-from pipeline.train.params import TimmParams, TrainParams, WitwFovParams
+from pipeline.config import TimmParams, TrainParams, WitwFovParams
 
 
 @pytest.fixture(autouse=True)

@@ -25,12 +25,12 @@ from pipeline.raster import (
     footprint,
     overview_shape,
     read_overview,
-    sha256_file,
     target_epsg,
     target_grid,
     warped_blocks,
     write_cog,
 )
+from pipeline.store import sha256_file
 
 # Rotterdam-ish origin; 4e-6 x 3e-6 degrees is about 0.28 x 0.33 m there.
 ORIGIN = (4.4600, 51.9200)

@@ -10,10 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from filters.relevance import relevance as relevance_filter
+from filters.relevance_rules import relevance as relevance_filter
 from pipeline import relevance
-from pipeline.classify import EmbeddingCache, shard_schema
 from pipeline.config import parse_params
+from pipeline.embeddings import EmbeddingCache, shard_schema
 from pipeline.schemas import RELEVANCE, SCORES, read_table, table_from_rows, write_table
 
 KEY = "0123456789abcdef"
@@ -156,10 +156,11 @@ def test_the_latest_verdict_is_the_label(world):
 
 
 def test_retraining_reads_stored_embeddings_and_never_runs_the_backbone(world, monkeypatch):
-    from pipeline.models import scene
+    from pipeline import device
+    from pipeline.scene import backbone
 
-    monkeypatch.setattr(scene, "import_torch", lambda: pytest.fail("torch was needed"))
-    monkeypatch.setattr(scene, "load_backbone", lambda spec: pytest.fail("the backbone ran"))
+    monkeypatch.setattr(device, "import_torch", lambda: pytest.fail("torch was needed"))
+    monkeypatch.setattr(backbone, "load_backbone", lambda spec: pytest.fail("the backbone ran"))
     write_verdicts(world / "verdicts.csv", labels_for(12))
     model, table = run_stage(world)
     assert model["status"] == "trained" and table.num_rows == 81

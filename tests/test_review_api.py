@@ -433,7 +433,7 @@ def test_images_in_an_s3_store_are_read_through_the_store(s3, tmp_path):
 
 
 def test_model_filters_are_the_registry_kind_model(review_root):
-    from pipeline.review.data import Dataset, QueueSpec, Settings, TablePaths
+    from pipeline.review.dataset import Dataset, QueueSpec, Settings, TablePaths
 
     settings = Settings(root=review_root, kinds={"indoor": "rule", "relevance": "model", "download": "rule"})
     ix, positions = Dataset(TablePaths.under(review_root / "tables"), settings).queue(QueueSpec("model_dropped"))

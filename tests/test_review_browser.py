@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline.review.data import filter_kinds
+from pipeline.review.dataset import filter_kinds
 from tests.conftest import REPO, digests, sh
 from tests.test_review_api import make_review_data
 

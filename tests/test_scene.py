@@ -8,17 +8,10 @@ import numpy as np
 import pytest
 
 from pipeline.config import ClassifyParams, S3Params
-from pipeline.errors import CatalogError
-from pipeline.models import ModelError
-from pipeline.models.scene import (
-    LITE0_PREPROCESS,
-    decode_rgb,
-    load_imagenet_labels,
-    load_places365_labels,
-    model_spec,
-    prepare,
-)
-from pipeline.models.vote import INDOOR, NEUTRAL, OUTDOOR, format_top, vote_top
+from pipeline.errors import CatalogError, ModelError
+from pipeline.scene.infer import decode_rgb, prepare
+from pipeline.scene.spec import LITE0_PREPROCESS, load_imagenet_labels, load_places365_labels, model_spec
+from pipeline.scene.vote import INDOOR, NEUTRAL, OUTDOOR, format_top, vote_top
 
 
 def test_imagenet_catalog_labels_furniture_food_vehicles_and_animals():
@@ -87,7 +80,8 @@ pytest.importorskip("torchvision")
 
 
 def _infer(spec, paths: list[Path]):
-    from pipeline.models.scene import infer, load_backbone
+    from pipeline.scene.backbone import load_backbone
+    from pipeline.scene.infer import infer
 
     backbone = load_backbone(spec)
     return backbone, list(
@@ -133,7 +127,7 @@ def test_places365_checkpoint_loads_and_votes_with_the_io_labels(tiny_places, re
 
 
 def test_wideresnet18_is_resnet18_without_the_stem_maxpool(tiny_places, realdata):
-    from pipeline.models.scene import load_backbone
+    from pipeline.scene.backbone import load_backbone
 
     spec = model_spec(
         ClassifyParams(
@@ -146,7 +140,7 @@ def test_wideresnet18_is_resnet18_without_the_stem_maxpool(tiny_places, realdata
 
 
 def test_checkpoint_of_another_arch_says_which_param_to_fix(tiny_places):
-    from pipeline.models.scene import load_backbone
+    from pipeline.scene.backbone import load_backbone
 
     spec = model_spec(
         ClassifyParams(model="places365", places365_checkpoint=str(tiny_places["alley"]), places365_arch="resnet50")
@@ -156,7 +150,7 @@ def test_checkpoint_of_another_arch_says_which_param_to_fix(tiny_places):
 
 
 def test_checkpoint_without_state_dict_is_rejected(tmp_path):
-    from pipeline.models.scene import load_backbone
+    from pipeline.scene.backbone import load_backbone
 
     path = tmp_path / "empty.pth.tar"
     torch.save({"epoch": 1}, path)
@@ -181,7 +175,7 @@ def test_packaged_imagenet_weights_load_by_position_and_classify_real_photos(rea
 
 
 def test_weights_with_another_layout_are_rejected():
-    from pipeline.models.scene import map_by_position
+    from pipeline.scene.backbone import map_by_position
 
     with pytest.raises(ModelError, match="not the EfficientNet-Lite0 file"):
         map_by_position({"a": torch.zeros(1)}, {"a": torch.zeros(1), "b": torch.zeros(2)})
@@ -190,8 +184,9 @@ def test_weights_with_another_layout_are_rejected():
 
 
 def _both_runtimes(spec, paths: list[Path]):
-    from pipeline.models import onnx
-    from pipeline.models.scene import infer, load_backbone
+    from pipeline.scene import onnx
+    from pipeline.scene.backbone import load_backbone
+    from pipeline.scene.infer import infer
 
     backbone = load_backbone(spec)
     kw = {"s3": S3Params(), "batch_size": 3, "workers": 0, "device": "cpu", "keep_top": 32}
@@ -229,7 +224,7 @@ def test_onnxruntime_gives_the_outputs_of_torch(source, tiny_places, realdata):
 
 
 def test_runtime_resolution():
-    from pipeline.models import onnx
+    from pipeline.scene import onnx
 
     assert onnx.resolve_runtime("torch", "cpu") == "torch"
     assert onnx.resolve_runtime("auto", "cuda") == "torch"
@@ -245,7 +240,7 @@ def test_concurrent_forwards_on_one_backbone_keep_their_own_embeddings(tiny_plac
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    from pipeline.models.scene import load_backbone
+    from pipeline.scene.backbone import load_backbone
 
     backbone = load_backbone(model_spec(ClassifyParams(model="places365", places365_checkpoint=str(tiny_places["alley"]))))
     backbone.head.register_forward_hook(lambda *_: time.sleep(0.002))  # widens the window between threads

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 
 import pytest
 
 from pipeline.errors import StoreError
-from pipeline.store import Store, gdal_options, gdal_path, put_local_atomic, read_bytes
+from pipeline.store import (
+    Store,
+    gdal_options,
+    gdal_path,
+    put_local_atomic,
+    read_bytes,
+    sha256_file,
+    write_json,
+    write_text_atomic,
+)
 
 
 def test_local_store_uris_are_relative_and_writes_atomic(tmp_path, monkeypatch):
@@ -41,6 +52,36 @@ def test_put_local_atomic_makes_ordinary_files_and_leaves_no_temp(tmp_path):
     with pytest.raises(TypeError):
         put_local_atomic(tmp_path / "new" / "dir" / "b.json", "not bytes")  # fails after the temp file exists
     assert sorted(p.name for p in path.parent.iterdir()) == ["a.json"]
+
+
+def test_json_files_have_one_layout_with_the_options_each_writer_needs(tmp_path):
+    data = {"b": 1, "a": ["é", 2.5]}
+    write_json(data, tmp_path / "report.json")
+    write_json(data, tmp_path / "model.json", indent=1, sort_keys=True)
+    write_json(data, tmp_path / "state.json", indent=None, sort_keys=True)
+    report = '{\n  "b": 1,\n  "a": [\n    "é",\n    2.5\n  ]\n}\n'
+    assert (tmp_path / "report.json").read_text(encoding="utf-8") == report
+    assert (tmp_path / "model.json").read_text(encoding="utf-8") == '{\n "a": [\n  "é",\n  2.5\n ],\n "b": 1\n}\n'
+    assert (tmp_path / "state.json").read_text(encoding="utf-8") == '{"a":["é",2.5],"b":1}\n'
+    assert [p.name for p in sorted(tmp_path.iterdir())] == ["model.json", "report.json", "state.json"]
+
+
+def test_an_fsynced_text_write_replaces_the_file_whole(tmp_path):
+    path = tmp_path / "review" / "verdicts.csv"
+    path.parent.mkdir()
+    path.write_text("old\n")
+    write_text_atomic("id,verdict\n1,keep\n", path, fsync=True)
+    assert path.read_text() == "id,verdict\n1,keep\n" and [p.name for p in path.parent.iterdir()] == ["verdicts.csv"]
+
+
+def test_sidecars_are_sorted_json_and_sha256_file_streams(tmp_path):
+    store = Store(str(tmp_path / "store"))
+    store.put_json("tiles/t.json", {"sha256": "ab", "CROSSVIEW_KEY": "k"})
+    raw = (tmp_path / "store" / "tiles" / "t.json").read_bytes()
+    assert raw == b'{"CROSSVIEW_KEY": "k", "sha256": "ab"}' and json.loads(raw)["sha256"] == "ab"
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(3 << 20))
+    assert sha256_file(big, chunk=1 << 16) == hashlib.sha256(big.read_bytes()).hexdigest()
 
 
 def test_clean_partial_removes_stale_temp_files(tmp_path):

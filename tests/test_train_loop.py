@@ -20,13 +20,12 @@ from PIL import Image
 torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 
-from pipeline.config import Params, S3Params
+from pipeline.config import EvaluateParams, Params, S3Params, TimmParams, TrainParams, WitwFovParams
 from pipeline.errors import StageInputError
 from pipeline.schemas import EVAL_PAIRS, MANIFEST, table_from_rows, write_table
 from pipeline.train import stage
 from pipeline.train.data import ManifestPairs, ViewSpec, make_loader
 from pipeline.train.loop import CHECKPOINT, MODEL
-from pipeline.train.params import EvaluateParams, TimmParams, TrainParams, WitwFovParams
 
 TINY = TrainParams(
     epochs=2, batch_size=4, loader_workers=0, threads=1, cache_mb=0,

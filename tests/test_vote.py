@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.models.vote import INDOOR, NEUTRAL, OUTDOOR, VoteParams, format_top, top_categories, vote, vote_top
+from pipeline.scene.vote import INDOOR, NEUTRAL, OUTDOOR, VoteParams, format_top, top_categories, vote, vote_top
 
 # categories: 0-2 indoor, 3-5 outdoor, 6-9 neutral
 IO = np.array([INDOOR] * 3 + [OUTDOOR] * 3 + [NEUTRAL] * 4, np.int8)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
 import shutil
 import time
@@ -30,12 +29,13 @@ import yaml
 from catalogs import load_demo
 from pipeline import executor
 from pipeline.config import DemoParams, Params
-from pipeline.demo import flickr
+from pipeline.demo import flickr_json
 from pipeline.demo.layout import City, build_cities, union_m
 from pipeline.demo.photos import Camera, encode, random_camera, render
 from pipeline.demo.placement import Shot, choose_patches, plan_city, split_cases
 from pipeline.demo.rasters import write_tile
 from pipeline.demo.world import Sun, World, build_world
+from pipeline.store import write_json
 
 log = logging.getLogger(__name__)
 
@@ -97,23 +97,24 @@ def _cell(value) -> str:
 
 def _photos(cities: list[City], shots: list[Shot], seed: int, rng: np.random.Generator) -> list[Photo]:
     """Flickr records, cameras and truth rows for every planned shot."""
-    uploads, ids = flickr.upload_times_and_ids(rng, len(shots))
-    pool = flickr.owners(rng)
-    owners = flickr.pick_owners(rng, pool, len(shots))
+    uploads, ids = flickr_json.upload_times_and_ids(rng, len(shots))
+    pool = flickr_json.owners(rng)
+    owners = flickr_json.pick_owners(rng, pool, len(shots))
     seen: dict[str, int] = {}
     out = []
     for shot, upload, photo_id, owner in zip(shots, uploads, ids, owners):
         city = cities[shot.city]
         camera = random_camera(shot.x, shot.y, shot.bearing_deg, rng)
         if shot.case == "denied_owner":
-            owner = flickr.Owner(*flickr.DENIED_OWNER)
+            owner = flickr_json.Owner(*flickr_json.DENIED_OWNER)
         lon, lat = (round(float(v), 6) for v in city.frame.lonlat(shot.x, shot.y))
         k = seen[shot.case] = seen.get(shot.case, -1) + 1
         rec_lat, rec_lon = _recorded_position(shot.case, k, lat, lon, rng)
         accuracy = int(rng.integers(6, 12)) if shot.case == "low_accuracy" else 16
-        place = flickr.place(seed, city.index, shot.x, shot.y)
+        place = flickr_json.place(seed, city.index, shot.x, shot.y)
         size = (camera.width, camera.height)
-        rec = flickr.record(rng, photo_id, owner, int(upload), city.name, place, size, (rec_lat, rec_lon, accuracy))
+        where = (rec_lat, rec_lon, accuracy)
+        rec = flickr_json.record(rng, photo_id, owner, int(upload), city.name, place, size, where)
         truth = {"id": photo_id, "aoi": city.aoi, "city": city.name, "case": shot.case, "lat": _cell(rec_lat),
                  "lon": _cell(rec_lon), "bearing_deg": f"{shot.bearing_deg:.1f}", "expected": shot.expected}
         out.append(Photo(shot, camera, rec, truth))
@@ -171,9 +172,7 @@ def _write_metadata(root: Path, cities: list[City], photos: list[Photo], rasters
     for city in cities:
         recs = [p.record for p in photos if p.shot.city == city.index]
         recs.sort(key=lambda r: (-int(r["dateupload"]), r["id"]))  # the API's default: newest first
-        with (root / "flickr" / f"{city.aoi}.json").open("w") as fh:
-            json.dump({"image_count": len(recs), "images": recs}, fh, indent=2, sort_keys=True)
-            fh.write("\n")
+        write_json({"image_count": len(recs), "images": recs}, root / "flickr" / f"{city.aoi}.json", sort_keys=True)
     with (root / "truth.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, TRUTH_COLUMNS, lineterminator="\n")
         writer.writeheader()

@@ -24,7 +24,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from pipeline.config import FlickrParams, Params, S3Params
-from pipeline.errors import RasterError
+from pipeline.errors import RasterError, StoreError
 from pipeline.flickr.client import (
     Credentials,
     FlickrAPIError,
@@ -68,30 +68,18 @@ class AOI:
 # ---------------------------------------------------------------- AOI bounding boxes
 
 
-def _raster_uris(uri: str, s3: S3Params) -> list[str]:
-    """The GeoTIFFs a catalog ``uri`` names: itself, or every .tif under a prefix ending in '/'."""
-    if not uri.endswith("/"):
-        return [uri]
-    if uri.startswith("s3://"):
-        from pipeline.store import client_for, split_s3
-
-        bucket, prefix = split_s3(uri)
-        pages = client_for(s3).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-        keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
-        return [f"s3://{bucket}/{k}" for k in sorted(keys) if k.lower().endswith((".tif", ".tiff"))]
-    return sorted(str(p) for p in Path(uri).glob("*") if p.suffix.lower() in (".tif", ".tiff"))
-
-
 def raster_bounds_lonlat(uri: str, s3: S3Params) -> tuple[float, float, float, float]:
     """The lon/lat bounds of a raster (or of every GeoTIFF under a prefix), reading headers only."""
     import rasterio
     from rasterio.warp import transform_bounds
 
+    from pipeline.raster_uris import resolve
     from pipeline.store import gdal_path, rasterio_env
 
-    uris = _raster_uris(uri, s3)
-    if not uris:
-        raise RasterError(f"{uri}: no GeoTIFF found under this prefix; run `crossview catalog` or set flickr.bbox")
+    try:
+        uris = [o.uri for o in resolve(uri, s3)]
+    except StoreError as err:
+        raise RasterError(f"{err}; or set flickr.bbox") from None
     boxes = []
     with rasterio_env(s3):
         for one in uris:

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.errors import StoreError
-from pipeline.store import put_local_atomic
+from pipeline.store import write_json
 
 VERSION = 1
 
@@ -46,11 +46,6 @@ class CellRecord:
     pages: int | None = None  # pages to fetch
     fetched: int | None = None  # photos received, once finished
     children: list[str] = field(default_factory=list)
-
-
-def atomic_write_json(path: Path, data) -> None:
-    """Write JSON to ``path`` via a temp file in the same folder and a rename."""
-    put_local_atomic(path, json.dumps(data, separators=(",", ":"), sort_keys=True).encode())  # C encoder
 
 
 def fingerprint_hash(fingerprint: dict) -> str:
@@ -121,7 +116,7 @@ class HarvestState:
             "roots": [list(r) for r in self.roots],
             "cells": {cid: asdict(rec) for cid, rec in sorted(self.cells.items())},
         }
-        atomic_write_json(self.plan_path, data)
+        write_json(data, self.plan_path, indent=None, sort_keys=True)
 
     def add_range(self, lo: int, hi: int) -> list[tuple[int, int]]:
         """Record that ``[lo, hi]`` is wanted; return its parts that no earlier run planned."""
@@ -137,7 +132,8 @@ class HarvestState:
 
     def save_page(self, cell_id: str, page: int, photos: list[dict]) -> None:
         """Persist one fetched page (its existence marks the page finished)."""
-        atomic_write_json(self.page_path(cell_id, page), {"cell": cell_id, "page": page, "photo": photos})
+        page_doc = {"cell": cell_id, "page": page, "photo": photos}
+        write_json(page_doc, self.page_path(cell_id, page), indent=None, sort_keys=True)
         self._counts[(cell_id, page)] = len(photos)
 
     def photo_count(self, cell_id: str) -> int:

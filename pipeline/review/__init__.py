@@ -48,8 +48,8 @@ def make_app(
 ):
     """The review ASGI app over the tables under ``tables`` (paths relative to ``root``)."""
     from pipeline.review.app import build_app
-    from pipeline.review.data import Dataset, Settings, TablePaths, filter_kinds
-    from pipeline.review.verdicts import VerdictTable
+    from pipeline.review.dataset import Dataset, Settings, TablePaths, filter_kinds
+    from pipeline.review.verdict_table import VerdictTable
 
     root = Path(root).resolve()
     paths = TablePaths.under(root / tables)

@@ -27,10 +27,10 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from filters.verdicts import KEEP, VERDICTS
 from pipeline.errors import CrossviewError
-from pipeline.review.data import QUEUES, Dataset, Index, QueueSpec, Settings
-from pipeline.review.verdicts import Row, VerdictError, VerdictTable
+from pipeline.review.dataset import QUEUES, Dataset, Index, QueueSpec, Settings
+from pipeline.review.verdict_table import VerdictError, VerdictTable
+from pipeline.verdicts import KEEP, VERDICTS, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def queue_page(review: Review, request: Request) -> dict:
     }
 
 
-def _verdict(row: Row | None) -> dict | None:
+def _verdict(row: Verdict | None) -> dict | None:
     return row.as_dict() if row else None
 
 

@@ -19,10 +19,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pipeline.config import S3Params
+from pipeline.config import S3Params, TrainParams
 from pipeline.errors import StageInputError
 from pipeline.store import read_bytes
-from pipeline.train.params import TrainParams
 from pipeline.train.polar import polar_transform
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255

@@ -22,29 +22,19 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.errors import ConfigError, StageInputError
+from pipeline.device import resolve_device
+from pipeline.errors import StageInputError
 from pipeline.store import atomic_file
 from pipeline.train.data import ManifestPairs, make_loader
 from pipeline.train.metrics import Retrieval, retrieve, summary
 from pipeline.train.models import CrossViewModel, build_model
-from pipeline.train.params import TrainParams
+from pipeline.config import TrainParams
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "last.pt"
 MODEL = "model.pt"
 StepHook = Callable[[int, int], None]  # (epoch, step) before each step
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` → ``cuda`` when a GPU is visible, else ``cpu``; a CUDA device asked for must exist."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device is {device!r} but no CUDA GPU is visible; use auto or cpu")
-    if not (device == "cpu" or device.startswith("cuda")):
-        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
-    return device
 
 
 def autocast(device: str, enabled: bool):
@@ -146,7 +136,7 @@ def fit(params: TrainParams, train: ManifestPairs, val: ManifestPairs | None, ou
         fp: str = "", on_epoch: Callable[[History], None] | None = None,
         on_step: StepHook | None = None) -> tuple[CrossViewModel, History]:
     """Train for ``params.epochs`` (resuming from ``out_dir/last.pt``); write ``out_dir/model.pt``."""
-    out_dir, device = Path(out_dir), resolve_device(params.device)
+    out_dir, device = Path(out_dir), resolve_device(params.device, "train.device")
     if device == "cpu":
         torch.set_num_threads(params.threads)
     model, optimizer, first, history = _start(params, out_dir, fp, device)

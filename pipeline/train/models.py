@@ -20,7 +20,7 @@ from torch import nn
 from pipeline.errors import ConfigError
 from pipeline.train.data import ViewSpec, vgg_stride, view_spec
 from pipeline.train.losses import info_nce, soft_margin_triplet
-from pipeline.train.params import TimmParams, TrainParams, WitwFovParams
+from pipeline.config import TimmParams, TrainParams, WitwFovParams
 
 log = logging.getLogger(__name__)
 

@@ -19,22 +19,18 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.config import Params, S3Params
+from pipeline.config import EvaluateParams, Params, S3Params, TrainParams
+from pipeline.device import resolve_device
 from pipeline.errors import StageInputError
 from pipeline.schemas import EVAL_PAIRS, table_from_rows, write_table
-from pipeline.store import write_text_atomic
+from pipeline.store import write_json, write_text_atomic
 from pipeline.train.data import ManifestPairs, view_spec
-from pipeline.train.loop import History, evaluate_model, fingerprint, fit, load_model, resolve_device
+from pipeline.train.loop import History, evaluate_model, fingerprint, fit, load_model
 from pipeline.train.metrics import Retrieval, recall_curve, summary
-from pipeline.train.params import EvaluateParams, TrainParams
 
 log = logging.getLogger(__name__)
 
 # One row per evaluated pair; the lead moves this into pipeline/schemas.py.
-
-
-def write_json(data: dict, path: str | Path) -> None:
-    write_text_atomic(json.dumps(data, indent=2, sort_keys=True) + "\n", path)
 
 
 def write_csv(rows: list[dict], path: str | Path) -> None:
@@ -77,7 +73,7 @@ def run_training(params: TrainParams, s3: S3Params, train_path: str, val_path: s
     fp = fingerprint(params, *(p for p in (train_path, val_path) if p))
 
     def on_epoch(history: History) -> None:
-        write_json(train_metrics(params, history), metrics_path)
+        write_json(train_metrics(params, history), metrics_path, sort_keys=True)
         write_csv(history.steps, loss_csv)
         write_csv(epoch_rows(history), epochs_csv)
 
@@ -100,7 +96,7 @@ def pair_rows(ids: list[str], splits: list[str], result: Retrieval) -> list[dict
 def run_evaluation(params: EvaluateParams, s3: S3Params, manifest: str, model_path: str, metrics_path: str,
                    pairs_path: str, recall_csv: str) -> dict:
     """Rank every pair of ``manifest`` with the trained model; write metrics, the recall curve and the pairs."""
-    device = resolve_device(params.device)
+    device = resolve_device(params.device, "evaluate.device")
     if device == "cpu":
         torch.set_num_threads(params.threads)
     model, train_params = load_model(model_path, device)
@@ -115,7 +111,7 @@ def run_evaluation(params: EvaluateParams, s3: S3Params, manifest: str, model_pa
                                 device=device, amp=train_params.amp, chunk=params.chunk)
         rank, rows = result.rank, pair_rows(ids, splits, result)
     metrics = {**summary(rank), "model": train_params.model, "orientation": model.has_orientation}
-    write_json(metrics, metrics_path)
+    write_json(metrics, metrics_path, sort_keys=True)
     write_csv(recall_curve(rank, params.max_k), recall_csv)
     write_table(table_from_rows(rows, EVAL_PAIRS), pairs_path, EVAL_PAIRS)
     log.info("evaluated %d pairs of %s: %s", len(ds), manifest, json.dumps(metrics))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import inspect as inspect_cmd
+from pipeline import inspect_photos as inspect_cmd
 from pipeline.config import parse_params
 from pipeline.errors import StageInputError
 
@@ -84,7 +84,7 @@ def _head(path: Path, key: str, bias: float) -> str:
 
 
 def test_a_trained_relevance_head_scores_and_drops(realdata, tmp_path, capsys):
-    from pipeline.models.scene import model_spec
+    from pipeline.scene.spec import model_spec
 
     key = model_spec(PARAMS.classify).key
     photo = str(realdata / "photos" / "outdoor_park_01.jpg")

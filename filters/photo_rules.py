@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from catalogs import find_licence
-from filters import Tables, by_id, column, decisions_table
+from filters.base import Tables, by_id, column, decisions_table
 from pipeline.config import FilterParams
 
 # Flickr geo accuracy: 1 world ... 11 city ... 16 street. WITW searched at the default (16).

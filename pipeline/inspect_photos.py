@@ -89,8 +89,8 @@ def _relevance(scores: pa.Table, head_path: str | None, cache: str) -> tuple[pa.
 
 def _decisions(tables: PhotoTables, params: Params) -> pa.Table:
     from filters import REGISTRY
-    from filters.indoor import indoor
-    from filters.relevance import relevance
+    from filters.indoor_rules import indoor
+    from filters.relevance_rules import relevance
 
     registry = {f.name: f.fn for f in REGISTRY}
     missing = [name for name in PHOTO_RULES if name not in registry]

@@ -1,6 +1,6 @@
 """The WITW indoor rule: drop photos whose scene classifier's top-k vote says indoor (``scores`` table).
 
-The vote itself runs in the classify stage (``pipeline.models.vote``); this filter turns each
+The vote itself runs in the classify stage (``pipeline.scene.vote``); this filter turns each
 downloaded photo's score row into a decision. A downloaded photo without a usable score row (the
 classifier could not read it, or ``scores`` is older than ``downloads``) is dropped with the reason
 ``not_classified``, so nothing passes the indoor rule unexamined.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from filters import Tables, by_id, column, decisions_table
+from filters.base import Tables, by_id, column, decisions_table
 from pipeline.config import FilterParams
 
 NAME = "indoor"

@@ -21,7 +21,7 @@ import warnings
 
 import numpy as np
 
-from pipeline.models import ModelError
+from pipeline.errors import ModelError
 
 log = logging.getLogger(__name__)
 

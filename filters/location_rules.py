@@ -9,13 +9,13 @@ import pyarrow as pa
 import shapely
 
 from catalogs import load_deny_list
-from filters import Tables, by_id, column, decisions_table
+from filters.base import Tables, by_id, column, decisions_table
 from pipeline.config import FilterParams
 from pipeline.errors import CatalogError
+from pipeline.schemas import SPLITS
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 # Pair statuses that have their own filter; every other non-paired status is a pairing drop.
 OWN_FILTER = {"bad_coordinates": "coordinates", "density": "density", "split_buffer": "split_buffer"}
 

@@ -21,14 +21,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
+from filters import REGISTRY
+from filters.curator_rules import OVERRIDE
 from pipeline.config import S3Params
 from pipeline.schemas import CHIPS, DECISIONS, DOWNLOADS, PAIRS, PHOTOS, read_table
 from pipeline.store import is_http, is_s3, read_bytes
 
 log = logging.getLogger(__name__)
 
-FALLBACK_MODELS = ("indoor", "relevance")  # model-kind filters when filters.REGISTRY is unavailable
-OVERRIDE = "overridden by curator keep"  # pipeline/filter.py's reason for a model drop a curator kept
+FALLBACK_MODELS = ("indoor", "relevance")  # model-kind filters when Settings names no kinds
 QUEUES = ("model_dropped", "low_confidence", "kept_sample", "reason", "city", "split", "all")
 SIZES = {"thumb": 320, "large": 1200}
 IMAGE_KINDS = ("photo", "chip")
@@ -40,14 +41,8 @@ def _none() -> np.ndarray:
 
 
 def filter_kinds() -> dict[str, str]:
-    """``{filter name: "rule" | "model"}`` in registry order; empty when filters cannot be imported."""
-    try:
-        from filters import REGISTRY
-
-        return {f.name: f.kind for f in REGISTRY}
-    except Exception as err:  # noqa: BLE001 - the page still works, with model filters known by name
-        log.warning("filters.REGISTRY unavailable (%s); model filters taken to be %s", err, FALLBACK_MODELS)
-        return {}
+    """``{filter name: "rule" | "model"}`` in registry order."""
+    return {f.name: f.kind for f in REGISTRY}
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from filters import Tables, by_id, column, decisions_table
+from filters.base import Tables, by_id, column, decisions_table
 from pipeline.config import FilterParams
 
 NAME = "relevance"

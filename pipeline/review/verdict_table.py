@@ -1,29 +1,26 @@
-"""The curator verdicts table (``review/verdicts.csv``): append-only rows, latest per id wins.
+"""Saving curator verdicts (``review/verdicts.csv``, format in :mod:`pipeline.verdicts`): append-only rows.
 
-Columns ``id,verdict,curator,timestamp,note``. Saving appends rows under an exclusive lock
-(``fcntl.flock`` on the file's folder) with one ``write`` and an ``fsync``, and takes the UTC
-timestamp inside the lock, so file order and timestamps agree and two curators (or two browser
-tabs) saving at once lose nothing. Superseded verdicts stay in the file as history; ``retract``
-(the review page's undo) removes exactly the rows it names, atomically (temp file + rename).
-Reading follows the filter stage: the latest row per id wins, by timestamp and then by position.
+Saving appends rows under an exclusive lock (``fcntl.flock`` on the file's folder) with one
+``write`` and an ``fsync``, and takes the UTC timestamp inside the lock, so file order and
+timestamps agree and two curators (or two browser tabs) saving at once lose nothing. Superseded
+verdicts stay in the file as history; ``retract`` (the review page's undo) removes exactly the rows
+it names, atomically (temp file + fsync + rename).
+Reading is :mod:`pipeline.verdicts`'s, the filter stage's: the latest row per id wins.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import fcntl
-import io
 import logging
 import os
-import tempfile
 from collections.abc import Container, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from filters.verdicts import COLUMNS, VERDICTS, parse_timestamp
-from pipeline.errors import CatalogError, CrossviewError
+from pipeline.errors import CrossviewError
+from pipeline.store import fsync_dir, write_text_atomic
+from pipeline.verdicts import VERDICTS, Verdict, format_rows, latest, parse
 
 log = logging.getLogger(__name__)
 
@@ -32,23 +29,6 @@ MAX_NOTE = 500
 
 class VerdictError(CrossviewError, ValueError):
     """A verdict names an unknown photo id or an unknown verdict."""
-
-
-@dataclass(frozen=True)
-class Row:
-    """One line of the verdicts table."""
-
-    id: str
-    verdict: str
-    curator: str
-    timestamp: str  # ISO 8601 UTC, e.g. 2026-01-31T12:00:00.123456Z
-    note: str = ""
-
-    def key(self) -> tuple[str, str, str]:
-        return (self.id, self.timestamp, self.curator)
-
-    def as_dict(self) -> dict[str, str]:
-        return asdict(self)
 
 
 def utc_now() -> str:
@@ -72,7 +52,7 @@ class VerdictTable:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._cache: tuple[tuple | None, list[Row], dict[str, Row]] = (None, [], {})
+        self._cache: tuple[tuple | None, list[Verdict], dict[str, Verdict]] = (None, [], {})
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -84,7 +64,7 @@ class VerdictTable:
             return None
         return (st.st_ino, st.st_size, st.st_mtime_ns)
 
-    def _load(self) -> tuple[tuple | None, list[Row], dict[str, Row]]:
+    def _load(self) -> tuple[tuple | None, list[Verdict], dict[str, Verdict]]:
         stamp = self.stamp()
         if stamp is None:
             return (None, [], {})
@@ -95,15 +75,15 @@ class VerdictTable:
             self._cache = (stamp, rows, latest(rows))
         return self._cache
 
-    def rows(self) -> list[Row]:
+    def rows(self) -> list[Verdict]:
         """Every row in file order (cached until the file changes); malformed rows raise CatalogError."""
         return self._load()[1]
 
-    def latest(self) -> dict[str, Row]:
+    def latest(self) -> dict[str, Verdict]:
         """``{id: row}``: the latest verdict per id (by timestamp, then by position in the file)."""
         return self._load()[2]
 
-    def history(self, photo_id: str) -> list[Row]:
+    def history(self, photo_id: str) -> list[Verdict]:
         return [r for r in self.rows() if r.id == photo_id]
 
     # -- writing ---------------------------------------------------------------------------
@@ -128,7 +108,7 @@ class VerdictTable:
         curator: str,
         note: str | None = None,
         known: Container[str] | None = None,
-    ) -> list[Row]:
+    ) -> list[Verdict]:
         """Append one row per id (all or none); unknown ids or verdicts raise VerdictError."""
         check_verdict(verdict)
         if not ids:
@@ -141,12 +121,12 @@ class VerdictTable:
         note, curator = clean_note(note), clean_note(curator) or "unknown"
         with self._locked():
             stamp = utc_now()  # inside the lock: file order and timestamps agree
-            rows = [Row(str(i), verdict, curator, stamp, note) for i in ids]
+            rows = [Verdict(str(i), verdict, curator, stamp, note) for i in ids]
             self._write_append(rows)
         log.info("%s: %s by %s for %d photo(s)", self.path, verdict, curator, len(rows))
         return rows
 
-    def _write_append(self, rows: Sequence[Row]) -> None:
+    def _write_append(self, rows: Sequence[Verdict]) -> None:
         fresh = not self.path.exists() or self.path.stat().st_size == 0
         with self.path.open("a+b") as fh:
             prefix = b""
@@ -160,9 +140,9 @@ class VerdictTable:
             fh.flush()
             os.fsync(fh.fileno())
         if fresh:
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
 
-    def retract(self, keys: Iterable[tuple[str, str, str]]) -> list[Row]:
+    def retract(self, keys: Iterable[tuple[str, str, str]]) -> list[Verdict]:
         """Remove the rows named by ``(id, timestamp, curator)`` (undo); return the rows removed."""
         wanted = set(keys)
         with self._locked():
@@ -172,73 +152,6 @@ class VerdictTable:
             for row in parse(self.path.read_text(encoding="utf-8"), str(self.path)):
                 (removed if row.key() in wanted else kept).append(row)
             if removed:
-                _replace(self.path, format_rows(kept, header=True))
+                write_text_atomic(format_rows(kept, header=True), self.path, fsync=True)
         log.info("%s: retracted %d verdict row(s)", self.path, len(removed))
         return removed
-
-
-def latest(rows: Iterable[Row]) -> dict[str, Row]:
-    """The latest row per id: by timestamp, ties broken by position (later wins)."""
-    best: dict[str, tuple[datetime, int, Row]] = {}
-    for n, row in enumerate(rows):
-        key = (parse_timestamp(row.timestamp, f"verdict for {row.id}"), n)
-        old = best.get(row.id)
-        if old is None or key >= old[:2]:
-            best[row.id] = (*key, row)
-    return {i: v[2] for i, v in best.items()}
-
-
-def parse(text: str, where: str = "verdicts") -> list[Row]:
-    """Rows of a verdicts CSV; a bad header, verdict or timestamp raises CatalogError naming the line."""
-    reader = csv.reader(io.StringIO(text))
-    header = [h.strip() for h in next(reader, [])]
-    if not header:
-        return []
-    missing = [c for c in COLUMNS if c not in header]
-    if missing:
-        raise CatalogError(f"{where} line 1: header lacks {', '.join(missing)} (expected {','.join(COLUMNS)})")
-    out = []
-    for cells in reader:
-        if not any(c.strip() for c in cells):
-            continue
-        line = f"{where} line {reader.line_num}"
-        if len(cells) != len(header):
-            raise CatalogError(f"{line}: expected {len(header)} fields ({','.join(header)}), got {len(cells)}")
-        r = {k: v.strip() for k, v in zip(header, cells)}
-        if r["verdict"] not in VERDICTS:
-            raise CatalogError(f"{line}: unknown verdict {r['verdict']!r} (allowed: {', '.join(VERDICTS)})")
-        parse_timestamp(r["timestamp"], line)
-        out.append(Row(r["id"], r["verdict"], r["curator"], r["timestamp"], r.get("note", "")))
-    return out
-
-
-def format_rows(rows: Iterable[Row], header: bool = False) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    if header:
-        writer.writerow(COLUMNS)
-    for r in rows:
-        writer.writerow([r.id, r.verdict, r.curator, r.timestamp, r.note])
-    return buf.getvalue()
-
-
-def _replace(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import CatalogError
-from pipeline.review.verdicts import COLUMNS, VERDICTS, VerdictError, VerdictTable
+from pipeline.review.verdict_table import VerdictError, VerdictTable
+from pipeline.verdicts import COLUMNS, VERDICTS
 
 HEADER = ",".join(COLUMNS) + "\n"
 
@@ -53,7 +54,7 @@ def test_unknown_verdicts_and_ids_are_rejected_and_nothing_is_written(tmp_path):
 
 
 def test_notes_stay_on_one_line_and_the_filter_stage_reads_the_same_latest(tmp_path):
-    from filters.verdicts import latest_verdicts
+    from pipeline.verdicts import latest_verdicts
 
     table = VerdictTable(tmp_path / "verdicts.csv")
     table.append(["7"], "drop_irrelevant", "alice", note='a "close-up",\nof food')

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from filters import Tables, by_id, decisions_table
+from filters.base import Tables, by_id, decisions_table
 from pipeline.config import FilterParams
 
 

@@ -1,0 +1,60 @@
+"""What every filter shares: the tables it reads, its registry entry, and the decisions table it returns."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import pyarrow as pa
+
+from pipeline.config import FilterParams
+from pipeline.schemas import DECISIONS, table_from_rows
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The stage tables filters read (schemas in ``pipeline.schemas``)."""
+
+    photos: pa.Table
+    downloads: pa.Table
+    pairs: pa.Table
+    chips: pa.Table
+    scores: pa.Table | None = None  # classify stage (indoor vote); None: the indoor rule judges nothing
+    relevance: pa.Table | None = None  # relevance stage (head trained on curator verdicts)
+
+
+FilterFn = Callable[[Tables, FilterParams], pa.Table]
+
+
+class Filter(NamedTuple):
+    name: str
+    fn: FilterFn
+    kind: Literal["rule", "model"]
+
+
+def decisions_table(name: str, rows: Iterable[tuple[str, bool, str, float | None]]) -> pa.Table:
+    """A DECISIONS table for filter ``name`` from ``(id, kept, reason, score)`` tuples."""
+    return table_from_rows(
+        (
+            {"id": i, "filter": name, "kept": kept, "reason": reason or "", "score": score}
+            for i, kept, reason, score in rows
+        ),
+        DECISIONS,
+    )
+
+
+def reason_code(reason: str) -> str:
+    """The code of a reason: the text before the first colon (``"corrupt: bad JPEG"`` -> ``"corrupt"``)."""
+    return reason.split(":", 1)[0].strip()
+
+
+def column(table: pa.Table, name: str) -> list:
+    """One column as a Python list (empty list for an empty table)."""
+    return table.column(name).to_pylist()
+
+
+def by_id(table: pa.Table, columns: Sequence[str]) -> dict[str, dict]:
+    """``{id: {column: value}}`` for the given columns."""
+    data = {c: column(table, c) for c in ("id", *columns)}
+    return {i: {c: data[c][k] for c in columns} for k, i in enumerate(data["id"])}
