@@ -13,11 +13,13 @@ the raster size; GDAL's block cache is bounded by :func:`bound_gdal_cache`. Conv
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +39,7 @@ from shapely.ops import unary_union
 
 from pipeline.errors import RasterError
 from pipeline.geo import utm_epsg
+from pipeline.threads import cpu_threads, ordered_map
 
 log = logging.getLogger(__name__)
 
@@ -101,15 +104,32 @@ def compute_stretch(data: np.ndarray, valid: np.ndarray, percentiles: Sequence[f
 
 def apply_stretch(data: np.ndarray, valid: np.ndarray, stretch: Stretch) -> np.ndarray:
     """8-bit RGB (3, h, w) from ``data``: valid pixels in 1..255, invalid ones 0 in every band."""
-    if stretch.method == "passthrough":
-        out = np.clip(data, 1, 255).astype(np.uint8)
+    if data.dtype == np.uint16 and data.size > 1 << 18:  # a table of every uint16 value: same bytes, 5x faster
+        lut = _stretch_table(stretch, len(data))
+        out = np.empty(data.shape, np.uint8)
+        for k, band in enumerate(data):
+            np.take(lut[k], band, out=out[k])
     else:
-        low = np.array([b[0] for b in stretch.bands], dtype=np.float32)[:, None, None]
-        high = np.array([b[1] for b in stretch.bands], dtype=np.float32)[:, None, None]
-        scaled = 1.0 + (data.astype(np.float32) - low) * (254.0 / (high - low))
-        out = np.clip(np.rint(scaled), 1, 255).astype(np.uint8)
-    out[:, ~valid] = 0
+        out = _stretch_values(data, stretch)
+    out *= valid
     return out
+
+
+def _stretch_values(data: np.ndarray, stretch: Stretch) -> np.ndarray:
+    """The stretch arithmetic, validity aside."""
+    if stretch.method == "passthrough":
+        return np.clip(data, 1, 255).astype(np.uint8)
+    low = np.array([b[0] for b in stretch.bands], dtype=np.float32)[:, None, None]
+    high = np.array([b[1] for b in stretch.bands], dtype=np.float32)[:, None, None]
+    scaled = 1.0 + (data.astype(np.float32) - low) * (254.0 / (high - low))
+    return np.clip(np.rint(scaled), 1, 255).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=16)
+def _stretch_table(stretch: Stretch, bands: int) -> np.ndarray:
+    """(bands, 65536) uint8: the stretch of every uint16 value, by the same arithmetic as the direct path."""
+    values = np.broadcast_to(np.arange(1 << 16, dtype=np.uint16), (bands, 1, 1 << 16))
+    return np.ascontiguousarray(_stretch_values(values, stretch)[:, 0])
 
 
 def has_gdal_mask(src) -> bool:
@@ -118,16 +138,49 @@ def has_gdal_mask(src) -> bool:
     return MaskFlags.per_dataset in flags or MaskFlags.alpha in flags
 
 
-def read_overview(src, max_px: int) -> tuple[np.ndarray, np.ndarray]:
+def read_overview(src, max_px: int, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """A decimated read of every band of ``src`` (longer side <= max_px) and its validity mask."""
     h, w = overview_shape(src.height, src.width, max_px)
-    data = src.read(out_shape=(src.count, h, w))
+    if src.overviews(1) or has_gdal_mask(src) or (h, w) == (src.height, src.width):
+        data = src.read(out_shape=(src.count, h, w))  # from an overview level when the file has them: cheap
+    else:
+        data = _sampled_read(src, h, w, threads)
     valid = np.any(data != 0, axis=0)
     if has_gdal_mask(src):
         valid &= src.dataset_mask(out_shape=(h, w)) > 0
     elif src.nodata is not None:
         valid &= np.any(data != src.nodata, axis=0)
     return data, valid
+
+
+def _nearest_index(size: int, out: int) -> np.ndarray:
+    """The source rows (or columns) GDAL's nearest-neighbour decimation samples: floor((i + 0.5) * size / out)."""
+    return np.minimum(((np.arange(out) + 0.5) * (size / out) + 1e-10).astype(np.int64), size - 1)
+
+
+def _sampled_read(src, h: int, w: int, threads: int) -> np.ndarray:
+    """``src.read(out_shape=(count, h, w))`` of a file without overviews, the same pixels, on ``threads`` threads.
+
+    GDAL's own decimated read walks the blocks pixel by pixel on one thread (1.6 s for 5000^2 x 8
+    bands); reading each block row in full and picking the same rows and columns with numpy takes
+    0.7 s, and the block rows are read in parallel.
+    """
+    rows, cols = _nearest_index(src.height, h), _nearest_index(src.width, w)
+    step = max(src.block_shapes[0][0], 256)
+    bands = list(range(1, src.count + 1))
+    out = np.empty((src.count, h, w), dtype=src.dtypes[0])
+    strips = [np.flatnonzero((rows >= r0) & (rows < r0 + step)) for r0 in range(0, src.height, step)]
+
+    def read_strip(ds, picked: np.ndarray) -> None:
+        r0, r1 = int(rows[picked[0]]), int(rows[picked[-1]]) + 1
+        data = ds.read(bands, window=Window(0, r0, src.width, r1 - r0))
+        out[:, picked[0] : picked[-1] + 1] = data[:, rows[picked] - r0][:, :, cols]
+
+    with ExitStack() as stack:
+        handles = [src] + [stack.enter_context(rasterio.open(src.name)) for _ in range(max(1, threads) - 1)]
+        for _ in ordered_map(read_strip, [p for p in strips if len(p)], handles):
+            pass
+    return out
 
 
 def band_subset_path(path: str, bands: Sequence[int]) -> str:
@@ -183,25 +236,49 @@ def block_windows(width: int, height: int, block_px: int) -> Iterator[Window]:
             yield Window(col, row, min(block_px, width - col), min(block_px, height - row))
 
 
-def warped_blocks(src, grid: Grid, resampling: str, block_px: int) -> Iterator[tuple[Window, np.ndarray, np.ndarray]]:
-    """Re-project ``src`` onto ``grid`` through a WarpedVRT, yielding (window, bands, valid) block by block."""
+def warped_blocks(
+    src, grid: Grid, resampling: str, block_px: int, threads: int = 1, post: Callable | None = None
+) -> Iterator[tuple]:
+    """Re-project ``src`` onto ``grid`` through a WarpedVRT, yielding (window, bands, valid) block by block.
+
+    With ``threads`` > 1 the blocks are warped on that many threads, each with its own handle of
+    ``src`` and its own WarpedVRT (the pixels do not depend on which handle warps a block), and
+    yielded in order. ``post(bands, valid)``, when given, runs in the worker thread and its result
+    is yielded as (window, result) instead.
+    """
     nodata = None if has_gdal_mask(src) else (src.nodata if src.nodata is not None else 0)
-    with WarpedVRT(
-        src,
-        crs=CRS.from_epsg(grid.epsg),
-        transform=grid.transform,
-        width=grid.width,
-        height=grid.height,
-        resampling=Resampling[resampling],
-        src_nodata=nodata,
-        add_alpha=True,
-        warp_mem_limit=WARP_MEM_MB,
-        UNIFIED_SRC_NODATA="YES",  # nodata only where every band is nodata (all-zero pixels)
-    ) as vrt:
-        alpha = vrt.count
-        for window in block_windows(grid.width, grid.height, block_px):
-            data = vrt.read(window=window)
-            yield window, data[: alpha - 1], data[alpha - 1] >= ALPHA_VALID
+    options = {
+        "crs": CRS.from_epsg(grid.epsg),
+        "transform": grid.transform,
+        "width": grid.width,
+        "height": grid.height,
+        "resampling": Resampling[resampling],
+        "src_nodata": nodata,
+        "add_alpha": True,
+        "warp_mem_limit": WARP_MEM_MB,
+        "UNIFIED_SRC_NODATA": "YES",  # nodata only where every band is nodata (all-zero pixels)
+    }
+
+    def warp(vrt, window: Window) -> tuple:
+        data = vrt.read(window=window)
+        bands, valid = data[: vrt.count - 1], data[vrt.count - 1] >= ALPHA_VALID
+        return (window, bands, valid) if post is None else (window, post(bands, valid))
+
+    n = max(1, min(threads, -(-grid.width // block_px)))  # no more threads than blocks in a row
+    per_row = -(-grid.width // block_px)
+    with ExitStack() as stack:
+        sources = [src] + [stack.enter_context(rasterio.open(src.name)) for _ in range(n - 1)]
+        vrts = [stack.enter_context(WarpedVRT(s, **options)) for s in sources]
+        # Each thread warps one vertical band of the grid: the source blocks under a band are read
+        # by one handle (a block straddling two bands is decoded twice, not every block), and a
+        # row plus a block per thread in flight keeps every thread busy.
+        band = functools.partial(_column_band, width=grid.width, threads=n)
+        yield from ordered_map(warp, block_windows(grid.width, grid.height, block_px), vrts, per_row + n, band)
+
+
+def _column_band(window: Window, width: int, threads: int) -> int:
+    """Which of ``threads`` equal vertical bands of a ``width``-wide grid holds the window's left edge."""
+    return min(threads - 1, int(window.col_off) * threads // width)
 
 
 def _creation_options(compress: str) -> dict[str, str]:
@@ -215,12 +292,18 @@ def _creation_options(compress: str) -> dict[str, str]:
 
 
 def write_cog(
-    blocks: Iterator[tuple[Window, np.ndarray]], grid: Grid, out_path: str, compress: str, tags: dict[str, str]
+    blocks: Iterator[tuple[Window, np.ndarray]],
+    grid: Grid,
+    out_path: str,
+    compress: str,
+    tags: dict[str, str],
+    threads: int = 1,
 ) -> None:
     """Write 8-bit RGB blocks to a tiled temp GeoTIFF beside ``out_path``, then copy it as a COG with overviews.
 
     nodata is 0; with JPEG compression (lossy, so 0 cannot mark nodata) the validity travels as
-    an alpha band that the COG driver turns into an internal mask.
+    an alpha band that the COG driver turns into an internal mask. ``threads`` compress tiles and
+    compute overviews in parallel (the bytes do not depend on it).
     """
     raw = f"{out_path}.raw.tif"  # shares out_path's temp prefix, so Store.clean_partial removes leftovers
     jpeg = compress == "jpeg"
@@ -240,6 +323,7 @@ def write_cog(
         "zstd_level": 1,  # a scratch file: fast beats small
         "bigtiff": "IF_SAFER",
         "interleave": "pixel",
+        "num_threads": str(max(1, threads)),
     }
     try:
         with rasterio.open(raw, "w", **profile) as dst:
@@ -255,7 +339,11 @@ def write_cog(
                 if jpeg:
                     rgb = np.concatenate([rgb, ((rgb[0] > 0) * 255).astype(np.uint8)[None]])
                 dst.write(rgb, window=window)
-        rasterio.shutil.copy(raw, out_path, driver="COG", **_creation_options(compress))
+        opts = {**_creation_options(compress), "NUM_THREADS": str(max(1, threads))}
+        # The COG driver keeps the overviews in a zstd temp file until it copies them (at level 9 by
+        # default): level 1 saves ~15 % of the copy's CPU and the COG's bytes do not change.
+        with rasterio.Env(ZSTD_LEVEL_OVERVIEW="1"):
+            rasterio.shutil.copy(raw, out_path, driver="COG", **opts)
     finally:
         Path(raw).unlink(missing_ok=True)
 

@@ -51,6 +51,7 @@ from pipeline.raster import (
 )
 from pipeline.schemas import TILES, table_from_rows, write_table
 from pipeline.store import Store, gdal_path, rasterio_env, read_bytes, redact
+from pipeline.threads import cpu_threads
 
 log = logging.getLogger(__name__)
 
@@ -145,18 +146,18 @@ def convert(job: TileJob, out_path: str, tiles: TilesParams, s3: S3Params) -> No
             )
         unique = list(dict.fromkeys(bands))  # warp each source band once, even for [1, 1, 1]
         pick = [unique.index(b) for b in bands]
+        threads = cpu_threads()  # every core: warp, overview read and COG compression run on threads
         with rasterio.open(band_subset_path(gdal_path(job.uri), unique)) as src:
-            data, valid = read_overview(src, tiles.overview_max_px)
+            data, valid = read_overview(src, tiles.overview_max_px, threads)
             uint8 = all(dt == "uint8" for dt in src.dtypes)
             stretch = PASSTHROUGH if uint8 else compute_stretch(data[pick], valid, tiles.percentiles)
             del data, valid
             grid = target_grid(src, target_epsg(src, job.source.epsg), tiles.gsd_m)
-            blocks = (
-                (window, apply_stretch(block[pick], ok, stretch))
-                for window, block, ok in warped_blocks(src, grid, tiles.resampling, tiles.block_px)
+            blocks = warped_blocks(
+                src, grid, tiles.resampling, tiles.block_px, threads, lambda b, ok: apply_stretch(b[pick], ok, stretch)
             )
             tags = {STRETCH_TAG: stretch.to_json(), "CROSSVIEW_SOURCE": job.uri}
-            write_cog(blocks, grid, out_path, tiles.compress, tags)
+            write_cog(blocks, grid, out_path, tiles.compress, tags, threads)
 
 
 def describe(path: str, max_px: int) -> dict:
