@@ -113,6 +113,12 @@ def plain(tile: Path, pos: np.ndarray, outdir: Path, threads: int) -> float:
 
 def child(mode: str, work: Path, chips: int, workers: int) -> None:
     """One timed run in a fresh process (GDAL's cache settings and memory do not leak between runs)."""
+    import dask  # noqa: F401 - imports happen before the clocks start, for both sides
+    import rasterio  # noqa: F401
+    from PIL import Image  # noqa: F401
+
+    from pipeline import chip  # noqa: F401
+
     pos = chip_positions(chips, 225.0)
     tile = work / "tile15k.tif"
     cpu = time.process_time()

@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import os
-import resource
 import shutil
 import statistics
 import subprocess
