@@ -2,9 +2,10 @@
 
 Sources come from the demo catalog (``<demo>/rasters.yaml``), ``custom.rasters`` or the SpaceNet
 AOI catalog; a catalog ``uri`` is one GeoTIFF (local or ``s3://``) or a prefix/folder of them.
-Each tile is converted in one windowed pass (pipeline.raster): RGB bands by ``band_order``,
-percentile stretch to 1..255 (uint8 sources passed through), re-projection to UTM at
-``tiles.gsd_m`` through a WarpedVRT, COG written atomically at ``tiles/<tile_id>.tif``.
+Each tile is converted in one windowed pass (pipeline.raster) on every core: RGB bands by
+``band_order``, percentile stretch to 1..255 (uint8 sources passed through), re-projection to UTM
+at ``tiles.gsd_m`` through a WarpedVRT per thread, COG written atomically at ``tiles/<tile_id>.tif``.
+The bytes do not depend on the number of threads.
 
 Resume: a sidecar ``tiles/<tile_id>.json`` written after the COG holds a key (hash of source URI +
 size + ETag/mtime, band order, EPSG, tiles params and the code version); a COG whose sidecar has the
