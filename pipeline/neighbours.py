@@ -19,6 +19,8 @@ _HASH_BITS = 24  # low bits of the sort key that hash the exact position inside 
 
 def _cells(x: np.ndarray, y: np.ndarray, d: float) -> tuple[np.ndarray, int]:
     """Integer cell key of each point (column-major, one spare row each side) and the number of rows."""
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise ValueError("positions must be finite: NaN or infinite x/y given")
     extent = max(float(x.max() - x.min()), float(y.max() - y.min()))
     cell = max(d * _CELL_SLACK, extent / 2**30)  # cells of side >= d stay exact; at most 2^30 a side: no overflow
     cx = ((x - x.min()) / cell).astype(np.int64)

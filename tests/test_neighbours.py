@@ -102,3 +102,10 @@ def test_greedy_rounds_equals_the_one_by_one_loop():
     assert set(np.flatnonzero(kept).tolist()) == loop_kept
     for v in np.flatnonzero(~kept):  # dropped by a kept neighbour ranked before it
         assert cause[v] in adj[v] & loop_kept and rank[cause[v]] < rank[v]
+
+
+def test_non_finite_positions_are_a_clear_error():
+    with pytest.raises(ValueError, match="finite"):
+        neighbours.close_pairs(np.array([0.0, np.nan]), np.array([0.0, 1.0]), 10.0)
+    with pytest.raises(ValueError, match="finite"):
+        pair.density_limit(pa.array(["a", "b"]), np.array([0.0, np.inf]), np.array([0.0, 1.0]), 10.0, 0)
