@@ -33,6 +33,7 @@ from pipeline.raster import (
     target_grid,
     warped_blocks,
 )
+from pipeline.blocks import column_bands
 from pipeline.threads import ordered_map
 from tests.test_raster import write_multispectral
 
@@ -165,3 +166,15 @@ def test_ordered_map_raises_the_first_failure_and_stops():
     with pytest.raises(ValueError, match="block 3"):
         list(ordered_map(work, range(1000), ["a", "b"], ahead=4))
     assert len(seen) < 20
+
+
+@pytest.mark.parametrize(("width", "height"), [(5003, 5004), (20007, 20009), (4024, 3805), (1024, 700)])
+def test_warp_bands_give_each_thread_about_half_the_pixels(width, height):
+    windows = list(block_windows(width, height, 1024))
+    owner = column_bands(windows, width, 2)
+    share = [0, 0]
+    for w in windows:
+        share[owner[w.row_off, w.col_off]] += w.width * w.height
+    assert set(owner) == {(w.row_off, w.col_off) for w in windows}
+    if len(windows) > 2:
+        assert abs(share[0] - share[1]) / sum(share) < 0.06
