@@ -1,21 +1,30 @@
-"""Benchmark: the chip stage (windowed reads, one tile open per 256 chips) vs one gdal_translate per chip.
+"""Benchmark: the chip stage vs a plain two-thread rasterio + Pillow loop, and vs one gdal_translate per chip.
 
-Makes (once, in a child process so it does not count towards our memory) a 15,000 x 15,000 px
-8-bit RGB deflate COG at 0.3 m in UTM 31N, then cuts 2,000 chips of 225 m (750 x 750 px, JPEG q90)
-through ``pipeline.chip.chip_pairs`` and times it, and cuts a subset of the same chips the WITW way,
-one ``gdal_translate -projwin ... -of JPEG`` process per chip (sequential, as WITW's loop was; and
-two at a time, to match our two workers). Prints chips/s of each, the ratios, and our peak RSS.
+Makes (once, in a child process) a 15,000 x 15,000 px 8-bit RGB deflate COG at 0.3 m in UTM 31N,
+then, ``--repeat`` times and alternating, each in a fresh process over the same COG and the same
+2,000 chip positions (225 m: 750 x 750 px, JPEG q90):
 
-Usage: ``python bench/bench_chip.py [--chips 2000] [--baseline 100] [--workdir /tmp/crossview-bench]``
+- ours: ``pipeline.chip.chip_pairs`` with 2 workers (chips, sidecars, the chips table);
+- plain: a 2-thread pool, one rasterio handle per thread, a window read per chip, and Pillow
+  writing the JPEG (no sidecar, no statistics: less work than ours).
+
+Then cuts a subset of the chips the WITW way, one ``gdal_translate -projwin ... -of JPEG`` process
+per chip (sequential, as WITW's loop was, and two at a time). Prints chips/s and CPU per chip of
+each, our peak RSS, and last the ratio ours / plain loop (target >= 1.8x).
+
+Usage: ``python bench/bench_chip.py [--chips 2000] [--repeat 3] [--baseline 100] [--workdir /tmp/crossview-bench]``
 (``apt-get install -y gdal-bin`` provides gdal_translate.)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -75,6 +84,56 @@ def ours(tile: Path, pos: np.ndarray, store: Path, workers: int) -> tuple[float,
     return time.perf_counter() - t, rows
 
 
+def plain(tile: Path, pos: np.ndarray, outdir: Path, threads: int) -> float:
+    """The plain way: a thread pool, one rasterio handle per thread, window read, Pillow JPEG q90 to a file."""
+    import threading
+
+    import rasterio
+    from PIL import Image
+    from rasterio.windows import Window
+
+    from pipeline import chipgeom
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    local = threading.local()
+
+    def cut(k: int) -> None:
+        if not hasattr(local, "src"):
+            local.src = rasterio.open(tile)
+        src = local.src
+        w = chipgeom.pixel_window(chipgeom.ChipSquare(pos[k][0], pos[k][1], 225.0, EPSG), src.transform, GSD)
+        data = src.read((1, 2, 3), window=Window(w.col_off, w.row_off, w.width, w.height))
+        Image.fromarray(np.moveaxis(data, 0, -1)).save(outdir / f"{k:05d}.jpg", quality=90)
+
+    t = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(cut, range(len(pos))))
+    return time.perf_counter() - t
+
+
+def child(mode: str, work: Path, chips: int, workers: int) -> None:
+    """One timed run in a fresh process (GDAL's cache settings and memory do not leak between runs)."""
+    import dask  # noqa: F401 - imports happen before the clocks start, for both sides
+    import rasterio  # noqa: F401
+    from PIL import Image  # noqa: F401
+
+    from pipeline import chip  # noqa: F401
+
+    pos = chip_positions(chips, 225.0)
+    tile = work / "tile15k.tif"
+    cpu = time.process_time()
+    if mode == "ours":
+        shutil.rmtree(work / "store", ignore_errors=True)
+        seconds, rows = ours(tile, pos, work / "store", workers)
+        ok = sum(r["status"] == "ok" for r in rows)
+        assert ok == chips and {r["width"] for r in rows} == {750}, "some chips failed"
+    else:
+        shutil.rmtree(work / "plain", ignore_errors=True)
+        seconds = plain(tile, pos, work / "plain", workers)
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "cpu": time.process_time() - cpu, "rss_mb": rss_mb}))
+
+
 def gdal_translate_one(tile: Path, xy: np.ndarray, out: Path, edge_m: float = 225.0) -> None:
     """WITW's way: one gdal_translate -projwin process per chip."""
     h = edge_m / 2
@@ -91,47 +150,64 @@ def baseline(tile: Path, pos: np.ndarray, outdir: Path, parallel: int) -> float:
     return time.perf_counter() - t
 
 
+def load() -> str:
+    """The 1/5/15-minute load averages (the machine is shared: timings depend on them)."""
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--chips", type=int, default=2000)
     ap.add_argument("--baseline", type=int, default=100, help="chips cut the gdal_translate way (rate is scaled)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3, help="runs of ours and of the plain loop, alternating (median)")
     ap.add_argument("--workdir", default="/tmp/crossview-bench")
     ap.add_argument("--make", help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["ours", "plain"], help=argparse.SUPPRESS)
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if a.make:
         make_cog(Path(a.make))
         return
     work = Path(a.workdir)
+    if a.child:
+        child(a.child, work, a.chips, a.workers)
+        return
     work.mkdir(parents=True, exist_ok=True)
     tile = work / "tile15k.tif"
     if not tile.exists():
         t = time.perf_counter()
         subprocess.run([sys.executable, __file__, "--make", str(tile)], check=True)
         log.info("made %s (%d x %d px, %.0f MB) in %.0f s", tile, SIZE, SIZE, tile.stat().st_size / 1e6, time.perf_counter() - t)
-    pos = chip_positions(a.chips, 225.0)
-    shutil.rmtree(work / "store", ignore_errors=True)
-    t_ours, rows = ours(tile, pos, work / "store", a.workers)
-    ok = sum(r["status"] == "ok" for r in rows)
-    assert ok == a.chips and {r["width"] for r in rows} == {750}, "some chips failed"
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    rate = a.chips / t_ours
-    log.info("ours: %d chips (750 x 750 JPEG) in %.1f s = %.1f chips/s with %d workers; peak RSS %.0f MB (target < 1024 MB)",
-             a.chips, t_ours, rate, a.workers, rss_mb)
+    runs: dict[str, list[dict]] = {"ours": [], "plain": []}
+    for k in range(max(1, a.repeat)):
+        for mode in ("ours", "plain"):
+            cmd = [sys.executable, __file__, "--child", mode, "--workdir", str(work), "--chips", str(a.chips),
+                   "--workers", str(a.workers)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            run = json.loads(out.strip().splitlines()[-1])
+            runs[mode].append(run)
+            log.info("run %d, %-5s: %d chips in %.1f s = %.1f chips/s (%.1f s CPU, peak RSS %.0f MB); load %s",
+                     k + 1, mode, a.chips, run["seconds"], a.chips / run["seconds"], run["cpu"], run["rss_mb"], load())
+    rate = {m: a.chips / statistics.median(r["seconds"] for r in rs) for m, rs in runs.items()}
+    cpu = {m: statistics.median(r["cpu"] for r in rs) for m, rs in runs.items()}
+    rss_mb = max(r["rss_mb"] for r in runs["ours"])
+    log.info("ours: %.1f chips/s with %d workers, %.2f ms CPU per chip; peak RSS %.0f MB (target < 1024 MB)",
+             rate["ours"], a.workers, 1000 * cpu["ours"] / a.chips, rss_mb)
+    log.info("plain %d-thread rasterio + Pillow loop: %.1f chips/s, %.2f ms CPU per chip",
+             a.workers, rate["plain"], 1000 * cpu["plain"] / a.chips)
+    sub = chip_positions(a.chips, 225.0)[: a.baseline]
     if shutil.which("gdal_translate") is None:
-        log.error("gdal_translate not found: apt-get install -y gdal-bin")
-        return
-    sub = pos[: a.baseline]
-    if not len(sub):
-        return
-    for parallel in (1, a.workers):
-        shutil.rmtree(work / "gdal", ignore_errors=True)
-        t = baseline(tile, sub, work / "gdal", parallel)
-        base_rate = len(sub) / t
-        log.info("gdal_translate per chip, %d at a time: %d chips in %.1f s = %.2f chips/s (2000 chips would take %.0f s, "
-                 "scaled from the subset); ours is %.1fx faster (target >= 10x)", parallel, len(sub), t, base_rate,
-                 a.chips / base_rate, rate / base_rate)
+        log.warning("gdal_translate not found: the one-process-per-chip baseline is skipped (apt-get install gdal-bin)")
+    elif len(sub):
+        for parallel in (1, a.workers):
+            shutil.rmtree(work / "gdal", ignore_errors=True)
+            t = baseline(tile, sub, work / "gdal", parallel)
+            base_rate = len(sub) / t
+            log.info("gdal_translate per chip, %d at a time: %d chips in %.1f s = %.2f chips/s; ours is %.1fx faster "
+                     "(target >= 10x)", parallel, len(sub), t, base_rate, rate["ours"] / base_rate)
+    log.info("ours / plain %d-thread loop: %.2fx chips/s (target >= 1.8x), %.2fx less CPU per chip; load %s",
+             a.workers, rate["ours"] / rate["plain"], cpu["plain"] / cpu["ours"], load())
 
 
 if __name__ == "__main__":

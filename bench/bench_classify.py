@@ -185,8 +185,8 @@ def main() -> None:
     import yaml
 
     from pipeline.config import parse_params
-    from pipeline.scene import onnx
     from pipeline.device import import_torch, resolve_device
+    from pipeline.scene import onnx
     from pipeline.scene.spec import model_spec
 
     torch = import_torch()  # first import through the stage's own path (OpenMP settings)

@@ -130,9 +130,9 @@ def main() -> None:
 
     import torch
 
+    from pipeline.config import TrainParams
     from pipeline.train.data import view_spec
     from pipeline.train.models import build_model
-    from pipeline.config import TrainParams
 
     torch.set_num_threads(args.threads)
     params = TrainParams(model=args.model)

@@ -24,11 +24,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import rasterio
 from PIL import Image
+from rasterio.enums import MaskFlags
 from rasterio.env import set_gdal_config
+from rasterio.windows import Window
 
 from pipeline import chipgeom
 from pipeline.config import ChipParams, Params, S3Params
-from pipeline.errors import RasterError, describe
+from pipeline.errors import describe
 from pipeline.executor import local_paths, run
 from pipeline.raster import read_chip
 from pipeline.schemas import (
@@ -39,12 +41,14 @@ from pipeline.schemas import (
     table_from_rows,
     write_table,
 )
-from pipeline.store import Store, add_store_out, make_store_out, gdal_options, gdal_path, read_bytes
+from pipeline.store import Store, add_store_out, gdal_options, gdal_path, make_store_out, read_bytes
 
 log = logging.getLogger(__name__)
 
 POLICY_VERSION = "chipgeom-v1"  # bump when the chip arithmetic changes, so chips land in a new folder
-CHUNK = 256  # chips per task: one tile open serves this many chips
+CHUNK = 256  # chips per task at least: one tile open serves this many chips
+MAX_CHUNK = 4096  # ... and at most (a task's rows stay small, progress stays visible)
+REGION_PX = 2048  # neighbouring chips within a square this big are cut from one read (3 x 4 MB)
 # Bounds GDAL's block cache (its default is 5 % of RAM), in bytes as rasterio's set_gdal_config takes it.
 GDAL_CACHE_BYTES = 256 * 1024 * 1024
 _EXT = {"jpeg": "jpg", "png": "png"}
@@ -78,19 +82,31 @@ def chip_stats(chip: np.ndarray, valid: np.ndarray) -> tuple[float, float]:
     Nodata pixels are 0 in every band (see :func:`pipeline.raster.read_chip`), so they add nothing to the sums:
     exact integer sums over the whole chip give the valid pixels' moments without copying them.
     """
-    n_valid = int(np.count_nonzero(valid))
-    nodata = (valid.size - n_valid) / valid.size
+    hist = [n for band in chip for n in Image.fromarray(np.ascontiguousarray(band)).histogram()]
+    return _moments(hist, len(chip), int(np.count_nonzero(valid)), valid.size)
+
+
+def _moments(hist: list[int], bands: int, n_valid: int, size: int) -> tuple[float, float]:
+    """:func:`chip_stats` from the bands' 256-bin histograms (Pillow's, in C: exact, and half the
+    time of numpy's widening sums)."""
+    nodata = (size - n_valid) / size
     if not n_valid:
         return nodata, 0.0
-    s1 = int(chip.sum(dtype=np.uint64))
-    s2 = int(np.square(chip, dtype=np.uint16).sum(dtype=np.uint64))
-    n = n_valid * chip.shape[0]
+    counts = np.asarray(hist, np.int64).reshape(-1, 256).sum(axis=0)
+    s1, s2 = int(counts @ _LEVELS), int(counts @ (_LEVELS * _LEVELS))
+    n = n_valid * bands
     return nodata, float(np.sqrt(max(s2 * n - s1 * s1, 0) / (n * n)))
+
+
+_LEVELS = np.arange(256, dtype=np.int64)
 
 
 def encode(chip: np.ndarray, params: ChipParams) -> bytes:
     """The chip as JPEG (``jpeg_quality``) or PNG bytes."""
-    img = Image.merge("RGB", [Image.fromarray(band) for band in chip])
+    return _encode_image(Image.merge("RGB", [Image.fromarray(band) for band in chip]), params)
+
+
+def _encode_image(img: Image.Image, params: ChipParams) -> bytes:
     buf = io.BytesIO()
     if params.format == "jpeg":
         img.save(buf, "JPEG", quality=params.jpeg_quality)
@@ -118,18 +134,98 @@ def _finished(store: Store, key: str, s3: S3Params) -> dict | None:
 
 def _cut_one(src, task: ChipTask, k: int, store: Store, chip: ChipParams) -> dict:
     """Cut, encode and write one chip, then its sidecar; return its row."""
-    pid = task.ids[k]
     square = chipgeom.ChipSquare(task.x_m[k], task.y_m[k], chip.edge_m, task.epsg)
     window = chipgeom.pixel_window(square, src.transform, task.gsd_m)
     data, valid = read_chip(src, window)
     nodata, std = chip_stats(data, valid)
+    return _write(task, k, window, encode(data, chip), nodata, std, store, chip)
+
+
+def _write(
+    task: ChipTask, k: int, window, payload: bytes, nodata: float, std: float, store: Store, chip: ChipParams
+) -> dict:
+    """Write one encoded chip, then its sidecar (the mark that it is finished); return its row."""
+    pid = task.ids[k]
     key = f"{task.folder}/{pid}.{_EXT[chip.format]}"
-    with store.writer(key) as tmp:
-        Path(tmp).write_bytes(encode(data, chip))
+    store.put_bytes(key, payload)
     row = {"id": pid, "tile_id": task.tile_id, "uri": store.uri(key), "width": window.width,
            "height": window.height, "nodata_fraction": nodata, "std": std, "status": "ok", "error": None}
     store.put_json(f"{task.folder}/{pid}.json", row)
     return row
+
+
+def _cut_many(src, task: ChipTask, todo: list[int], store: Store, chip: ChipParams) -> dict[int, dict]:
+    """Rows of the ``todo`` chips: neighbours cut from one read of the window around them, the rest one by one.
+
+    A chip read on its own costs a GDAL window read (block cache lookups, a copy per band); chips
+    of one task are neighbours (Z-order), so one read of their union serves a group of them, each
+    cropped from it with Pillow (per band, then merged: a third cheaper than cropping a merged
+    region). Where time goes per chip on the benchmark (CPU, ms): JPEG encoding 1.7, block decoding
+    1.2, histogram 0.55, crop and merge 0.45, two atomic file writes 0.3 and up (the disk is shared).
+    Tiles with a mask band, and chips reaching past the tile's edge, take :func:`read_chip`'s path,
+    which handles both.
+    """
+    windows = {}
+    for k in todo:
+        square = chipgeom.ChipSquare(task.x_m[k], task.y_m[k], chip.edge_m, task.epsg)
+        windows[k] = chipgeom.pixel_window(square, src.transform, task.gsd_m)
+    flags = src.mask_flag_enums[0]
+    plain = src.count >= 3 and src.dtypes[0] == "uint8" and not ({MaskFlags.per_dataset, MaskFlags.alpha} & set(flags))
+    inside = [k for k in todo if plain and windows[k].clip(src.width, src.height) == windows[k]]
+    rows: dict[int, dict] = {}
+    for group in _groups(inside, windows, REGION_PX):
+        try:
+            region, r0, c0 = _read_union(src, [windows[k] for k in group])
+        except Exception:  # noqa: BLE001 - the chips go one by one below, each recording its own error
+            continue
+        bands = [Image.fromarray(band) for band in region]  # views of the region, no copy
+        for k in group:
+            w = windows[k]
+            box = (w.col_off - c0, w.row_off - r0, w.col_off - c0 + w.width, w.row_off - r0 + w.height)
+            try:  # nodata is 0 in every band, as read_chip has it
+                img = Image.merge("RGB", [band.crop(box) for band in bands])  # cheaper than cropping a merged region
+                hist = img.histogram()
+                n_valid = w.width * w.height  # no 0 in the first band: every pixel is valid, no mask needed
+                if hist[0]:
+                    rs, cs = slice(box[1], box[3]), slice(box[0], box[2])
+                    n_valid = int(np.count_nonzero(region[0, rs, cs] | region[1, rs, cs] | region[2, rs, cs]))
+                nodata, std = _moments(hist, 3, n_valid, w.width * w.height)
+                rows[k] = _write(task, k, w, _encode_image(img, chip), nodata, std, store, chip)
+            except Exception as err:  # noqa: BLE001 - recorded as data; the rest go on
+                rows[k] = _error(task.ids[k], task.tile_id, describe(err))
+    for k in todo:
+        if k not in rows:
+            try:
+                rows[k] = _cut_one(src, task, k, store, chip)
+            except Exception as err:  # noqa: BLE001 - recorded as data; the rest go on
+                rows[k] = _error(task.ids[k], task.tile_id, describe(err))
+    return rows
+
+
+def _groups(ks: list[int], windows: dict, limit: int) -> list[list[int]]:
+    """Consecutive chips grouped while the window around them stays within ``limit`` px a side."""
+    groups: list[list[int]] = []
+    box = (0, 0, 0, 0)
+    for k in ks:
+        w = windows[k]
+        if groups:
+            r0, c0 = min(box[0], w.row_off), min(box[1], w.col_off)
+            r1, c1 = max(box[2], w.row_off + w.height), max(box[3], w.col_off + w.width)
+            if r1 - r0 <= limit and c1 - c0 <= limit:
+                groups[-1].append(k)
+                box = (r0, c0, r1, c1)
+                continue
+        groups.append([k])
+        box = (w.row_off, w.col_off, w.row_off + w.height, w.col_off + w.width)
+    return groups
+
+
+def _read_union(src, windows: list) -> tuple[np.ndarray, int, int]:
+    """Bands 1-3 of the window around ``windows`` and its top-left (row, col)."""
+    r0, c0 = min(w.row_off for w in windows), min(w.col_off for w in windows)
+    r1 = max(w.row_off + w.height for w in windows)
+    c1 = max(w.col_off + w.width for w in windows)
+    return src.read((1, 2, 3), window=Window(c0, r0, c1 - c0, r1 - r0)), r0, c0
 
 
 def process_task(task: ChipTask, store_root: str, s3: S3Params, chip: ChipParams) -> list[dict]:
@@ -149,11 +245,7 @@ def process_task(task: ChipTask, store_root: str, s3: S3Params, chip: ChipParams
             set_gdal_config("GDAL_CACHEMAX", GDAL_CACHE_BYTES)
             env = gdal_options(s3, anonymous=False if in_store else None)
             with rasterio.Env(**env), rasterio.open(gdal_path(task.tile_uri)) as src:
-                for k in todo:
-                    try:
-                        rows[k] = _cut_one(src, task, k, store, chip)
-                    except Exception as err:  # noqa: BLE001 - recorded as data; the rest go on
-                        rows[k] = _error(task.ids[k], task.tile_id, describe(err))
+                rows.update(_cut_many(src, task, todo, store, chip))
         except Exception as err:  # noqa: BLE001 - an unreadable tile fails its chips, not the stage
             msg = f"cannot read tile {task.tile_id} ({task.tile_uri}): {describe(err)}"
             for k in todo:
@@ -172,8 +264,15 @@ def z_order(x_m: np.ndarray, y_m: np.ndarray, cell_m: float) -> np.ndarray:
     return key
 
 
-def plan_tasks(pairs: pa.Table, tiles: pa.Table, chip: ChipParams, chunk: int = CHUNK) -> tuple[list[ChipTask], list[dict]]:
-    """Group paired rows by tile into spatially ordered chunks; rows whose tile is unusable become errors."""
+def plan_tasks(
+    pairs: pa.Table, tiles: pa.Table, chip: ChipParams, chunk: int = CHUNK, workers: int = 1
+) -> tuple[list[ChipTask], list[dict]]:
+    """Group paired rows by tile into spatially ordered chunks; rows whose tile is unusable become errors.
+
+    A tile's chips are split into about ``workers`` equal chunks of at least ``chunk`` (at most
+    MAX_CHUNK) chips: each chunk opens the tile once and decodes the blocks under it, so fewer,
+    larger chunks decode fewer blocks twice (1.25 instead of 1.7 ms per chip on the benchmark).
+    """
     pairs = pairs.filter(pc.equal(pairs["status"], "paired")).select(["id", "tile_id", "x_m", "y_m"])
     tile_rows = {t["tile_id"]: t for t in tiles.to_pylist() if t["status"] == "ok" and t["uri"]}
     usable = pc.is_in(pairs["tile_id"], value_set=pa.array(sorted(tile_rows), pa.string()))
@@ -191,7 +290,8 @@ def plan_tasks(pairs: pa.Table, tiles: pa.Table, chip: ChipParams, chunk: int = 
         mine = order[bounds[t_code] : bounds[t_code + 1]]
         t = tile_rows[str(tile_id)]
         folder = chip_folder(chip, t["sha256"] or t["uri"])
-        for part in (mine[i : i + chunk] for i in range(0, len(mine), chunk)):
+        size = min(MAX_CHUNK, max(chunk, -(-len(mine) // max(1, workers))))
+        for part in np.array_split(mine, -(-len(mine) // size)) if len(mine) else []:
             tasks.append(ChipTask(str(tile_id), t["uri"], t["gsd_m"], t["epsg"], folder, tuple(ids[k] for k in part),
                                   tuple(float(v) for v in x[part]), tuple(float(v) for v in y[part])))
     return tasks, errors
@@ -199,7 +299,7 @@ def plan_tasks(pairs: pa.Table, tiles: pa.Table, chip: ChipParams, chunk: int = 
 
 def chip_pairs(pairs: pa.Table, tiles: pa.Table, params: Params) -> pa.Table:
     """Cut (or reuse) every paired row's chip; one CHIPS row per paired photo, sorted by id."""
-    tasks, errors = plan_tasks(pairs, tiles, params.chip)
+    tasks, errors = plan_tasks(pairs, tiles, params.chip, workers=params.workers)
     fn = functools.partial(process_task, store_root=params.store, s3=params.s3, chip=params.chip)
     parts = [table_from_rows(errors, CHIPS)]  # rows become Arrow as they come: memory stays small per chip
     reach = local_paths([params.store, *(t.tile_uri for t in tasks)])

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import shapely
 from scipy.spatial import cKDTree
 
-from pipeline import chipgeom
+from pipeline import chipgeom, neighbours
 from pipeline.config import Params, SplitParams
 from pipeline.errors import SchemaError
 from pipeline.geo import transformer
@@ -79,10 +79,18 @@ def hash_ids(ids: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
     data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
     starts, lengths = offsets[:-1], np.diff(offsets)
     h = np.full(len(arr), np.uint64(0xCBF29CE484222325) ^ _mix(np.array([seed], dtype=np.int64).astype(np.uint64))[0])
+    prime = np.uint64(0x100000001B3)
     with np.errstate(over="ignore"):
+        if len(arr) and (lengths == lengths[0]).all():  # ids of one length (Flickr's): bytes as a matrix, no masks
+            width = int(lengths[0])
+            matrix = data[offsets[0] : offsets[0] + len(arr) * width].reshape(len(arr), width)
+            for k in range(width):
+                h ^= matrix[:, k]
+                h *= prime
+            return _mix(h)
         for k in range(int(lengths.max(initial=0))):
             live = lengths > k
-            h[live] = (h[live] ^ data[starts[live] + k].astype(np.uint64)) * np.uint64(0x100000001B3)
+            h[live] = (h[live] ^ data[starts[live] + k].astype(np.uint64)) * prime
     return _mix(h)
 
 
@@ -96,7 +104,11 @@ def unit_hash(seed: int, *keys: np.ndarray) -> np.ndarray:
 
 def seeded_order(ids: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
     """A reproducible random permutation of the rows (by seeded id hash, ties by id), independent of row order."""
-    t = pa.table({"k": hash_ids(ids, seed), "id": ids})
+    keys = hash_ids(ids, seed)
+    order = np.argsort(keys)
+    if not (keys[order][1:] == keys[order][:-1]).any():  # no tie to break by id (the usual case)
+        return order
+    t = pa.table({"k": keys, "id": ids})
     return pc.sort_indices(t, sort_keys=[("k", "ascending"), ("id", "ascending")]).to_numpy()
 
 
@@ -184,30 +196,6 @@ def match_tiles(lon: np.ndarray, lat: np.ndarray, tiles: TileSet, edge_m: float)
 # --- density limit ---------------------------------------------------------------------------
 
 
-def _greedy_rounds(rank: np.ndarray, i: np.ndarray, j: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sequential greedy in rank order, computed in parallel rounds (lexicographically-first independent set)."""
-    n = len(rank)
-    state = np.zeros(n, np.int8)  # 0 undecided, 1 kept, 2 dropped
-    cause, cause_d = np.full(n, -1), np.full(n, np.nan)
-    swap = rank[i] > rank[j]
-    lo, hi = np.where(swap, j, i), np.where(swap, i, j)
-    while True:
-        has_lower = np.zeros(n, bool)
-        has_lower[hi] = True
-        newly = (state == 0) & ~has_lower
-        state[newly] = 1
-        hit = newly[lo]  # hi is undecided (edges keep only undecided ends), so it is dropped
-        if hit.any():
-            h, l, dd = hi[hit], lo[hit], d[hit]
-            o = np.lexsort((rank[l], h))
-            first = o[np.unique(h[o], return_index=True)[1]]  # lowest-ranked kept neighbour
-            state[h[first]], cause[h[first]], cause_d[h[first]] = 2, l[first], dd[first]
-        live = (state[lo] == 0) & (state[hi] == 0)
-        lo, hi, d = lo[live], hi[live], d[live]
-        if not (state == 0).any():
-            return state == 1, cause, cause_d
-
-
 def density_limit(ids: pa.Array, x: np.ndarray, y: np.ndarray, density_m: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """WITW's limit_density with a seeded order: keep a photo unless an earlier kept one is < density_m away.
 
@@ -216,28 +204,21 @@ def density_limit(ids: pa.Array, x: np.ndarray, y: np.ndarray, density_m: float,
     n = len(x)
     if n == 0 or density_m <= 0:
         return np.ones(n, bool), np.full(n, -1), np.full(n, np.nan)
-    order = seeded_order(ids, seed)
-    rank = np.empty(n, np.int64)
-    rank[order] = np.arange(n)
+    order = seeded_order(ids, seed)  # position in this order = rank
+    xs, ys = np.asarray(x, np.float64)[order], np.asarray(y, np.float64)[order]
     # Photos at identical positions stand or fall with the earliest of them: solve on distinct positions.
-    o = np.lexsort((rank, y, x))
-    new = np.r_[True, (np.diff(x[o]) != 0) | (np.diff(y[o]) != 0)]
-    group = np.cumsum(new) - 1
-    rep = o[new]  # earliest photo at each distinct position
-    grp = np.empty(n, np.int64)
-    grp[o] = group
-    pts = np.c_[x[rep], y[rep]]
-    pairs = cKDTree(pts).query_pairs(density_m, output_type="ndarray")
-    dist = np.hypot(*(pts[pairs[:, 0]] - pts[pairs[:, 1]]).T)
-    close = dist < density_m
-    keep_u, cause_u, d_u = _greedy_rounds(rank[rep], pairs[close, 0], pairs[close, 1], dist[close])
-    is_rep = np.zeros(n, bool)
-    is_rep[rep] = True
-    kept = is_rep & keep_u[grp]
-    neighbour = np.where(keep_u[grp], rep[grp], np.where(cause_u[grp] >= 0, rep[cause_u[grp]], -1))
-    distance = np.where(keep_u[grp], 0.0, d_u[grp])
-    neighbour[kept] = -1
-    distance[kept] = np.nan
+    first, group = neighbours.distinct(xs, ys, density_m)
+    i, j, dist = neighbours.close_pairs(xs[first], ys[first], density_m)
+    keep_u, cause_u, d_u = neighbours.greedy_rounds(first, i, j, dist)
+    rep = first[group]  # rank of the earliest photo at each photo's position
+    kept_r = (rep == np.arange(n)) & keep_u[group]
+    cause_r = np.where(cause_u[group] >= 0, first[np.maximum(cause_u[group], 0)], -1)
+    neighbour_r = np.where(keep_u[group], rep, cause_r)
+    distance_r = np.where(keep_u[group], 0.0, d_u[group])
+    neighbour_r[kept_r], distance_r[kept_r] = -1, np.nan
+    kept, neighbour, distance = np.empty(n, bool), np.empty(n, np.int64), np.empty(n)
+    kept[order], distance[order] = kept_r, distance_r
+    neighbour[order] = np.where(neighbour_r >= 0, order[np.maximum(neighbour_r, 0)], -1)
     return kept, neighbour, distance
 
 

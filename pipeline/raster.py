@@ -14,9 +14,11 @@ the raster size; GDAL's block cache is bounded by :func:`bound_gdal_cache`. Conv
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,8 +37,10 @@ from rasterio.windows import Window
 from shapely.geometry import MultiPolygon, Polygon, shape
 from shapely.ops import unary_union
 
+from pipeline.blocks import column_bands, sampled_read
 from pipeline.errors import RasterError
 from pipeline.geo import utm_epsg
+from pipeline.threads import ordered_map
 
 if TYPE_CHECKING:  # a type only: the tiles stage runs this module but not chipgeom (nor lists it in dvc.yaml)
     from pipeline.chipgeom import PixelWindow
@@ -104,15 +108,32 @@ def compute_stretch(data: np.ndarray, valid: np.ndarray, percentiles: Sequence[f
 
 def apply_stretch(data: np.ndarray, valid: np.ndarray, stretch: Stretch) -> np.ndarray:
     """8-bit RGB (3, h, w) from ``data``: valid pixels in 1..255, invalid ones 0 in every band."""
-    if stretch.method == "passthrough":
-        out = np.clip(data, 1, 255).astype(np.uint8)
+    if data.dtype == np.uint16 and data.size > 1 << 18:  # a table of every uint16 value: same bytes, 5x faster
+        lut = _stretch_table(stretch, len(data))
+        out = np.empty(data.shape, np.uint8)
+        for k, band in enumerate(data):
+            np.take(lut[k], band, out=out[k])
     else:
-        low = np.array([b[0] for b in stretch.bands], dtype=np.float32)[:, None, None]
-        high = np.array([b[1] for b in stretch.bands], dtype=np.float32)[:, None, None]
-        scaled = 1.0 + (data.astype(np.float32) - low) * (254.0 / (high - low))
-        out = np.clip(np.rint(scaled), 1, 255).astype(np.uint8)
-    out[:, ~valid] = 0
+        out = _stretch_values(data, stretch)
+    out *= valid
     return out
+
+
+def _stretch_values(data: np.ndarray, stretch: Stretch) -> np.ndarray:
+    """The stretch arithmetic, validity aside."""
+    if stretch.method == "passthrough":
+        return np.clip(data, 1, 255).astype(np.uint8)
+    low = np.array([b[0] for b in stretch.bands], dtype=np.float32)[:, None, None]
+    high = np.array([b[1] for b in stretch.bands], dtype=np.float32)[:, None, None]
+    scaled = 1.0 + (data.astype(np.float32) - low) * (254.0 / (high - low))
+    return np.clip(np.rint(scaled), 1, 255).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=16)
+def _stretch_table(stretch: Stretch, bands: int) -> np.ndarray:
+    """(bands, 65536) uint8: the stretch of every uint16 value, by the same arithmetic as the direct path."""
+    values = np.broadcast_to(np.arange(1 << 16, dtype=np.uint16), (bands, 1, 1 << 16))
+    return np.ascontiguousarray(_stretch_values(values, stretch)[:, 0])
 
 
 def has_gdal_mask(src) -> bool:
@@ -121,10 +142,13 @@ def has_gdal_mask(src) -> bool:
     return MaskFlags.per_dataset in flags or MaskFlags.alpha in flags
 
 
-def read_overview(src, max_px: int) -> tuple[np.ndarray, np.ndarray]:
+def read_overview(src, max_px: int, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """A decimated read of every band of ``src`` (longer side <= max_px) and its validity mask."""
     h, w = overview_shape(src.height, src.width, max_px)
-    data = src.read(out_shape=(src.count, h, w))
+    if src.overviews(1) or has_gdal_mask(src) or (h, w) == (src.height, src.width):
+        data = src.read(out_shape=(src.count, h, w))  # from an overview level when the file has them: cheap
+    else:
+        data = sampled_read(src, h, w, threads)
     valid = np.any(data != 0, axis=0)
     if has_gdal_mask(src):
         valid &= src.dataset_mask(out_shape=(h, w)) > 0
@@ -186,25 +210,45 @@ def block_windows(width: int, height: int, block_px: int) -> Iterator[Window]:
             yield Window(col, row, min(block_px, width - col), min(block_px, height - row))
 
 
-def warped_blocks(src, grid: Grid, resampling: str, block_px: int) -> Iterator[tuple[Window, np.ndarray, np.ndarray]]:
-    """Re-project ``src`` onto ``grid`` through a WarpedVRT, yielding (window, bands, valid) block by block."""
+def warped_blocks(
+    src, grid: Grid, resampling: str, block_px: int, threads: int = 1, post: Callable | None = None
+) -> Iterator[tuple]:
+    """Re-project ``src`` onto ``grid`` through a WarpedVRT, yielding (window, bands, valid) block by block.
+
+    With ``threads`` > 1 the blocks are warped on that many threads, each with its own handle of
+    ``src`` and its own WarpedVRT (the pixels do not depend on which handle warps a block), and
+    yielded in order. ``post(bands, valid)``, when given, runs in the worker thread and its result
+    is yielded as (window, result) instead.
+    """
     nodata = None if has_gdal_mask(src) else (src.nodata if src.nodata is not None else 0)
-    with WarpedVRT(
-        src,
-        crs=CRS.from_epsg(grid.epsg),
-        transform=grid.transform,
-        width=grid.width,
-        height=grid.height,
-        resampling=Resampling[resampling],
-        src_nodata=nodata,
-        add_alpha=True,
-        warp_mem_limit=WARP_MEM_MB,
-        UNIFIED_SRC_NODATA="YES",  # nodata only where every band is nodata (all-zero pixels)
-    ) as vrt:
-        alpha = vrt.count
-        for window in block_windows(grid.width, grid.height, block_px):
-            data = vrt.read(window=window)
-            yield window, data[: alpha - 1], data[alpha - 1] >= ALPHA_VALID
+    options = {
+        "crs": CRS.from_epsg(grid.epsg),
+        "transform": grid.transform,
+        "width": grid.width,
+        "height": grid.height,
+        "resampling": Resampling[resampling],
+        "src_nodata": nodata,
+        "add_alpha": True,
+        "warp_mem_limit": WARP_MEM_MB,
+        "UNIFIED_SRC_NODATA": "YES",  # nodata only where every band is nodata (all-zero pixels)
+    }
+
+    def warp(vrt, window: Window) -> tuple:
+        data = vrt.read(window=window)
+        bands, valid = data[: vrt.count - 1], data[vrt.count - 1] >= ALPHA_VALID
+        return (window, bands, valid) if post is None else (window, post(bands, valid))
+
+    n = max(1, min(threads, -(-grid.width // block_px)))  # no more threads than blocks in a row
+    per_row = -(-grid.width // block_px)
+    with ExitStack() as stack:
+        sources = [src] + [stack.enter_context(rasterio.open(src.name)) for _ in range(n - 1)]
+        vrts = [stack.enter_context(WarpedVRT(s, **options)) for s in sources]
+        # Each thread warps one vertical band of the grid: the source blocks under a band are read
+        # by one handle (a block straddling two bands is decoded twice, not every block), and a
+        # row plus a block per thread in flight keeps every thread busy.
+        windows = list(block_windows(grid.width, grid.height, block_px))
+        owner = column_bands(windows, grid.width, n)
+        yield from ordered_map(warp, windows, vrts, per_row + n, lambda w: owner[w.row_off, w.col_off])
 
 
 def _creation_options(compress: str) -> dict[str, str]:
@@ -218,12 +262,18 @@ def _creation_options(compress: str) -> dict[str, str]:
 
 
 def write_cog(
-    blocks: Iterator[tuple[Window, np.ndarray]], grid: Grid, out_path: str, compress: str, tags: dict[str, str]
+    blocks: Iterator[tuple[Window, np.ndarray]],
+    grid: Grid,
+    out_path: str,
+    compress: str,
+    tags: dict[str, str],
+    threads: int = 1,
 ) -> None:
     """Write 8-bit RGB blocks to a tiled temp GeoTIFF beside ``out_path``, then copy it as a COG with overviews.
 
     nodata is 0; with JPEG compression (lossy, so 0 cannot mark nodata) the validity travels as
-    an alpha band that the COG driver turns into an internal mask.
+    an alpha band that the COG driver turns into an internal mask. ``threads`` compress tiles and
+    compute overviews in parallel (the bytes do not depend on it).
     """
     raw = f"{out_path}.raw.tif"  # shares out_path's temp prefix, so Store.clean_partial removes leftovers
     jpeg = compress == "jpeg"
@@ -243,6 +293,7 @@ def write_cog(
         "zstd_level": 1,  # a scratch file: fast beats small
         "bigtiff": "IF_SAFER",
         "interleave": "pixel",
+        "num_threads": str(max(1, threads)),
     }
     try:
         with rasterio.open(raw, "w", **profile) as dst:
@@ -258,7 +309,11 @@ def write_cog(
                 if jpeg:
                     rgb = np.concatenate([rgb, ((rgb[0] > 0) * 255).astype(np.uint8)[None]])
                 dst.write(rgb, window=window)
-        rasterio.shutil.copy(raw, out_path, driver="COG", **_creation_options(compress))
+        opts = {**_creation_options(compress), "NUM_THREADS": str(max(1, threads))}
+        # The COG driver keeps the overviews in a zstd temp file until it copies them (at level 9 by
+        # default): level 1 saves ~15 % of the copy's CPU and the COG's bytes do not change.
+        with rasterio.Env(ZSTD_LEVEL_OVERVIEW="1"):
+            rasterio.shutil.copy(raw, out_path, driver="COG", **opts)
     finally:
         Path(raw).unlink(missing_ok=True)
 

@@ -117,7 +117,7 @@ def read_bytes(uri: str, s3: S3Params, timeout_s: float = 60.0) -> bytes:
         return Path(uri).read_bytes()
     except FileNotFoundError:
         raise StoreError(f"{uri}: no such file") from None
-    except Exception as err:  # noqa: BLE001 - re-raised with the URI named, credentials never included
+    except Exception as err:
         if isinstance(err, StoreError):
             raise
         raise StoreError(f"{uri}: read failed: {type(err).__name__}: {redact(str(err))}") from None

@@ -2,9 +2,10 @@
 
 Sources come from the demo catalog (``<demo>/rasters.yaml``), ``custom.rasters`` or the SpaceNet
 AOI catalog; a catalog ``uri`` is one GeoTIFF (local or ``s3://``) or a prefix/folder of them.
-Each tile is converted in one windowed pass (pipeline.raster): RGB bands by ``band_order``,
-percentile stretch to 1..255 (uint8 sources passed through), re-projection to UTM at
-``tiles.gsd_m`` through a WarpedVRT, COG written atomically at ``tiles/<tile_id>.tif``.
+Each tile is converted in one windowed pass (pipeline.raster) on every core: RGB bands by
+``band_order``, percentile stretch to 1..255 (uint8 sources passed through), re-projection to UTM
+at ``tiles.gsd_m`` through a WarpedVRT per thread, COG written atomically at ``tiles/<tile_id>.tif``.
+The bytes do not depend on the number of threads.
 
 Resume: a sidecar ``tiles/<tile_id>.json`` written after the COG holds a key (hash of source URI +
 size + ETag/mtime, band order, EPSG, tiles params and the code version); a COG whose sidecar has the
@@ -49,7 +50,17 @@ from pipeline.raster import (
 )
 from pipeline.raster_uris import resolve
 from pipeline.schemas import TILES, table_from_rows, write_table
-from pipeline.store import Store, add_store_out, gdal_path, make_store_out, rasterio_env, read_bytes, redact, sha256_file
+from pipeline.store import (
+    Store,
+    add_store_out,
+    gdal_path,
+    make_store_out,
+    rasterio_env,
+    read_bytes,
+    redact,
+    sha256_file,
+)
+from pipeline.threads import cpu_threads
 
 log = logging.getLogger(__name__)
 
@@ -144,18 +155,18 @@ def convert(job: TileJob, out_path: str, tiles: TilesParams, s3: S3Params) -> No
             )
         unique = list(dict.fromkeys(bands))  # warp each source band once, even for [1, 1, 1]
         pick = [unique.index(b) for b in bands]
+        threads = cpu_threads()  # every core: warp, overview read and COG compression run on threads
         with rasterio.open(band_subset_path(gdal_path(job.uri), unique)) as src:
-            data, valid = read_overview(src, tiles.overview_max_px)
+            data, valid = read_overview(src, tiles.overview_max_px, threads)
             uint8 = all(dt == "uint8" for dt in src.dtypes)
             stretch = PASSTHROUGH if uint8 else compute_stretch(data[pick], valid, tiles.percentiles)
             del data, valid
             grid = target_grid(src, target_epsg(src, job.source.epsg), tiles.gsd_m)
-            blocks = (
-                (window, apply_stretch(block[pick], ok, stretch))
-                for window, block, ok in warped_blocks(src, grid, tiles.resampling, tiles.block_px)
+            blocks = warped_blocks(
+                src, grid, tiles.resampling, tiles.block_px, threads, lambda b, ok: apply_stretch(b[pick], ok, stretch)
             )
             tags = {STRETCH_TAG: stretch.to_json(), "CROSSVIEW_SOURCE": job.uri}
-            write_cog(blocks, grid, out_path, tiles.compress, tags)
+            write_cog(blocks, grid, out_path, tiles.compress, tags, threads)
 
 
 def describe(path: str, max_px: int) -> dict:

@@ -242,3 +242,44 @@ def test_real_rasters_chip_exactly_and_a_truncated_geotiff_is_an_error_row(reald
     assert out["centre"]["nodata_fraction"] < 0.05 and out["centre"]["std"] > 5
     assert out["corner"]["nodata_fraction"] > 0.9  # the scene's nodata collar and beyond the raster
     assert out["trunc"]["status"] == "error" and "cannot read tile cut" in out["trunc"]["error"]
+
+
+def test_chips_cut_from_a_shared_read_are_the_chips_cut_one_by_one(tile_dir, tmp_path):
+    """The grouped path (one read per group of neighbours) against read_chip + chip_stats + encode per chip."""
+    rng = np.random.default_rng(3)
+    patchy = tile_dir / "patchy.tif"  # nodata quarter, flat half, pattern between
+    points = {f"c{k:03d}": ("patchy", *at_pixel(rng.uniform(0, 2000), rng.uniform(0, 1000))) for k in range(60)}
+    cfg = params(tmp_path / "store", format="jpeg", jpeg_quality=90)
+    rows = {r["id"]: r for r in chip.chip_pairs(pairs_table(points), tiles_table(("patchy", str(patchy))), cfg).to_pylist()}
+    inside = 0
+    with rasterio.open(patchy) as src:
+        for pid, (_, x, y) in points.items():
+            window = pixel_window(ChipSquare(x, y, 225.0, EPSG), src.transform, GSD)
+            inside += window.clip(src.width, src.height) == window
+            data, valid = chip.read_chip(src, window)
+            nodata, std = chip.chip_stats(data, valid)
+            row = rows[pid]
+            assert (row["status"], row["nodata_fraction"], row["std"]) == ("ok", nodata, std)
+            assert Path(row["uri"]).read_bytes() == chip.encode(data, cfg.chip)
+    assert 0 < inside < len(points)  # both paths ran
+
+
+def test_chip_stats_are_the_exact_integer_moments():
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        data = rng.integers(0, 256, (3, 40, 70)).astype(np.uint8)
+        data[:, : rng.integers(0, 40)] = 0
+        valid = data.any(axis=0)
+        n = int(valid.sum()) * 3
+        s1, s2 = int(data.sum(dtype=np.uint64)), int(np.square(data, dtype=np.uint16).sum(dtype=np.uint64))
+        want_std = float(np.sqrt(max(s2 * n - s1 * s1, 0) / (n * n))) if n else 0.0
+        assert chip.chip_stats(data, valid) == ((valid.size - valid.sum()) / valid.size, want_std)
+
+
+def test_a_tiles_chips_split_into_one_spatial_chunk_per_worker():
+    points = {f"p{k:04d}": ("t", *at_pixel(k % 100 * 9.0, k // 100 * 9.0)) for k in range(1000)}
+    cfg = parse_params({"chip": {"edge_m": 225}}).chip
+    tasks, _ = chip.plan_tasks(pairs_table(points), tiles_table(("t", "t.tif")), cfg, workers=2)
+    assert [len(t.ids) for t in tasks] == [500, 500]
+    tasks, _ = chip.plan_tasks(pairs_table(points), tiles_table(("t", "t.tif")), cfg, workers=16)
+    assert len(tasks) == 4 and sum(len(t.ids) for t in tasks) == 1000  # at least CHUNK chips a task

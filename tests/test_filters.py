@@ -253,7 +253,7 @@ def test_custom_photos_need_a_page_url_only_where_the_licence_asks_for_a_link(wo
     rows[2].update(licence="CC BY 4.0", owner=None)
     rows[3].update(licence="Company terms", licence_url="https://example.com/terms")
     patched = Tables(table_from_rows(rows, PHOTOS), tables.downloads, tables.pairs, tables.chips)
-    d = judged(photo.licence(patched, params))
+    d = judged(photo_rules.licence(patched, params))
     assert d["p01"][:2] == (True, "no page URL: attribution credits the owner and the licence only")
     assert d["p02"][:2] == (True, "no page URL: attribution credits the owner and the licence only")
     assert d["p03"][:2] == (False, "licence: no owner to attribute")

@@ -10,10 +10,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 
+from pipeline.config import TimmParams, WitwFovParams
 from pipeline.train.losses import info_nce, soft_margin_triplet
 from pipeline.train.metrics import one_percent_k, recall_at, recall_curve, retrieve, summary
 from pipeline.train.models import TimmContrastive, WitwFov
-from pipeline.config import TimmParams, WitwFovParams
 
 
 @pytest.fixture(autouse=True)

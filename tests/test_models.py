@@ -7,6 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 
+from pipeline.config import TimmParams, TrainParams, WitwFovParams
 from pipeline.errors import ConfigError
 from pipeline.train.models import (
     TimmContrastive,
@@ -16,7 +17,6 @@ from pipeline.train.models import (
     circular_distances,
     vgg_trunk,
 )
-from pipeline.config import TimmParams, TrainParams, WitwFovParams
 
 
 @pytest.fixture(autouse=True)

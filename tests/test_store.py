@@ -32,10 +32,9 @@ def test_local_store_uris_are_relative_and_writes_atomic(tmp_path, monkeypatch):
 
 def test_failed_write_leaves_nothing(tmp_path):
     store = Store(str(tmp_path / "store"))
-    with pytest.raises(RuntimeError):
-        with store.writer("tiles/t.tif") as tmp:
-            open(tmp, "wb").write(b"half")
-            raise RuntimeError("killed mid-write")
+    with pytest.raises(RuntimeError), store.writer("tiles/t.tif") as tmp:
+        open(tmp, "wb").write(b"half")
+        raise RuntimeError("killed mid-write")
     assert not store.exists("tiles/t.tif")
     assert list((tmp_path / "store" / "tiles").iterdir()) == []
 

@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from pipeline.config import TrainParams
 from pipeline.device import resolve_device
 from pipeline.errors import StageInputError
 from pipeline.store import atomic_file
 from pipeline.train.data import ManifestPairs, make_loader
 from pipeline.train.metrics import Retrieval, retrieve, summary
 from pipeline.train.models import CrossViewModel, build_model
-from pipeline.config import TrainParams
 
 log = logging.getLogger(__name__)
 

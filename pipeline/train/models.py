@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.config import TimmParams, TrainParams, WitwFovParams
 from pipeline.errors import ConfigError
 from pipeline.train.data import ViewSpec, vgg_stride, view_spec
 from pipeline.train.losses import info_nce, soft_margin_triplet
-from pipeline.config import TimmParams, TrainParams, WitwFovParams
 
 log = logging.getLogger(__name__)
 

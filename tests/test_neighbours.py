@@ -1,0 +1,111 @@
+"""Grid neighbour pairs, duplicate positions and the parallel greedy, each against a brute-force loop."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline import neighbours, pair
+
+
+def brute_pairs(x, y, d):
+    return {
+        (min(a, b), max(a, b)): math.hypot(x[a] - x[b], y[a] - y[b])
+        for a, b in itertools.combinations(range(len(x)), 2)
+        if math.hypot(x[a] - x[b], y[a] - y[b]) < d
+    }
+
+
+def as_dict(i, j, dist):
+    out = {(min(a, b), max(a, b)): v for a, b, v in zip(i.tolist(), j.tolist(), dist.tolist())}
+    assert len(out) == len(i), "a pair came back twice"
+    return out
+
+
+coords = st.lists(st.tuples(st.integers(-30, 30), st.integers(-30, 30)), min_size=0, max_size=80)
+
+
+@settings(max_examples=60, deadline=None)
+@given(pts=coords, d=st.sampled_from([0.5, 1.0, 3.0, 5.0, 10.0]), scale=st.sampled_from([1.0, 0.5, 2.5]))
+def test_close_pairs_are_exactly_the_pairs_closer_than_d(pts, d, scale):
+    x = np.array([p[0] * scale for p in pts], float)
+    y = np.array([p[1] * scale for p in pts], float)
+    got = as_dict(*neighbours.close_pairs(x, y, d)) if len(x) else {}
+    want = brute_pairs(x, y, d)
+    assert got.keys() == want.keys()
+    assert all(got[k] == pytest.approx(want[k]) for k in want)
+
+
+def test_pairs_exactly_d_apart_are_not_close_and_just_under_are():
+    x = np.array([440_000.0, 440_010.0, 440_000.0, 440_000.0])
+    y = np.array([5_400_000.0, 5_400_000.0, 5_400_000.0 + 9.999999, 5_400_000.0 - 10.0])
+    got = as_dict(*neighbours.close_pairs(x, y, 10.0))
+    assert set(got) == {(0, 2)}
+
+
+def test_far_apart_clusters_use_the_binary_search_path_and_agree():
+    rng = np.random.default_rng(4)
+    centres = np.array([[0.0, 0.0], [5e6, 1e6], [-3e6, 7e6]])  # a key span far larger than the point count
+    pts = np.concatenate([c + rng.uniform(0, 30, (40, 2)) for c in centres])
+    got = as_dict(*neighbours.close_pairs(pts[:, 0], pts[:, 1], 4.0))
+    assert got.keys() == brute_pairs(pts[:, 0], pts[:, 1], 4.0).keys() and got
+
+
+def test_distinct_groups_equal_positions_and_keeps_the_lowest_index():
+    x = np.array([1.0, 2.0, 1.0, -0.0, 0.0, 2.0, 1.0])
+    y = np.array([1.0, 2.0, 1.0, 5.0, 5.0, 2.5, 1.0])
+    first, group = neighbours.distinct(x, y, 10.0)
+    assert sorted(first.tolist()) == [0, 1, 3, 5]
+    assert first[group].tolist() == [0, 1, 0, 3, 3, 5, 0]
+
+
+def test_distinct_by_hash_and_by_lexsort_agree():
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 50, (3000, 2)).astype(float) * 0.7
+    x, y = base[:, 0], base[:, 1]
+    first, group = neighbours.distinct(x, y, 10.0)
+    cells, _ = neighbours._cells(x, y, 10.0)
+    first2, group2 = neighbours._distinct_lexsort(x, y, cells)
+    assert sorted(first.tolist()) == sorted(first2.tolist())
+    assert (first[group] == first2[group2]).all()
+
+
+def test_hash_ids_fast_path_for_ids_of_one_length_matches_the_general_path():
+    same = pa.array(["51000000001", "51000000002", "99"[:2] * 5 + "9"])
+    mixed = pa.concat_arrays([same, pa.array(["x"])])
+    assert (pair.hash_ids(same, 3) == pair.hash_ids(mixed, 3)[:3]).all()
+    assert len(set(pair.hash_ids(same, 3).tolist())) == 3
+
+
+def test_greedy_rounds_equals_the_one_by_one_loop():
+    rng = np.random.default_rng(2)
+    n = 300
+    rank = rng.permutation(n)
+    edges = {tuple(sorted(e)) for e in rng.integers(0, n, (900, 2)) if e[0] != e[1]}
+    i, j = (np.array(v) for v in zip(*edges))
+    d = rng.uniform(0, 1, len(i))
+    kept, cause, _ = neighbours.greedy_rounds(rank, i, j, d)
+    adj = {k: set() for k in range(n)}
+    for a, b in edges:
+        adj[a].add(b)
+        adj[b].add(a)
+    loop_kept = set()
+    for v in np.argsort(rank):
+        if not adj[v] & loop_kept:
+            loop_kept.add(int(v))
+    assert set(np.flatnonzero(kept).tolist()) == loop_kept
+    for v in np.flatnonzero(~kept):  # dropped by a kept neighbour ranked before it
+        assert cause[v] in adj[v] & loop_kept and rank[cause[v]] < rank[v]
+
+
+def test_non_finite_positions_are_a_clear_error():
+    with pytest.raises(ValueError, match="finite"):
+        neighbours.close_pairs(np.array([0.0, np.nan]), np.array([0.0, 1.0]), 10.0)
+    with pytest.raises(ValueError, match="finite"):
+        pair.density_limit(pa.array(["a", "b"]), np.array([0.0, np.inf]), np.array([0.0, 1.0]), 10.0, 0)
