@@ -120,6 +120,7 @@ class ClassifyParams(_Section):
     places365_checkpoint: str | None = None  # path to resnet18_places365.pth.tar / wideresnet18_places365.pth.tar
     places365_arch: Literal["resnet18", "resnet50", "wideresnet18"] = "resnet18"
     top_k: int = Field(10, ge=1)
+    vote: Literal["auto", "majority", "weighted"] = "auto"  # auto: majority (Places365's rule) for places365, else weighted
     indoor_threshold: float = Field(0.5, ge=0, le=1)
     min_indoor_mass: float = Field(0.15, ge=0, le=1)
     device: str = "auto"

@@ -38,7 +38,7 @@ from pipeline.config import ClassifyParams, S3Params
 from pipeline.errors import CatalogError, describe
 from pipeline.images import to_rgb
 from pipeline.models import ModelError
-from pipeline.models.vote import IO_CODES, VoteParams
+from pipeline.models.vote import IO_CODES, VoteParams, rule_for
 from pipeline.store import read_bytes
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ def _key(arch: str, weights_sha: str, preprocess: Preprocess) -> str:
 
 def model_spec(params: ClassifyParams, imagenet_weights: str | None = None) -> ModelSpec:
     """The scene model ``params`` ask for (no torch needed): names, labels, preprocessing and its key."""
-    vote = VoteParams(params.top_k, params.indoor_threshold, params.min_indoor_mass)
+    vote = VoteParams(params.top_k, params.indoor_threshold, params.min_indoor_mass, rule_for(params.model, params.vote))
     if params.model == "imagenet":
         weights = imagenet_weights or packaged_imagenet_weights()
         labels, arch, pre = load_imagenet_labels(), IMAGENET_ARCH, LITE0_PREPROCESS
