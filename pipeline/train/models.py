@@ -30,6 +30,7 @@ class CrossViewModel(nn.Module):
     """Common plumbing: optional compiled branches, the eval-time view spec."""
 
     has_orientation = False
+    view_deg: float | None = None  # horizontal angle a photo input covers (models with orientation)
 
     def __init__(self) -> None:
         super().__init__()
@@ -185,6 +186,7 @@ class WitwFov(CrossViewModel):
         for trunk in (photo_trunk, overhead_trunk):
             freeze(trunk, p.freeze_below)
         self.spec = view_spec(TrainParams(model="witw_fov", witw_fov=p))
+        self.view_deg = 360.0 * self.spec.photo_width / p.polar_width
         assert self.stride == vgg_stride(p.vgg_convs)
 
     def embed_photo(self, x: torch.Tensor) -> torch.Tensor:
