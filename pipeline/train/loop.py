@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -110,15 +111,26 @@ def evaluate_model(model: CrossViewModel, ds: ManifestPairs, *, batch_size: int,
     return retrieve(model.distances, photos, chips, chunk, device)
 
 
+def learning_rate(params: TrainParams, step: int, total: int) -> float:
+    """The learning rate of global step ``step`` of ``total``: constant, or a cosine decay from the base rate to 0."""
+    base = _lr(params)
+    if params.schedule == "constant" or total <= 0:
+        return base
+    return base * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+
+
 def _train_epoch(model, optimizer, loader, epoch: int, params: TrainParams, device: str, history: History,
                  on_step: StepHook | None) -> float:
     model.train()
     losses = []
+    per_epoch = min(len(loader), params.steps_per_epoch or len(loader))
     for step, (_, photo, chip) in enumerate(loader):
         if params.steps_per_epoch is not None and step >= params.steps_per_epoch:
             break
         if on_step is not None:
             on_step(epoch, step)
+        for group in optimizer.param_groups:  # a function of the step alone: resuming needs no scheduler state
+            group["lr"] = learning_rate(params, epoch * per_epoch + step, params.epochs * per_epoch)
         with autocast(device, params.amp):
             p = model.embed_photo(photo.to(device, non_blocking=True))
             c = model.embed_chip(chip.to(device, non_blocking=True))

