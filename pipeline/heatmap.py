@@ -84,7 +84,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     photo.add_argument("--id", help="a pair id of --manifest: its photo, and its position as the true location")
     parser.add_argument("--manifest", default="manifests/test.parquet", help="manifest for --id")
     parser.add_argument("--true", nargs=2, type=float, metavar=("X", "Y"), help="true location (in --crs)")
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"trained model (default {DEFAULT_MODEL}, the train stage's)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"trained model (default: {DEFAULT_MODEL})")
     parser.add_argument("--tiles", default="tables/tiles.parquet", help="tiles table")
     parser.add_argument("--out", required=True, help="output prefix: writes PREFIX.png, PREFIX.tif, PREFIX.geojson")
 
@@ -112,8 +112,8 @@ def main(params: Params, args: argparse.Namespace) -> int:
     model, _ = load_model(args.model, device)
     photo = decode(read_bytes(photo_uri, params.s3), (model.spec.photo_width, model.spec.photo_height))
     tiles = heatmap_score.load_tiles(args.tiles)
-    result = heatmap_score.compute(model, photo, tiles, area, area_epsg, hp.step_m, params.chip.edge_m, batch_size=hp.batch_size,
-                     max_points=hp.max_points, s3=params.s3, device=device)
+    result = heatmap_score.compute(model, photo, tiles, area, area_epsg, hp.step_m, params.chip.edge_m,
+                                   batch_size=hp.batch_size, max_points=hp.max_points, s3=params.s3, device=device)
     true_xy = None
     if truth is not None:
         src = result.grid.epsg if truth[2] is None else truth[2]

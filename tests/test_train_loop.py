@@ -25,7 +25,7 @@ from pipeline.errors import StageInputError
 from pipeline.schemas import EVAL_PAIRS, MANIFEST, table_from_rows, write_table
 from pipeline.train import stage
 from pipeline.train.data import ManifestPairs, ViewSpec, make_loader
-from pipeline.train.loop import CHECKPOINT, MODEL
+from pipeline.train.loop import CHECKPOINT, MODEL, learning_rate
 from pipeline.train.params import EvaluateParams, TimmParams, TrainParams, WitwFovParams, witw_differences
 
 TINY = TrainParams(
@@ -208,6 +208,15 @@ def test_witw_differences_list_every_departure_from_cvig_fov():
     assert "not WITW's model" in witw_differences(TrainParams())[0]
 
 
+def test_timm_lr_decays_on_a_cosine_to_zero_and_witw_keeps_it_constant():
+    timm, witw = TrainParams(), TrainParams(model="witw_fov")
+    assert (timm.schedule, witw.schedule) == ("cosine", "constant")
+    lrs = [learning_rate(timm, step, 100) for step in (0, 50, 100)]
+    assert lrs == pytest.approx([1e-3, 0.5e-3, 0.0], abs=1e-12)
+    assert [learning_rate(witw, step, 100) for step in (0, 99)] == [1e-5, 1e-5]
+    assert "cosine" in " ".join(witw_differences(witw.model_copy(update={"lr_schedule": "cosine"})))
+
+
 def swapped_val(manifest: Path, root: Path) -> Path:
     """The val manifest with every photo given the next pair's chip: learning the train pairs makes its loss rise."""
     rows = pq.read_table(manifest).to_pylist()
@@ -290,14 +299,18 @@ def test_gpu_training_with_bf16_and_compile(params, manifests, tmp_path):
     assert np.isfinite(metrics["train_loss"]) and metrics["val_pairs"] == 8
 
 
-def test_the_default_demo_run_beats_chance_on_val_and_test(demo_repo):
-    """The demo's photos are rendered from its world, so the default tiny model (trained by the
-    `train` stage of the shared `dvc repro`) must learn something."""
+def test_the_default_demo_run_learns_clearly_on_the_held_out_city(demo_repo):
+    """The demo's photos and chips are rendered from one world, so the default model (trained by the
+    `train` stage of the shared `dvc repro`, about two minutes of CPU) must beat chance clearly on the
+    test city it never saw (issue 12: recall@10 >= 3x chance, mean rank <= 0.5x chance), although the
+    test city keeps its planted close-ups, portraits and wrong geotags, whose ranks are chance."""
     reports = demo_repo / "reports"
     train_json, eval_json = reports / "train_metrics.json", reports / "eval_metrics.json"
     val, test = json.loads(train_json.read_text()), json.loads(eval_json.read_text())
-    assert val["val_pairs"] >= 10 and test["pairs"] >= 40
-    # chance: mean rank (N + 1) / 2, recall@k = k / N. Seeds 0-2 give val 4.5-4.9 of 7, test 21-24 of 41.
-    assert val["val_mean_rank"] < val["val_chance_mean_rank"] - 1
-    assert test["mean_rank"] < 0.8 * test["chance_mean_rank"]
-    assert test["recall_at_10"] > 10 / test["pairs"]
+    assert val["val_pairs"] >= 20 and test["pairs"] >= 150
+    assert test["chance_mean_rank"] == (test["pairs"] + 1) / 2
+    assert test["chance_recall_at_10"] == pytest.approx(10 / test["pairs"])
+    assert "ties count against" in test["convention"]
+    assert test["recall_at_10"] >= 3 * test["chance_recall_at_10"]
+    assert test["mean_rank"] <= 0.5 * test["chance_mean_rank"]
+    assert val["val_mean_rank"] < 0.8 * val["val_chance_mean_rank"]

@@ -40,7 +40,7 @@ class VoteParams:
 
 
 def rule_for(model: str, rule: str = "auto") -> str:
-    """The vote rule of a scene model: ``rule`` if given, else Places365's majority for places365, weighted otherwise."""
+    """A scene model's vote rule: ``rule`` if given, else majority for places365 (its release's), weighted otherwise."""
     if rule == "auto":
         return "majority" if model == "places365" else "weighted"
     if rule not in RULES:

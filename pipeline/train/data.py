@@ -17,7 +17,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
-from scipy import ndimage
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pipeline.config import S3Params
@@ -41,13 +40,11 @@ class ViewSpec:
     polar: tuple[int, int] | None = None  # (height, width) of the polar image, or None for the square chip
     mirror: bool = False  # augmentation: mirror photo and chip together with probability 1/2
     quarter_turns: bool = False  # augmentation: turn the (square) chip by a random multiple of 90 degrees
-    any_angle: bool = False  # augmentation: turn the (square) chip by a random angle (corners reflected in)
 
-    def training(self, augment: bool, any_angle: bool = False) -> ViewSpec:
+    def training(self, augment: bool) -> ViewSpec:
         """This spec with the augmentations that suit its model switched on (or all off)."""
-        square = augment and self.polar is None
-        return ViewSpec(self.photo_height, self.photo_width, self.chip_px, self.polar, mirror=augment,
-                        quarter_turns=square and not any_angle, any_angle=square and any_angle)
+        return ViewSpec(self.photo_height, self.photo_width, self.chip_px, self.polar,
+                        mirror=augment, quarter_turns=augment and self.polar is None)
 
 
 def photo_width_for_fov(fov_deg: float, polar_width: int, stride: int) -> int:
@@ -98,11 +95,8 @@ def photo_tensor(arr: np.ndarray, mirror: bool = False) -> torch.Tensor:
     return _normalise(arr[:, ::-1] if mirror else arr)
 
 
-def chip_tensor(arr: np.ndarray, spec: ViewSpec, mirror: bool = False, turns: int = 0,
-                angle: float = 0.0) -> torch.Tensor:
+def chip_tensor(arr: np.ndarray, spec: ViewSpec, mirror: bool = False, turns: int = 0) -> torch.Tensor:
     """Chip pixels → normalised CHW tensor; ``mirror`` flips east-west (in polar form: bearing θ → -θ)."""
-    if angle:
-        arr = ndimage.rotate(arr, angle, axes=(1, 0), reshape=False, order=1, mode="reflect")
     if mirror:
         arr = np.roll(arr[:, ::-1], 1, axis=1) if spec.polar is not None else arr[:, ::-1]
     if turns:
@@ -153,14 +147,13 @@ class ManifestPairs(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[int, torch.Tensor, torch.Tensor]:
         epoch, i = key if isinstance(key, tuple) else (0, key)
         spec = self.spec
-        mirror, turns, angle = False, 0, 0.0
-        if spec.mirror or spec.quarter_turns or spec.any_angle:
+        mirror, turns = False, 0
+        if spec.mirror or spec.quarter_turns:
             rng = np.random.default_rng([self.seed, epoch, i])
             mirror = spec.mirror and bool(rng.integers(2))
             turns = int(rng.integers(4)) if spec.quarter_turns else 0
-            angle = float(rng.uniform(0, 360)) if spec.any_angle else 0.0
         photo, chip = self.pixels(i)
-        return i, photo_tensor(photo, mirror), chip_tensor(chip, spec, mirror, turns, angle)
+        return i, photo_tensor(photo, mirror), chip_tensor(chip, spec, mirror, turns)
 
 
 class EpochSampler(Sampler):

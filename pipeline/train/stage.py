@@ -62,7 +62,8 @@ def train_metrics(params: TrainParams, history: History) -> dict:
 
 def epoch_rows(history: History) -> list[dict]:
     """Per-epoch loss and validation recall/rank (the ``train_epochs`` plot)."""
-    keys = ("epoch", "train_loss", "val_loss", "val_recall_at_1", "val_recall_at_5", "val_recall_at_10", "val_mean_rank",
+    keys = ("epoch", "train_loss", "val_loss", "val_recall_at_1", "val_recall_at_5", "val_recall_at_10",
+            "val_mean_rank",
             "val_median_rank")
     return [{k: row.get(k, "") for k in keys} for row in history.epochs]
 
@@ -71,8 +72,8 @@ def run_training(params: TrainParams, s3: S3Params, train_path: str, val_path: s
                  metrics_path: str, loss_csv: str, epochs_csv: str, on_step=None) -> History:
     """Train on ``train_path`` (validating on ``val_path``); write checkpoints, metrics and curves each epoch."""
     spec = view_spec(params)
-    any_angle = params.model == "timm_contrastive" and params.timm_contrastive.chip_rotation == "any_angle"
-    train = ManifestPairs(train_path, spec.training(params.augmentation, any_angle), s3, seed=params.seed, cache_mb=params.cache_mb)
+    train = ManifestPairs(train_path, spec.training(params.augmentation), s3, seed=params.seed,
+                          cache_mb=params.cache_mb)
     if len(train) < 2:
         raise StageInputError(f"{train_path} has {len(train)} pairs; training needs at least 2 (check the filters)")
     val = ManifestPairs(val_path, spec, s3, cache_mb=params.cache_mb) if val_path else None
