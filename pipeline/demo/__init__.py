@@ -115,7 +115,7 @@ def _photos(cities: list[City], shots: list[Shot], seed: int, rng: np.random.Gen
         k = seen[shot.case] = seen.get(shot.case, -1) + 1
         rec_lat, rec_lon = _recorded_position(shot.case, k, lat, lon, rng)
         accuracy = int(rng.integers(6, 12)) if shot.case == "low_accuracy" else 16
-        place = flickr.place(seed, city.index, shot.x, shot.y)
+        place = flickr.place(seed, city.index, *(shot.geotag or (shot.x, shot.y)))  # Flickr places the geotag
         size = (camera.width, camera.height)
         rec = flickr.record(rng, photo_id, owner, int(upload), city.name, place, size, (rec_lat, rec_lon, accuracy))
         truth = {"id": photo_id, "aoi": city.aoi, "city": city.name, "case": shot.case, "lat": _cell(rec_lat),
