@@ -5,7 +5,7 @@
   convention are in the file's tags.
 * ``OUT.geojson``: one point per scored cell (lon/lat) with score, distance, rank and both bearings;
   every feature names the conventions too, so a GIS user sees them beside the numbers.
-* ``OUT.png``: tile imagery, a red heat overlay (darker red = better fit), arrows along the photo
+* ``OUT.png``: tile imagery, a red heat overlay (stronger red = better fit), arrows along the photo
   centre's best-fit viewing direction (longer = better fit) for models that find one, the true
   location when known, and a legend that states the score and the bearing convention. For a model
   without orientation the legend says so and no direction marks are drawn.
@@ -113,7 +113,7 @@ def _arrow(draw: ImageDraw.ImageDraw, x: float, y: float, bearing: float, length
 
 def legend_lines(result: HeatmapResult, truth: bool) -> list[str]:
     """What the PNG's legend says: the score, the direction marks (or their absence), the truth marker."""
-    lines = [f"red: score {SCORE_FORMULA}; darker = better fit"]
+    lines = [f"red: score {SCORE_FORMULA}; stronger red = better fit"]
     if result.orientation:
         lines.append("arrows: best-fit viewing direction of the photo's CENTRE (clockwise from north); "
                      "longer = better fit")

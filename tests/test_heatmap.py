@@ -210,7 +210,9 @@ def test_png_legend_states_the_convention_and_a_model_without_orientation_draws_
 def test_heatmap_defaults_work_right_after_the_demo_dvc_repro(demo_repo, tmp_path):
     import subprocess
 
-    row = pq.read_table(demo_repo / "manifests" / "test.parquet", columns=["id", "x_m", "y_m", "epsg"]).to_pylist()[0]
+    rows = pq.read_table(demo_repo / "manifests" / "test.parquet", columns=["id", "x_m", "y_m", "epsg"]).to_pylist()
+    mx, my = np.median([r["x_m"] for r in rows]), np.median([r["y_m"] for r in rows])
+    row = min(rows, key=lambda r: math.hypot(r["x_m"] - mx, r["y_m"] - my))  # mid-city: every chip fits
     x, y = row["x_m"], row["y_m"]
     out = tmp_path / "demo_heat"
     cmd = ["crossview", "heatmap", "--id", row["id"], "--crs", f"EPSG:{row['epsg']}",
@@ -218,6 +220,7 @@ def test_heatmap_defaults_work_right_after_the_demo_dvc_repro(demo_repo, tmp_pat
     proc = subprocess.run(cmd, cwd=demo_repo, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     features = json.loads(Path(f"{out}.geojson").read_text())["features"]
-    assert len(features) >= 9 and all(f["properties"]["bearing_deg"] is None for f in features)  # timm: none
+    assert len(features) == 16  # the 4 x 4 cell centres (56.25 m apart) inside the 240 m box, all scored
+    assert all(f["properties"]["bearing_deg"] is None for f in features)  # timm_contrastive: no orientation
     assert "no viewing direction" in features[0]["properties"]["bearing_convention"]
     assert Image.open(f"{out}.png").size[0] > 0
