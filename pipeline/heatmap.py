@@ -1,17 +1,10 @@
 """``crossview heatmap``: where in a search area a photo was taken, by the model's score on a grid (WITW Fig. 3).
 
-A grid of points every ``heatmap.step_m`` (56.25 m) covers the search area (a bbox or polygon, in
-lon/lat, a tile's UTM CRS or any EPSG code) in the CRS of the tile that holds it: points are cell
-centres, the first cell's corner is the area's (minx, maxy). At each point inside the area a
-``chip.edge_m`` chip is cut from the tile COG exactly as the chip stage cuts them (windowed reads),
-chips are scored in batches against the photo, and each point gets a score (cosine similarity of
-the features, 1 - d²/2) and, for models that find one, the best-fit viewing direction. Points whose
-chip does not lie wholly inside a tile's valid footprint get no score (NaN).
-
-Outputs: ``OUT.tif`` (band 1 score, band 2 bearing; the grid's CRS and transform; NaN = no data),
-``OUT.geojson`` (points in lon/lat with score, rank, bearing) and ``OUT.png`` (tile imagery, a red
-heat overlay, arrows along the best-fit viewing direction whose length grows with the score, the
-true location when known).
+The command line: the search area (``--bbox`` or ``--polygon``, in ``--crs``), the photo (a file or
+a manifest pair ``--id``, whose position is then marked as the truth), the trained model and the
+tiles table (both default to what ``dvc repro`` writes). Scoring is :mod:`pipeline.heatmap_score`
+(WITW's ``exp(10 (1 - d))`` per grid point, the photo centre's bearing); the GeoTIFF, GeoJSON and
+PNG are :mod:`pipeline.heatmap_draw`.
 """
 
 from __future__ import annotations
@@ -19,295 +12,23 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
-import rasterio
 import shapely
-from affine import Affine
-from PIL import Image, ImageDraw
-from rasterio.windows import from_bounds
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
-from pipeline import chipgeom
-from pipeline.config import Params, S3Params
-from pipeline.errors import CrossviewError
+from pipeline import heatmap_draw as draw
+from pipeline import heatmap_score
+from pipeline.config import Params
 from pipeline.geo import transformer
-from pipeline.schemas import TILES, read_table
-from pipeline.store import gdal_path, rasterio_env, read_bytes
+from pipeline.heatmap_score import HeatmapError
+from pipeline.store import read_bytes
 
 log = logging.getLogger(__name__)
 
-
-class HeatmapError(CrossviewError, ValueError):
-    """The search area, photo or tiles do not allow a heat map."""
-
-
-@dataclass(frozen=True)
-class Tile:
-    """What the heat map needs of a ``tiles`` row."""
-
-    tile_id: str
-    uri: str
-    epsg: int
-    gsd_m: float
-    footprint: BaseGeometry
-
-
-@dataclass(frozen=True)
-class Grid:
-    """``rows`` x ``cols`` cells of ``step_m`` in EPSG ``epsg``, top-left corner (minx, maxy); points at cell centres."""
-
-    epsg: int
-    minx: float
-    maxy: float
-    step_m: float
-    rows: int
-    cols: int
-
-    @property
-    def transform(self) -> Affine:
-        return Affine(self.step_m, 0.0, self.minx, 0.0, -self.step_m, self.maxy)
-
-    @property
-    def bounds(self) -> tuple[float, float, float, float]:
-        return (self.minx, self.maxy - self.rows * self.step_m, self.minx + self.cols * self.step_m, self.maxy)
-
-    def centres(self) -> tuple[np.ndarray, np.ndarray]:
-        """x and y of every cell centre, each ``(rows, cols)``."""
-        x = self.minx + (np.arange(self.cols) + 0.5) * self.step_m
-        y = self.maxy - (np.arange(self.rows) + 0.5) * self.step_m
-        return np.meshgrid(x, y)
-
-
-@dataclass(frozen=True)
-class HeatmapResult:
-    """Scores and bearings on the grid (NaN where no point or no full chip), and the tile of each scored point."""
-
-    grid: Grid
-    score: np.ndarray  # float32 (rows, cols)
-    bearing_deg: np.ndarray  # float32 (rows, cols); NaN everywhere for models without orientation
-    tile_id: np.ndarray  # object (rows, cols); None where unscored
-
-
-def load_tiles(path: str) -> list[Tile]:
-    """The usable (status ok) tiles of a ``tiles`` table, sorted by id."""
-    rows = read_table(path, TILES, columns=["tile_id", "uri", "epsg", "gsd_m", "footprint_wkb", "status"]).to_pylist()
-    tiles = [Tile(r["tile_id"], r["uri"], r["epsg"], r["gsd_m"], shapely.from_wkb(r["footprint_wkb"]))
-             for r in rows if r["status"] == "ok" and r["footprint_wkb"] is not None]
-    return sorted(tiles, key=lambda t: t.tile_id)
-
-
-def to_crs(geom: BaseGeometry, src_epsg: int, dst_epsg: int) -> BaseGeometry:
-    """``geom`` re-projected (no-op when the CRSs agree); edges are densified first so they may bend."""
-    if src_epsg == dst_epsg:
-        return geom
-    minx, miny, maxx, maxy = geom.bounds
-    dense = shapely.segmentize(geom, max(maxx - minx, maxy - miny, 1e-9) / 64)
-    return shapely.transform(dense, lambda x, y: transformer(src_epsg, dst_epsg).transform(x, y), interleaved=False)
-
-
-def grid_epsg(area: BaseGeometry, area_epsg: int | None, tiles: list[Tile]) -> int:
-    """The EPSG of the first tile whose footprint holds the area's centre (``area_epsg`` None: the tile's own CRS)."""
-    for tile in tiles:
-        centre = area.centroid if area_epsg is None else to_crs(area, area_epsg, tile.epsg).centroid
-        if tile.footprint.covers(centre):
-            return tile.epsg
-    raise HeatmapError("the search area's centre is not inside any tile's footprint: "
-                       "check the coordinates and --crs (lon/lat by default)")
-
-
-def make_grid(area: BaseGeometry, epsg: int, step_m: float) -> tuple[Grid, np.ndarray]:
-    """The grid over ``area`` (already in ``epsg``) and which of its points lie in the area."""
-    minx, miny, maxx, maxy = area.bounds
-    grid = Grid(epsg, minx, maxy, step_m, max(1, math.ceil((maxy - miny) / step_m)),
-                max(1, math.ceil((maxx - minx) / step_m)))
-    x, y = grid.centres()
-    inside = shapely.covers(area, shapely.points(x, y)) if area.area > 0 else np.ones_like(x, bool)
-    return grid, inside
-
-
-def assign_tiles(x: np.ndarray, y: np.ndarray, epsg: int, edge_m: float, tiles: list[Tile]) -> list[Tile | None]:
-    """For each point, the first tile (by id) in ``epsg`` whose footprint covers its whole chip."""
-    squares = chipgeom.squares(x, y, edge_m)
-    out: list[Tile | None] = [None] * len(x)
-    for tile in (t for t in tiles if t.epsg == epsg):
-        covered = shapely.covers(tile.footprint, squares)
-        for k in np.flatnonzero(covered):
-            out[k] = out[k] or tile
-    return out
-
-
-def score_points(model, photo: Image.Image, x: np.ndarray, y: np.ndarray, owners: list[Tile | None],
-                 edge_m: float, batch_size: int, s3: S3Params, device: str) -> tuple[np.ndarray, np.ndarray]:
-    """Score and bearing at each point (NaN where no tile); chips read tile by tile, scored in batches."""
-    import torch
-
-    from pipeline.raster import read_chip
-    from pipeline.train.data import chip_pixels, chip_tensor, photo_pixels, photo_tensor
-
-    score, bearing = np.full(len(x), np.nan, np.float32), np.full(len(x), np.nan, np.float32)
-    with torch.no_grad():
-        anchor = model.embed_photo(photo_tensor(photo_pixels(photo, model.spec))[None].to(device))
-        for tile in sorted({t for t in owners if t is not None}, key=lambda t: t.tile_id):
-            todo = [k for k, t in enumerate(owners) if t is tile]
-            with rasterio_env(s3), rasterio.open(gdal_path(tile.uri)) as src:
-                for b0 in range(0, len(todo), batch_size):
-                    batch = todo[b0 : b0 + batch_size]
-                    chips = []
-                    for k in batch:
-                        square = chipgeom.ChipSquare(float(x[k]), float(y[k]), edge_m, tile.epsg)
-                        data, _ = read_chip(src, chipgeom.pixel_window(square, src.transform, tile.gsd_m))
-                        chips.append(chip_tensor(chip_pixels(Image.fromarray(data.transpose(1, 2, 0)), model.spec),
-                                                 model.spec))
-                    dist, bear = model.distances(anchor, model.embed_chip(torch.stack(chips).to(device)))
-                    score[batch] = (1 - dist[0].double().cpu().numpy() ** 2 / 2).astype(np.float32)
-                    if bear is not None:
-                        bearing[batch] = bear[0].cpu().numpy().astype(np.float32)
-    return score, bearing
-
-
-def compute(model, photo: Image.Image, tiles: list[Tile], area: BaseGeometry, area_epsg: int | None,
-            step_m: float, edge_m: float, *, batch_size: int = 32, max_points: int = 40_000,
-            s3: S3Params | None = None, device: str = "cpu") -> HeatmapResult:
-    """The heat map's pure core: grid over the area, chips, scores and bearings."""
-    epsg = grid_epsg(area, area_epsg, tiles)
-    area = area if area_epsg is None else to_crs(area, area_epsg, epsg)
-    grid, inside = make_grid(area, epsg, step_m)
-    if inside.sum() > max_points:
-        raise HeatmapError(f"the grid has {int(inside.sum())} points, more than heatmap.max_points "
-                           f"({max_points}): use a smaller area or a larger heatmap.step_m")
-    x, y = (a[inside] for a in grid.centres())
-    owners = assign_tiles(x, y, epsg, edge_m, tiles)
-    log.info("heat map: %d x %d grid (%d points in the area, %d with a full chip) in EPSG:%d",
-             grid.rows, grid.cols, len(x), sum(o is not None for o in owners), epsg)
-    s, b = score_points(model, photo, x, y, owners, edge_m, batch_size, s3 or S3Params(), device)
-    score, bearing = np.full(inside.shape, np.nan, np.float32), np.full(inside.shape, np.nan, np.float32)
-    tile_id = np.full(inside.shape, None, object)
-    score[inside], bearing[inside] = s, b
-    tile_id[inside] = [o.tile_id if o is not None else None for o in owners]
-    return HeatmapResult(grid, score, bearing, tile_id)
-
-
-# ---------------------------------------------------------------- outputs
-
-
-def _atomic(path: str | Path, write) -> None:
-    from pipeline.store import atomic_file
-
-    with atomic_file(path) as tmp:
-        write(tmp)
-
-
-def write_geotiff(result: HeatmapResult, path: str | Path) -> None:
-    """Band 1 score, band 2 bearing (degrees from north), float32, NaN nodata, the grid's CRS and transform."""
-    g = result.grid
-    profile = {"driver": "GTiff", "width": g.cols, "height": g.rows, "count": 2, "dtype": "float32",
-               "crs": f"EPSG:{g.epsg}", "transform": g.transform, "nodata": float("nan")}
-
-    def write(tmp: str) -> None:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(np.stack([result.score, result.bearing_deg]))
-            dst.descriptions = ("score", "bearing_deg")
-
-    _atomic(path, write)
-
-
-def feature_rows(result: HeatmapResult) -> list[dict]:
-    """One GeoJSON point feature (lon/lat) per scored grid point, with score, rank and bearing."""
-    x, y = result.grid.centres()
-    ok = np.isfinite(result.score)
-    order = np.argsort(-result.score[ok], kind="stable")
-    rank = np.empty(len(order), np.int64)
-    rank[order] = np.arange(1, len(order) + 1)
-    lon, lat = transformer(result.grid.epsg, 4326).transform(x[ok], y[ok])
-    feats = []
-    for k, (r, c) in enumerate(zip(*np.nonzero(ok))):
-        bearing = float(result.bearing_deg[r, c])
-        props = {"row": int(r), "col": int(c), "x_m": float(x[r, c]), "y_m": float(y[r, c]),
-                 "epsg": result.grid.epsg, "score": float(result.score[r, c]), "rank": int(rank[k]),
-                 "bearing_deg": round(bearing, 2) if math.isfinite(bearing) else None,
-                 "tile_id": result.tile_id[r, c]}
-        feats.append({"type": "Feature", "geometry": {"type": "Point", "coordinates": [float(lon[k]), float(lat[k])]},
-                      "properties": props})
-    return feats
-
-
-def write_geojson(result: HeatmapResult, path: str | Path) -> None:
-    """The scored points as a GeoJSON FeatureCollection (RFC 7946: lon/lat)."""
-    text = json.dumps({"type": "FeatureCollection", "features": feature_rows(result)}, indent=1)
-    _atomic(path, lambda tmp: Path(tmp).write_text(text + "\n"))
-
-
-def background(tiles: list[Tile], epsg: int, bounds: tuple[float, float, float, float], size: tuple[int, int],
-               s3: S3Params) -> Image.Image:
-    """Tile imagery over ``bounds`` at ``size`` (w, h): decimated reads of every tile in the CRS, mosaicked."""
-    w, h = size
-    canvas = np.zeros((3, h, w), np.uint8)
-    area = shapely.box(*bounds)
-    with rasterio_env(s3):
-        for tile in (t for t in tiles if t.epsg == epsg and t.footprint.intersects(area)):
-            with rasterio.open(gdal_path(tile.uri)) as src:
-                window = from_bounds(*bounds, transform=src.transform)
-                data = src.read((1, 2, 3), window=window, out_shape=(3, h, w), boundless=True, fill_value=0)
-            valid = data.any(axis=0) & ~canvas.any(axis=0)
-            canvas[:, valid] = data[:, valid]
-    return Image.fromarray(canvas.transpose(1, 2, 0))
-
-
-def _arrow(draw: ImageDraw.ImageDraw, x: float, y: float, bearing: float, length: float, width: int) -> None:
-    rad = math.radians(bearing)
-    tip = (x + length * math.sin(rad), y - length * math.cos(rad))
-    for colour, w in (((0, 0, 0), width + 2), ((255, 230, 0), width)):
-        draw.line([(x, y), tip], fill=colour, width=w)
-        for side in (150, -150):
-            back = math.radians(bearing + side)
-            head = min(length * 0.45, 10 + 2 * width)
-            draw.line([tip, (tip[0] + head * math.sin(back), tip[1] - head * math.cos(back))], fill=colour, width=w)
-
-
-def render_png(result: HeatmapResult, imagery: Image.Image, path: str | Path,
-               true_xy: tuple[float, float] | None = None) -> None:
-    """Imagery, a red heat overlay (opacity by normalised score), arrows (direction, length by score), the truth."""
-    g = result.grid
-    w, h = imagery.size
-    s = result.score
-    ok = np.isfinite(s)
-    lo, hi = (float(s[ok].min()), float(s[ok].max())) if ok.any() else (0.0, 1.0)
-    norm = np.where(ok, (s - lo) / (hi - lo) if hi > lo else 1.0, 0.0)
-    alpha = Image.fromarray((norm**2 * 190).astype(np.uint8)).resize((w, h), Image.BILINEAR)  # the best stand out
-    red = Image.new("RGBA", (w, h), (255, 0, 0, 0))
-    red.putalpha(alpha)
-    out = Image.alpha_composite(imagery.convert("RGBA"), red)
-    draw = ImageDraw.Draw(out)
-    cell = w / g.cols
-    for r, c in zip(*np.nonzero(ok)):
-        px, py = (c + 0.5) * cell, (r + 0.5) * h / g.rows
-        size = cell * (0.15 + 0.55 * norm[r, c])
-        if math.isfinite(result.bearing_deg[r, c]):
-            _arrow(draw, px, py, float(result.bearing_deg[r, c]), size, max(1, round(cell / 25)))
-        else:
-            draw.ellipse([px - size / 3, py - size / 3, px + size / 3, py + size / 3], outline=(255, 230, 0), width=2)
-    if true_xy is not None:
-        tx, ty = ~Affine.scale(g.step_m * g.cols / w, g.step_m * g.rows / h) * (true_xy[0] - g.minx, g.maxy - true_xy[1])
-        r = max(6.0, cell / 5)
-        draw.ellipse([tx - r, ty - r, tx + r, ty + r], outline=(0, 255, 255), width=3)
-        draw.line([(tx - 2 * r, ty), (tx + 2 * r, ty)], fill=(0, 255, 255), width=2)
-        draw.line([(tx, ty - 2 * r), (tx, ty + 2 * r)], fill=(0, 255, 255), width=2)
-    _atomic(path, lambda tmp: out.convert("RGB").save(tmp, format="PNG"))
-
-
-def png_size(grid: Grid, max_px: int) -> tuple[int, int]:
-    """PNG (w, h) with the grid's aspect and the longer side ``max_px``."""
-    scale = max_px / max(grid.rows, grid.cols)
-    return max(1, round(grid.cols * scale)), max(1, round(grid.rows * scale))
-
-
-# ---------------------------------------------------------------- command line
+DEFAULT_MODEL = "models/geoloc/model.pt"  # where the train stage (dvc.yaml) writes it
 
 
 def parse_crs(text: str) -> int | None:
@@ -363,7 +84,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     photo.add_argument("--id", help="a pair id of --manifest: its photo, and its position as the true location")
     parser.add_argument("--manifest", default="manifests/test.parquet", help="manifest for --id")
     parser.add_argument("--true", nargs=2, type=float, metavar=("X", "Y"), help="true location (in --crs)")
-    parser.add_argument("--model", default="models/model.pt", help="trained model (models/model.pt)")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"trained model (default: {DEFAULT_MODEL})")
     parser.add_argument("--tiles", default="tables/tiles.parquet", help="tiles table")
     parser.add_argument("--out", required=True, help="output prefix: writes PREFIX.png, PREFIX.tif, PREFIX.geojson")
 
@@ -376,11 +97,12 @@ def _photo_and_truth(args: argparse.Namespace, area_epsg: int | None) -> tuple[s
 
 
 def main(params: Params, args: argparse.Namespace) -> int:
+    from pipeline.device import resolve_device
     from pipeline.train.data import decode
-    from pipeline.train.loop import load_model, resolve_device
+    from pipeline.train.loop import load_model
 
     hp = params.heatmap
-    device = resolve_device(hp.device)
+    device = resolve_device(hp.device, "heatmap.device")
     if device == "cpu":
         import torch
 
@@ -390,16 +112,17 @@ def main(params: Params, args: argparse.Namespace) -> int:
     photo_uri, truth = _photo_and_truth(args, area_epsg)
     model, _ = load_model(args.model, device)
     photo = decode(read_bytes(photo_uri, params.s3), (model.spec.photo_width, model.spec.photo_height))
-    tiles = load_tiles(args.tiles)
-    result = compute(model, photo, tiles, area, area_epsg, hp.step_m, params.chip.edge_m, batch_size=hp.batch_size,
-                     max_points=hp.max_points, s3=params.s3, device=device)
+    tiles = heatmap_score.load_tiles(args.tiles)
+    result = heatmap_score.compute(model, photo, tiles, area, area_epsg, hp.step_m, params.chip.edge_m,
+                                   batch_size=hp.batch_size, max_points=hp.max_points, s3=params.s3, device=device)
     true_xy = None
     if truth is not None:
         src = result.grid.epsg if truth[2] is None else truth[2]
         true_xy = transformer(src, result.grid.epsg).transform(truth[0], truth[1])
-    write_geotiff(result, f"{args.out}.tif")
-    write_geojson(result, f"{args.out}.geojson")
-    imagery = background(tiles, result.grid.epsg, result.grid.bounds, png_size(result.grid, hp.png_max_px), params.s3)
-    render_png(result, imagery, f"{args.out}.png", true_xy)
+    draw.write_geotiff(result, f"{args.out}.tif")
+    draw.write_geojson(result, f"{args.out}.geojson")
+    size = draw.png_size(result.grid, hp.png_max_px)
+    draw.render_png(result, draw.background(tiles, result.grid.epsg, result.grid.bounds, size, params.s3),
+                    f"{args.out}.png", true_xy)
     log.info("wrote %s.png, %s.tif and %s.geojson", args.out, args.out, args.out)
     return 0

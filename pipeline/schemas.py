@@ -172,10 +172,10 @@ SCORES = pa.schema(
         ("sha256", pa.string()),  # of the photo as fetched (downloads.sha256): a changed photo is rescored
         ("model", pa.string()),  # imagenet/tf_efficientnet_lite0 | places365/<arch>
         ("model_key", pa.string()),  # weights + arch + preprocessing; names the embedding cache folder
-        ("vote_key", pa.string()),  # top_k, thresholds, IO labels
+        ("vote_key", pa.string()),  # top_k, rule, thresholds, IO labels
         ("status", pa.string()),  # ok | error
         ("error", pa.string()),
-        ("indoor_score", pa.float64()),  # indoor share of the top-k indoor+outdoor mass, 0..1
+        ("indoor_score", pa.float64()),  # weighted vote: indoor share of the top-k mass; majority: share not outdoor
         ("indoor_mass", pa.float64()),
         ("outdoor_mass", pa.float64()),
         ("is_indoor", pa.bool_()),
@@ -201,8 +201,8 @@ EVAL_PAIRS = pa.schema(
     [
         ("id", pa.string()),
         ("split", pa.string()),
-        ("rank", pa.int32()),  # 1-based rank of the pair's own chip among all the split's chips
-        ("distance", pa.float64()),  # model distance photo → own chip (chord, 0..2)
+        ("rank", pa.int32()),  # chips at distance <= the own chip's (WITW: 1-based, ties count against)
+        ("distance", pa.float64()),  # model distance photo → own chip: 2 (1 - cos), 0..4 (WITW)
         ("top1_id", pa.string()),  # the pair whose chip came first
         ("top1_distance", pa.float64()),
         ("predicted_bearing_deg", pa.float64()),  # viewing direction at the own chip; null without orientation

@@ -43,8 +43,18 @@ from pipeline.geo import utm_epsg
 
 REPO = Path(__file__).resolve().parent.parent
 CHIP_HALF = 112.5
-GOOD = {"ok", "density_pair", "low_accuracy", "deny_list", "single_band", "corrupt", "empty"}
+GOOD = {"ok", "density_pair", "low_accuracy", "deny_list", "single_band", "corrupt", "empty", "indoor", "relevance",
+        "wrong_location"}
+MODEL_JUDGED = {"indoor_view", "close_up", "portrait", "wrong_geotag"}  # planted at rates, not counts
 SMALL = DemoParams(n_photos=40)
+
+
+def planted_counts(n_photos: int) -> dict[str, int]:
+    """Every planted case's count in a demo of ``n_photos``: the catalog's counts plus its rates per city."""
+    cfg = load_demo()
+    cities = build_cities(cfg, n_photos, np.random.default_rng(0))  # the seed only picks nodata corners
+    spread = split_cases(cfg["cases"], cities, cfg["rates"])
+    return {case: sum(spread[c.index].get(case, 0) for c in cities) for case in {**cfg["cases"], **cfg["rates"]}}
 
 
 def _digests(root: Path) -> dict[str, str]:
@@ -107,7 +117,7 @@ def test_cli_writes_the_whole_demo_and_replaces_an_older_one(demo):
 def test_two_runs_give_byte_identical_files(demo, tmp_path):
     again = demo_mod.generate(tmp_path / "again", SMALL)
     first, second = _digests(demo), _digests(again)
-    assert len(first) == 3 + 2 + 2 + 40 + sum(load_demo()["cases"].values())  # tiles, Flickr, yaml+csv, photos
+    assert len(first) == 3 + 2 + 2 + 40 + sum(planted_counts(40).values())  # tiles, Flickr, yaml+csv, photos
     assert first == second
 
 
@@ -214,7 +224,9 @@ def test_planted_case_counts_match_the_catalog(any_truth):
     cfg = load_demo()
     cases = collections.Counter(t["case"] for t in truth)
     assert cases.pop("normal") == n_photos
-    assert dict(cases) == {k: v for k, v in cfg["cases"].items() if v}
+    assert dict(cases) == {k: v for k, v in planted_counts(n_photos).items() if v}
+    for case, rate in cfg["rates"].items():  # rated cases follow the ordinary photos
+        assert cases[case] == pytest.approx(rate * n_photos, abs=len(cfg["cities"]))
     assert len({t["id"] for t in truth}) == len(truth)
     per_city = collections.Counter(t["city"] for t in truth if t["case"] == "normal")
     yaml_total = sum(c["photos"] for c in cfg["cities"])
@@ -291,6 +303,8 @@ def test_every_planted_case_sits_where_its_rule_fires(demo, any_truth):
         e = t["expected"]
         if e in GOOD:
             assert any(r["fits_with_5m"] and r["nodata"] == 0 for r in f), t
+            taken = _chip_facts(fps, t["aoi"], float(t["true_lon"]), float(t["true_lat"]))
+            assert any(r["fits_with_5m"] and r["nodata"] == 0 for r in taken), t
         elif e == "near_tile_edge":
             assert any(r["inside"] and r["to_edge"] > 10 for r in f) and not any(r["fits_less_5m"] for r in f), t
         elif e == "outside_tiles":
@@ -321,6 +335,52 @@ def test_near_duplicates_stand_2_to_8_m_from_a_partner_and_others_keep_apart(dem
         else:
             assert d.min() > 15.0, t
     assert sum(t["expected"] == "density_pair" for t in truth) == 2 * load_demo()["cases"]["near_duplicate"]
+
+
+def test_wrong_geotags_are_recorded_200_to_600_m_from_where_the_photo_was_taken(demo, any_truth):
+    truth, _ = any_truth
+    fps = {}
+    for fp in _footprints(demo):
+        fps.setdefault(fp["aoi"], fp)
+    moved = 0
+    for t in truth:
+        if t["expected"] == "bad_coordinates":
+            continue
+        tr = fps[t["aoi"]]["tr"]
+        d = math.dist(tr.transform(float(t["lon"]), float(t["lat"])), tr.transform(float(t["true_lon"]),
+                                                                                    float(t["true_lat"])))
+        if t["case"] == "wrong_geotag":
+            assert 195 <= d <= 605 and t["expected"] == "wrong_location", t
+            moved += 1
+        else:
+            assert d < 0.5, t  # recorded where it was taken (6-decimal rounding)
+    assert moved == sum(t["case"] == "wrong_geotag" for t in truth) > 0
+
+
+def test_rooms_close_ups_and_portraits_are_drawn_as_such_and_the_shipped_classifier_calls_rooms_indoor(demo, truth):
+    from pipeline.config import ClassifyParams
+    from pipeline.scene.backbone import load_backbone
+    from pipeline.scene.infer import prepare
+    from pipeline.scene.spec import model_spec
+    from pipeline.scene.vote import vote
+
+    torch = pytest.importorskip("torch")
+    spec = model_spec(ClassifyParams())
+    backbone = load_backbone(spec)
+    verdict = {}
+    for t in (t for t in truth if t["case"] in MODEL_JUDGED | {"normal"}):
+        data = (demo / "photos" / f"{t['id']}.jpg").read_bytes()
+        with torch.no_grad():
+            logits, _ = backbone.forward(torch.from_numpy(prepare(data, spec.preprocess))[None])
+        verdict[t["id"]] = (t["case"], vote(torch.softmax(logits, 1)[0].numpy(), spec.labels.io_array(),
+                                            spec.vote).is_indoor)
+    rooms = [indoor for case, indoor in verdict.values() if case == "indoor_view"]
+    streets = [indoor for case, indoor in verdict.values() if case in ("normal", "wrong_geotag")]
+    assert rooms and all(rooms), "every planted room is indoor to the shipped classifier"
+    assert sum(streets) <= 0.25 * len(streets), "street views are mostly outdoor"
+    expected = {t["case"]: t["expected"] for t in truth if t["case"] in MODEL_JUDGED}
+    assert expected == {"indoor_view": "indoor", "close_up": "relevance", "portrait": "relevance",
+                        "wrong_geotag": "wrong_location"}
 
 
 def test_bad_photo_files_fail_as_planted(demo, truth, records):
@@ -437,8 +497,10 @@ def test_photo_counts_scale_with_n_photos_and_cases_spread_over_cities():
     cfg = load_demo()
     cities = build_cities(cfg, 40, np.random.default_rng(0))
     assert sum(c.n_photos for c in cities) == 40
-    assert [c.n_photos for c in cities] == [29, 11]
-    spread = split_cases(cfg["cases"], cities)
+    assert [c.n_photos for c in cities] == [30, 10]
+    spread = split_cases(cfg["cases"], cities, cfg["rates"])
     for case, n in cfg["cases"].items():
         assert sum(spread[c.index].get(case, 0) for c in cities) == n
+    for case, rate in cfg["rates"].items():
+        assert [spread[c.index][case] for c in cities] == [round(rate * c.n_photos) for c in cities]
     assert all(spread[c.index].get("outside_tiles") for c in cities)

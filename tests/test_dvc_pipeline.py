@@ -37,8 +37,8 @@ def test_every_stage_ran_and_manifests_exist(repo):
         assert f"Running stage '{stage}'" in log
     for split in ("train", "val", "test"):
         assert (repo / "manifests" / f"{split}.parquet").exists()
-    assert pq.read_table(repo / "manifests" / "train.parquet").num_rows > 50
-    assert pq.read_table(repo / "manifests" / "test.parquet").num_rows > 10
+    assert pq.read_table(repo / "manifests" / "train.parquet").num_rows > 400
+    assert pq.read_table(repo / "manifests" / "test.parquet").num_rows > 150
 
 
 def test_every_demo_photo_is_in_a_manifest_or_has_a_reason(repo):
@@ -70,18 +70,24 @@ def test_second_repro_does_nothing(repo):
 
 def test_density_change_reruns_pair_and_downstream_only(repo):
     original = (repo / "params.yaml").read_bytes()
+    chips_before = set((repo / "data" / "store" / "chips").rglob("*"))
     params = yaml.safe_load(original)
     params["pair"]["density_m"] = 25
     try:
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        out = sh(["dvc", "repro"], repo)
+        out = sh(["dvc", "repro", "manifest"], repo)  # up to the manifests: retraining would add minutes, not checks
         ran = {s for s in STAGES if f"Running stage '{s}'" in out}
-        assert {"pair"} <= ran <= {"pair", "chip", "filter", "manifest", "train", "evaluate"}
+        assert {"pair"} <= ran <= {"pair", "chip", "filter", "manifest"}
         density = [d for d in pq.read_table(repo / "tables" / "pairs.parquet").to_pylist() if d["status"] == "density"]
         assert density and all("m" in d["reason"] for d in density)
     finally:  # the repo is shared by the session: later tests see the original params and outputs
         (repo / "params.yaml").write_bytes(original)
-        sh(["dvc", "repro"], repo)
+        out = sh(["dvc", "repro"], repo)
+        # 25 m keeps other photos of a cluster than 10 m: their chips stay in the (persistent) store; tidy them
+        # away so that the session's later tests see the store a 10 m run leaves
+        for path in sorted(set((repo / "data" / "store" / "chips").rglob("*")) - chips_before, reverse=True):
+            path.unlink() if path.is_file() else path.rmdir()
+    assert "Running stage 'train'" not in out, "the manifests are back to the trained ones"
 
 
 def test_from_scratch_rerun_is_byte_identical(repo):
@@ -100,13 +106,24 @@ def test_each_planted_case_is_dropped_for_its_reason(repo):
         if not d["kept"]:
             codes.setdefault(d["id"], set()).add(d["reason"].split(":", 1)[0].strip())
     in_manifests = set().union(*(_ids(repo / "manifests" / f"{s}.parquet") for s in ("train", "val", "test")))
-    planted = [t for t in truth if t["expected"] not in ("ok", "density_pair")]
+    judged = {"indoor", "relevance", "wrong_location"}  # a model's or a curator's call, scored as rates below
+    planted = [t for t in truth if t["expected"] not in {"ok", "density_pair"} | judged]
     assert len(planted) >= 40
     for t in planted:
         assert t["expected"] in codes.get(t["id"], set()), (t["case"], t["id"], codes.get(t["id"]))
-    # ordinary photos reach a manifest unless the split buffer or a model filter drops them
+    # ordinary photos, close-ups, portraits and wrong geotags reach a manifest unless the split buffer or a
+    # model filter drops them: with no curator verdicts and no relevance head, nothing else can tell
     for t in truth:
-        if t["expected"] == "ok":
+        if t["expected"] in ("ok", "relevance", "wrong_location"):
             assert t["id"] in in_manifests or codes[t["id"]] <= {"split_buffer", "indoor", "relevance"}, t
+    rooms = [t for t in truth if t["case"] == "indoor_view"]
+    caught = sum("indoor" in codes.get(t["id"], set()) for t in rooms)
+    assert len(rooms) >= 50 and caught >= 0.9 * len(rooms), f"the indoor rule caught {caught} of {len(rooms)} rooms"
+    streets = [t for t in truth if t["case"] == "normal"]
+    false_indoor = sum("indoor" in codes.get(t["id"], set()) for t in streets)
+    assert false_indoor <= 0.2 * len(streets), f"{false_indoor} of {len(streets)} street views called indoor"
+    wrong = [t for t in truth if t["case"] == "wrong_geotag"]
+    assert len(wrong) >= 20 and sum(t["id"] in in_manifests for t in wrong) >= 0.5 * len(wrong), \
+        "most wrong geotags pass every rule: only an audit or a curator finds them"
     pairs = [t for t in truth if t["expected"] == "density_pair"]
     assert sum("density" in codes.get(t["id"], set()) for t in pairs) == len(pairs) // 2

@@ -1,4 +1,5 @@
-"""``crossview heatmap``: the grid, CRS and bounds of the GeoTIFF, the GeoJSON points, the PNG, bad areas.
+"""``crossview heatmap``: the grid, CRS and bounds of the GeoTIFF, the GeoJSON points, the PNG, bad areas,
+WITW's score and the bearing convention, and the defaults after the demo's ``dvc repro``.
 
 The tile is made in code (:func:`make_tile`): a 500 m square at 1 m in UTM zone 31N with a blocky
 pattern, registered in a ``tiles`` table; the model is a tiny witw_fov (random weights: the files'
@@ -13,6 +14,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import rasterio
 import shapely
@@ -21,7 +23,7 @@ from PIL import Image
 
 torch = pytest.importorskip("torch")
 
-from pipeline import heatmap
+from pipeline import heatmap, heatmap_draw, heatmap_score
 from pipeline.config import Params, TrainParams, WitwFovParams
 from pipeline.geo import transformer
 from pipeline.schemas import MANIFEST, TILES, table_from_rows, write_table
@@ -90,15 +92,18 @@ def test_geotiff_has_the_grid_crs_transform_and_bounds(world):
     out = run(world, "--bbox", *map(str, BOX), "--crs", "tile", "--photo", str(world[0] / "photo.jpg"))
     with rasterio.open(f"{out}.tif") as src:
         assert src.crs.to_epsg() == EPSG
-        assert (src.width, src.height, src.count) == (6, 6, 2)
+        assert (src.width, src.height, src.count) == (6, 6, 3)
         assert src.transform == Affine(STEP, 0, BOX[0], 0, -STEP, BOX[3])
         assert src.bounds == pytest.approx((BOX[0], BOX[3] - 6 * STEP, BOX[0] + 6 * STEP, BOX[3]))
-        assert src.descriptions == ("score", "bearing_deg")
-        score, bearing = src.read(1), src.read(2)
+        assert src.descriptions == ("score", "bearing_deg", "left_edge_deg")
+        assert "exp(10 (1 - d))" in src.tags()["SCORE"] and "photo's centre" in src.tags()["BEARING"]
+        score, bearing, left = src.read(1), src.read(2), src.read(3)
     # a point is scored when its whole 225 m chip lies in the tile: centres 128.1 .. 353.1 m in, not 409.4 m
     assert np.isfinite(score[:5, :5]).all() and np.isnan(score[5]).all() and np.isnan(score[:, 5]).all()
-    assert (np.abs(score[:5, :5]) <= 1).all()
+    assert ((score[:5, :5] > math.exp(-30)) & (score[:5, :5] <= math.exp(10))).all()  # exp(10 (1 - d)), d in 0..4
     assert ((bearing[:5, :5] >= 0) & (bearing[:5, :5] < 360)).all()
+    view = 360 * 6 / 32  # the tiny model's photo: 70 degrees rounded to 6 of the polar image's 32 columns
+    assert np.allclose((bearing[:5, :5] - left[:5, :5]) % 360, view / 2, atol=1e-3)
 
 
 def test_geojson_points_are_the_scored_cell_centres_in_lon_lat(world):
@@ -112,8 +117,11 @@ def test_geojson_points_are_the_scored_cell_centres_in_lon_lat(world):
         p = f["properties"]
         x, y = back.transform(*f["geometry"]["coordinates"])
         assert (x, y) == pytest.approx((BOX[0] + (p["col"] + 0.5) * STEP, BOX[3] - (p["row"] + 0.5) * STEP), abs=1e-3)
-        assert p["score"] == pytest.approx(float(score[p["row"], p["col"]]), abs=1e-6)
+        assert p["score"] == pytest.approx(float(score[p["row"], p["col"]]), rel=1e-6)
+        assert p["score"] == pytest.approx(math.exp(10 * (1 - p["distance"])), rel=1e-9)
         assert 0 <= p["bearing_deg"] < 360 and p["tile_id"] == "T1" and p["epsg"] == EPSG
+        assert 0 <= p["left_edge_deg"] < 360 and "photo's centre" in p["bearing_convention"]
+        assert p["score_formula"].startswith("exp(10 (1 - d))")
     ranks = sorted(f["properties"]["rank"] for f in features)
     assert ranks == list(range(1, 26))
     best = min(features, key=lambda f: f["properties"]["rank"])["properties"]["score"]
@@ -153,10 +161,65 @@ def test_an_area_outside_every_tile_or_too_large_is_refused(world):
     photo = Image.open(root / "photo.jpg")
     far = shapely.box(700_000, 5_000_000, 700_300, 5_000_300)
     with pytest.raises(heatmap.HeatmapError, match="not inside any tile"):
-        heatmap.compute(model, photo, heatmap.load_tiles(tiles), far, EPSG, STEP, 225.0)
+        heatmap_score.compute(model, photo, heatmap_score.load_tiles(tiles), far, EPSG, STEP, 225.0)
     with pytest.raises(heatmap.HeatmapError, match="max_points"):
-        heatmap.compute(model, photo, heatmap.load_tiles(tiles), shapely.box(*BOX), EPSG, 1.0, 225.0, max_points=100)
+        heatmap_score.compute(model, photo, heatmap_score.load_tiles(tiles), shapely.box(*BOX), EPSG, 1.0, 225.0, max_points=100)
     with pytest.raises(heatmap.HeatmapError, match="--crs"):
         heatmap.parse_crs("mercator")
     with pytest.raises(heatmap.HeatmapError, match="min < max"):
         heatmap.parse_area([1, 1, 0, 2], None)
+
+
+def test_witw_score_is_exp_10_one_minus_distance_on_a_hand_made_distance_grid():
+    d = np.array([[0.0, 1.0], [2.0, np.nan]])
+    s = heatmap_score.witw_score(d)
+    assert s[0, 0] == pytest.approx(math.exp(10)) and s[0, 1] == pytest.approx(1.0)
+    assert s[1, 0] == pytest.approx(math.exp(-10)) and np.isnan(s[1, 1])
+    assert heatmap_score.left_edge(np.array([10.0, 200.0]), 70.0).tolist() == pytest.approx([335.0, 165.0])
+
+
+def _result(orientation: bool) -> heatmap_score.HeatmapResult:
+    grid = heatmap_score.Grid(EPSG, BOX[0], BOX[3], STEP, 2, 2)
+    d = np.array([[0.2, 0.9], [1.5, np.nan]])
+    bearing = np.array([[90.0, 180.0], [270.0, np.nan]], np.float32) if orientation else np.full((2, 2), np.nan)
+    tile = np.array([["T1", "T1"], ["T1", None]], object)
+    return heatmap_score.HeatmapResult(grid, heatmap_score.witw_score(d), d, bearing.astype(np.float32),
+                                       heatmap_score.left_edge(bearing, 60.0).astype(np.float32), tile, orientation)
+
+
+def _yellow(path) -> int:
+    px = np.asarray(Image.open(path).convert("RGB")).reshape(-1, 3).astype(int)
+    return int(((px[:, 0] > 230) & (px[:, 1] > 210) & (px[:, 2] < 40)).sum())
+
+
+def test_png_legend_states_the_convention_and_a_model_without_orientation_draws_no_marks(tmp_path):
+    imagery = Image.new("RGB", (400, 400), (60, 60, 60))
+    with_arrows, without = _result(True), _result(False)
+    heatmap_draw.render_png(with_arrows, imagery, tmp_path / "a.png")
+    heatmap_draw.render_png(without, imagery, tmp_path / "b.png")
+    assert _yellow(tmp_path / "a.png") > 100 and _yellow(tmp_path / "b.png") == 0  # arrows only with orientation
+    assert any("CENTRE" in line for line in heatmap_draw.legend_lines(with_arrows, truth=False))
+    assert "no viewing direction" in " ".join(heatmap_draw.legend_lines(without, truth=False))
+    bottom = np.asarray(Image.open(tmp_path / "b.png").convert("L"))[-20:]
+    assert (bottom > 240).mean() > 0.5 and (bottom < 60).any(), "a white legend box with dark text"
+    props = heatmap_draw.feature_rows(without)[0]["properties"]
+    assert props["bearing_deg"] is None and "no viewing direction" in props["bearing_convention"]
+
+
+def test_heatmap_defaults_work_right_after_the_demo_dvc_repro(demo_repo, tmp_path):
+    import subprocess
+
+    rows = pq.read_table(demo_repo / "manifests" / "test.parquet", columns=["id", "x_m", "y_m", "epsg"]).to_pylist()
+    mx, my = np.median([r["x_m"] for r in rows]), np.median([r["y_m"] for r in rows])
+    row = min(rows, key=lambda r: math.hypot(r["x_m"] - mx, r["y_m"] - my))  # mid-city: every chip fits
+    x, y = row["x_m"], row["y_m"]
+    out = tmp_path / "demo_heat"
+    cmd = ["crossview", "heatmap", "--id", row["id"], "--crs", f"EPSG:{row['epsg']}",
+           "--bbox", str(x - 120), str(y - 120), str(x + 120), str(y + 120), "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=demo_repo, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    features = json.loads(Path(f"{out}.geojson").read_text())["features"]
+    assert len(features) == 16  # the 4 x 4 cell centres (56.25 m apart) inside the 240 m box, all scored
+    assert all(f["properties"]["bearing_deg"] is None for f in features)  # timm_contrastive: no orientation
+    assert "no viewing direction" in features[0]["properties"]["bearing_convention"]
+    assert Image.open(f"{out}.png").size[0] > 0

@@ -12,7 +12,7 @@ pytest.importorskip("timm")
 
 from pipeline.config import TimmParams, WitwFovParams
 from pipeline.train.losses import info_nce, soft_margin_triplet
-from pipeline.train.metrics import one_percent_k, recall_at, recall_curve, retrieve, summary
+from pipeline.train.metrics import chance, one_percent_k, recall_at, recall_curve, retrieve, summary
 from pipeline.train.models import TimmContrastive, WitwFov
 
 
@@ -49,6 +49,7 @@ def test_ranks_from_a_hand_made_distance_matrix_whatever_the_chunk(chunk):
     idx = torch.arange(4, dtype=torch.float32)[:, None]
     result = retrieve(table_distances(HAND), idx, idx, chunk=chunk)
     assert result.rank.tolist() == [1, 2, 4, 1]
+    assert result.rank_ties_favour.tolist() == [1, 2, 4, 1]  # no ties in this matrix
     assert result.distance.tolist() == pytest.approx([0.1, 0.5, 0.9, 0.3])
     assert result.top1.tolist() == [0, 0, 0, 3]
     assert result.top1_distance.tolist() == pytest.approx([0.1, 0.2, 0.1, 0.3])
@@ -60,21 +61,44 @@ def test_summary_recalls_ranks_and_chance():
     s = summary(rank)
     assert (s["recall_at_1"], s["recall_at_5"], s["recall_at_10"]) == (0.5, 1.0, 1.0)
     assert s["mean_rank"] == 2.0 and s["median_rank"] == 1.5 and s["pairs"] == 4
-    assert s["chance_recall_at_1"] == 0.25 and s["chance_mean_rank"] == 2.5
+    assert s["chance_recall_at_1"] == 0.25 and s["chance_mean_rank"] == 2.5 and s["chance_median_rank"] == 2.5
+    assert s["chance_recall_at_5"] == 1.0 and s["chance_recall_at_10"] == 1.0  # k >= N: every chip
+    assert s["recall_at_1pct"] == 0.0 and s["chance_recall_at_1pct"] == 0.0  # N < 100
+    assert "ties count against" in s["convention"]
     assert recall_at(rank, 2) == 0.75
     assert [r["recall"] for r in recall_curve(rank, max_k=10)] == [0.5, 0.75, 0.75, 1.0]
 
 
-def test_top_one_percent_k():
+def test_chance_levels_scale_with_n():
+    c = chance(250)
+    assert c["chance_recall_at_1"] == pytest.approx(1 / 250) and c["chance_recall_at_10"] == pytest.approx(10 / 250)
+    assert c["chance_recall_at_1pct"] == pytest.approx(2 / 250) and c["chance_mean_rank"] == 125.5
+
+
+def test_top_one_percent_is_a_hit_when_rank_times_100_is_at_most_n():
+    assert summary(np.arange(1, 1001))["recall_at_1pct"] == pytest.approx(10 / 1000)
+    assert summary(np.arange(1, 151))["recall_at_1pct"] == pytest.approx(1 / 150)  # only rank 1: 100 <= 150 < 200
+    assert summary(np.ones(99, np.int64))["recall_at_1pct"] == 0.0  # N < 100: never, even at rank 1
+    assert summary(np.ones(100, np.int64))["recall_at_1pct"] == 1.0
+
+
+def test_the_nearest_k_top_one_percent_is_kept_under_its_own_name():
     assert one_percent_k(13) == 1 and one_percent_k(8884) == 89 and one_percent_k(50_000) == 500
-    rank = np.arange(1, 1001)
-    assert summary(rank)["recall_at_1pct"] == pytest.approx(10 / 1000)
+    s = summary(np.array([1, 2, 3] + [100] * 147))  # N = 150: k = round(1.5) = 2
+    assert s["k_1pct_nearest"] == 2 and s["recall_at_1pct_nearest_k"] == pytest.approx(2 / 150)
+    assert s["recall_at_1pct"] == pytest.approx(1 / 150)
+    assert summary(np.ones(13, np.int64))["recall_at_1pct_nearest_k"] == 1.0
 
 
-def test_ties_count_in_the_photos_favour():
-    d = torch.tensor([[0.5, 0.5], [0.5, 0.5]])
-    idx = torch.arange(2, dtype=torch.float32)[:, None]
-    assert retrieve(table_distances(d), idx, idx).rank.tolist() == [1, 1]
+def test_ties_count_against_the_photo_as_in_witw():
+    d = torch.tensor([[0.5, 0.5, 0.9], [0.5, 0.5, 0.1], [0.3, 0.3, 0.3]])
+    idx = torch.arange(3, dtype=torch.float32)[:, None]
+    result = retrieve(table_distances(d), idx, idx, chunk=2)
+    assert result.rank.tolist() == [2, 3, 3]  # chips at distance <= the own one, itself included
+    assert result.rank_ties_favour.tolist() == [1, 2, 1]  # 1 + chips strictly closer
+    s = summary(result.rank, result.rank_ties_favour)
+    assert s["recall_at_1"] == 0.0 and s["recall_at_1_ties_favour"] == pytest.approx(2 / 3)
+    assert s["mean_rank"] == pytest.approx(8 / 3) and s["mean_rank_ties_favour"] == pytest.approx(4 / 3)
 
 
 def test_memory_stays_bounded_by_the_chunk():

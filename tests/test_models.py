@@ -10,6 +10,7 @@ pytest.importorskip("timm")
 from pipeline.config import TimmParams, TrainParams, WitwFovParams
 from pipeline.errors import ConfigError
 from pipeline.train.models import (
+    DropoutConv2d,
     TimmContrastive,
     WitwFov,
     bearing_of_shift,
@@ -43,14 +44,15 @@ def test_circular_correlation_finds_a_known_shift(shift):
     assert float(bearing[0, 2]) == pytest.approx((((shift + 6) * 8 - 0.5) * 360 / 512) % 360)
 
 
-def test_distance_is_the_chord_distance_of_the_normalised_crop():
+def test_distance_is_witws_two_times_one_minus_cosine_of_the_normalised_crop():
     torch.manual_seed(1)
     photo, overhead = torch.randn(1, 8, 2, 5), torch.randn(1, 8, 2, 20)
     dist, shift, _ = circular_distances(photo, overhead, stride=1, polar_width=20)
     s = int(shift[0, 0])
     crop = overhead[..., (torch.arange(5) + s) % 20].flatten()
     g = photo.flatten() / photo.norm()
-    assert float(dist[0, 0]) == pytest.approx(float((g - crop / crop.norm()).norm()), abs=1e-5)
+    cos = float((g * crop / crop.norm()).sum())
+    assert float(dist[0, 0]) == pytest.approx(2 * (1 - cos), abs=1e-5)  # cvig_fov.l2_distance: 2 (1 - cos), 0..4
     whole = overhead / overhead.norm()  # the shift maximises correlation with the whole-map-normalised features
     corr = [float((photo.flatten() * whole[..., (torch.arange(5) + k) % 20].flatten()).sum()) for k in range(20)]
     assert s == max(range(20), key=corr.__getitem__)
@@ -128,7 +130,8 @@ def test_timm_contrastive_embeds_normalised_vectors_and_can_share_weights():
     assert p.shape == c.shape == (3, 32)
     assert torch.allclose(p.norm(dim=1), torch.ones(3), atol=1e-5)
     dist, bearing = separate.distances(p, c)
-    assert bearing is None and dist.shape == (3, 3) and float(dist.max()) <= 2.0
+    assert bearing is None and dist.shape == (3, 3) and 0.0 <= float(dist.min()) and float(dist.max()) <= 4.0
+    assert torch.allclose(dist, 2 * (1 - p @ c.T), atol=1e-6)  # the same distance as witw_fov
 
 
 def test_an_unknown_timm_backbone_names_the_param():
@@ -139,3 +142,50 @@ def test_an_unknown_timm_backbone_names_the_param():
 def test_witw_refuses_a_polar_size_its_stride_cannot_divide():
     with pytest.raises(ConfigError, match="polar_height"):
         WitwFov(TINY_WITW.model_copy(update={"polar_height": 20}))
+
+
+# ---------------------------------------------------------------- WITW's training setup (cvig_fov.py FOV_DSM)
+
+SMALL_WITW = WitwFovParams(polar_height=32, polar_width=64, chip_px=32)  # the full trunk and head, tiny images
+
+
+def test_witw_fov_freezes_every_vgg_module_before_index_17_in_both_branches():
+    torch.manual_seed(0)
+    model = WitwFov(WitwFovParams())
+    for branch in (model.photo_net, model.overhead_net):
+        trunk, head = branch
+        frozen = {name for name, p in trunk.named_parameters() if not p.requires_grad}
+        trainable = {name for name, p in trunk.named_parameters() if p.requires_grad}
+        assert {int(n.split(".")[0]) for n in frozen} == {0, 2, 5, 7, 10, 12, 14}  # conv1_1 .. conv3_3
+        assert {int(n.split(".")[0]) for n in trainable} == {17, 19, 21}  # conv4_1 .. conv4_3
+        assert all(p.requires_grad for p in head.parameters())
+
+
+def test_witw_fov_adds_dropout_02_after_conv4_1_to_conv4_3_and_keeps_torchvision_keys():
+    from torchvision.models.vgg import cfgs, make_layers
+
+    trunk, _ = vgg_trunk(10, dropout=0.2)
+    assert [i for i, m in enumerate(trunk) if isinstance(m, DropoutConv2d)] == [17, 19, 21]
+    assert all(trunk[i].p == 0.2 for i in (17, 19, 21))
+    reference = make_layers(cfgs["D"]).state_dict()
+    assert {k: v.shape for k, v in trunk.state_dict().items()} == {k: reference[k].shape for k in trunk.state_dict()}
+    torch.manual_seed(0)
+    model = WitwFov(SMALL_WITW)
+    x = torch.randn(2, 3, 32, 64)
+    model.train()
+    assert not torch.allclose(model.embed_chip(x), model.embed_chip(x))  # channels dropped at random
+    model.eval()
+    assert torch.equal(model.embed_chip(x), model.embed_chip(x))
+    no_dropout = WitwFov(SMALL_WITW.model_copy(update={"dropout": 0.0}))
+    assert not any(isinstance(m, DropoutConv2d) for m in no_dropout.modules())
+
+
+def test_witw_fov_head_convs_start_from_xavier_uniform():
+    torch.manual_seed(0)
+    model = WitwFov(WitwFovParams())
+    head = model.photo_net[1]
+    first = head[0]
+    weight = first.weight.detach()
+    bound = (6 / (first.in_channels * 9 + first.out_channels * 9)) ** 0.5
+    assert bound * 0.9 < float(weight.abs().max()) <= bound
+    assert float(first.bias.detach().abs().max()) == 0.0

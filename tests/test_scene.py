@@ -91,7 +91,11 @@ def _infer(spec, paths: list[Path]):
 
 @pytest.fixture(scope="module")
 def tiny_places(tmp_path_factory):
-    """Save random ResNet-18 checkpoints in the Places365 release format whose fc bias makes one category win."""
+    """Save random ResNet-18 checkpoints in the Places365 release format whose fc bias makes one category win.
+
+    The next nine most probable categories share the winner's indoor/outdoor label, so the top 10
+    vote the same way under either rule.
+    """
     import torchvision
 
     labels = load_places365_labels()
@@ -99,10 +103,13 @@ def tiny_places(tmp_path_factory):
     for category in ("bedroom", "alley"):
         torch.manual_seed(0)
         net = torchvision.models.resnet18(weights=None, num_classes=365)
+        win = labels.names.index(category)
+        alike = [k for k, io in enumerate(labels.io) if io == labels.io[win] and k != win][:9]
         with torch.no_grad():
             net.fc.weight.zero_()
             net.fc.bias.zero_()
-            net.fc.bias[labels.names.index(category)] = 12.0
+            net.fc.bias[alike] = 5.0
+            net.fc.bias[win] = 12.0
         state = {f"module.{k}": v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
         path = tmp_path_factory.mktemp("places") / f"resnet18_places365_{category}.pth.tar"
         legacy = category == "alley"  # the 2017 release predates the zip format
@@ -124,6 +131,15 @@ def test_places365_checkpoint_loads_and_votes_with_the_io_labels(tiny_places, re
     v = vote_top(out.top_index, out.top_prob, spec.labels.io_array(), spec.vote)
     assert format_top(v.top, spec.labels.names, 1).startswith(f"{category}=0.9")
     assert v.is_indoor is indoor
+
+
+def test_places365_votes_by_its_release_majority_rule_and_imagenet_by_weight(tiny_places):
+    places = model_spec(ClassifyParams(model="places365", places365_checkpoint=str(tiny_places["alley"])))
+    assert places.vote.rule == "majority"
+    assert model_spec(ClassifyParams()).vote.rule == "weighted"
+    told = model_spec(ClassifyParams(model="places365", places365_checkpoint=str(tiny_places["alley"]),
+                                     vote="weighted"))
+    assert told.vote.rule == "weighted" and told.vote != places.vote  # a new vote key: scores are re-voted
 
 
 def test_wideresnet18_is_resnet18_without_the_stem_maxpool(tiny_places, realdata):

@@ -20,12 +20,12 @@ from PIL import Image
 torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 
-from pipeline.config import EvaluateParams, Params, S3Params, TimmParams, TrainParams, WitwFovParams
+from pipeline.config import EvaluateParams, Params, S3Params, TimmParams, TrainParams, WitwFovParams, witw_differences
 from pipeline.errors import StageInputError
 from pipeline.schemas import EVAL_PAIRS, MANIFEST, table_from_rows, write_table
 from pipeline.train import stage
 from pipeline.train.data import ManifestPairs, ViewSpec, make_loader
-from pipeline.train.loop import CHECKPOINT, MODEL
+from pipeline.train.loop import CHECKPOINT, MODEL, learning_rate
 
 TINY = TrainParams(
     epochs=2, batch_size=4, loader_workers=0, threads=1, cache_mb=0,
@@ -185,6 +185,101 @@ def test_evaluate_writes_metrics_recall_curve_and_pairs_with_orientation(params,
         assert bearings == [None] * 8
 
 
+# ---------------------------------------------------------------- WITW's training setup
+
+
+def test_model_defaults_witw_batch_64_no_augmentation_best_checkpoint_timm_32_augmented_last():
+    witw, timm = TrainParams(model="witw_fov"), TrainParams()
+    assert (witw.batch, witw.augmentation, witw.keep_rule) == (64, False, "best_val_loss")
+    assert (timm.batch, timm.augmentation, timm.keep_rule) == (32, True, "last")
+    told = TrainParams(model="witw_fov", batch_size=8, augment=True, keep="last")
+    assert (told.batch, told.augmentation, told.keep_rule) == (8, True, "last")
+
+
+def test_witw_differences_list_every_departure_from_cvig_fov():
+    assert witw_differences(TrainParams(model="witw_fov", witw_fov=WitwFovParams(pretrained="vgg16.pth"))) == []
+    plain = witw_differences(TrainParams(model="witw_fov"))
+    assert len(plain) == 1 and "no ImageNet VGG16 weights" in plain[0]
+    changed = witw_differences(TrainParams(model="witw_fov", batch_size=32, augment=True, witw_fov=WitwFovParams(
+        pretrained="vgg16.pth", dropout=0.0, freeze_below=0, alpha=5)))
+    assert len(changed) == 5 and any("batch size 32" in d for d in changed)
+    assert any("freeze_below is 0" in d for d in changed) and any("augmentation on" in d for d in changed)
+    assert "not WITW's model" in witw_differences(TrainParams())[0]
+
+
+def test_timm_lr_decays_on_a_cosine_to_zero_and_witw_keeps_it_constant():
+    timm, witw = TrainParams(), TrainParams(model="witw_fov")
+    assert (timm.schedule, witw.schedule) == ("cosine", "constant")
+    base = timm.timm_contrastive.lr
+    lrs = [learning_rate(timm, step, 100) for step in (0, 50, 100)]
+    assert lrs == pytest.approx([base, base / 2, 0.0], abs=1e-12)
+    assert [learning_rate(witw, step, 100) for step in (0, 99)] == [1e-5, 1e-5]
+    assert "cosine" in " ".join(witw_differences(witw.model_copy(update={"lr_schedule": "cosine"})))
+
+
+def swapped_val(manifest: Path, root: Path) -> Path:
+    """The val manifest with every photo given the next pair's chip: learning the train pairs makes its loss rise."""
+    rows = pq.read_table(manifest).to_pylist()
+    chips = [r["chip_uri"] for r in rows]
+    rows = [{**r, "chip_uri": chips[(i + 1) % len(rows)]} for i, r in enumerate(rows)]
+    path = root / "val_swapped.parquet"
+    write_table(table_from_rows(rows, MANIFEST), path, MANIFEST)
+    return path
+
+
+def test_witw_fov_keeps_the_weights_of_the_epoch_with_the_lowest_validation_loss(manifests, tmp_path):
+    val = swapped_val(manifests[1], tmp_path)
+    params = TINY_WITW.model_copy(update={"epochs": 4})
+    train(params, (manifests[0], val), tmp_path / "best")
+    epochs = list(csv.DictReader((tmp_path / "best" / "epochs.csv").open()))
+    losses = [float(r["val_loss"]) for r in epochs]
+    best = 1 + losses.index(min(losses))
+    assert best < 4 and losses[-1] > min(losses), "the val loss must rise for this test to mean anything"
+    metrics = json.loads((tmp_path / "best" / "train.json").read_text())
+    assert (metrics["keep"], metrics["kept_epoch"], metrics["epoch"], metrics["epochs_run"]) == (
+        "best_val_loss", best, best, 4)
+    kept = torch.load(tmp_path / "best" / "models" / MODEL, weights_only=True)
+    assert kept["epoch"] == best
+    # the same run stopped at the best epoch ends with exactly those weights
+    train(params.model_copy(update={"epochs": best, "keep": "last"}), (manifests[0], val), tmp_path / "short")
+    short = torch.load(tmp_path / "short" / "models" / MODEL, weights_only=True)["model"]
+    assert all(torch.equal(kept["model"][k], short[k]) for k in short)
+    last = torch.load(tmp_path / "best" / "models" / CHECKPOINT, weights_only=True)["model"]
+    assert not all(torch.equal(last[k], short[k]) for k in short)
+
+
+def test_witw_fov_cpu_smoke_run_at_tiny_size_trains_only_conv4_and_the_head(manifests, tmp_path, caplog):
+    from pipeline.train.models import vgg_trunk
+
+    torch.manual_seed(7)
+    donor, _ = vgg_trunk(10)
+    weights = tmp_path / "vgg16-397923af.pth"
+    torch.save({f"features.{k}": v for k, v in donor.state_dict().items()}, weights)
+    small = WitwFovParams(polar_height=32, polar_width=64, chip_px=32, lr=1e-3, pretrained=str(weights))
+    params = TINY.model_copy(update={"model": "witw_fov", "batch_size": None, "epochs": 2, "witw_fov": small})
+    with caplog.at_level(logging.INFO):
+        train(params, manifests, tmp_path)
+    model = torch.load(tmp_path / "models" / MODEL, weights_only=True)["model"]
+    for branch in ("photo_net", "overhead_net"):
+        for k, v in donor.state_dict().items():
+            same = torch.equal(model[f"{branch}.0.{k}"], v)
+            assert same == (int(k.split(".")[0]) < 17), f"{branch}.0.{k}: frozen below index 17 only"
+    metrics = json.loads((tmp_path / "train.json").read_text())
+    assert metrics["batch_size"] == 64 and metrics["augment"] is False and metrics["keep"] == "best_val_loss"
+    assert metrics["pretrained"] == str(weights) and metrics["steps"] == 2  # 16 pairs: one batch an epoch
+    assert not metrics["comparable_to_witw"] and not any("VGG16 weights" in d for d in metrics["witw_differences"])
+    assert "polar_height is 32" in " ".join(metrics["witw_differences"])
+
+
+def test_witw_fov_without_vgg16_weights_says_its_results_are_not_comparable(manifests, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        train(TINY_WITW.model_copy(update={"epochs": 1}), manifests, tmp_path)
+    assert "not comparable to WITW" in caplog.text and "no ImageNet VGG16 weights" in caplog.text
+    metrics = json.loads((tmp_path / "train.json").read_text())
+    assert metrics["comparable_to_witw"] is False and metrics["pretrained"] is None
+    assert any("no ImageNet VGG16 weights" in d for d in metrics["witw_differences"])
+
+
 def test_configure_serves_both_commands():
     train_parser = argparse.ArgumentParser(prog="crossview train")
     stage.configure(train_parser)
@@ -204,14 +299,18 @@ def test_gpu_training_with_bf16_and_compile(params, manifests, tmp_path):
     assert np.isfinite(metrics["train_loss"]) and metrics["val_pairs"] == 8
 
 
-def test_the_default_demo_run_beats_chance_on_val_and_test(demo_repo):
-    """The demo's photos are rendered from its world, so the default tiny model (trained by the
-    `train` stage of the shared `dvc repro`) must learn something."""
+def test_the_default_demo_run_learns_clearly_on_the_held_out_city(demo_repo):
+    """The demo's photos and chips are rendered from one world, so the default model (trained by the
+    `train` stage of the shared `dvc repro`, about two minutes of CPU) must beat chance clearly on the
+    test city it never saw (issue 12: recall@10 >= 3x chance, mean rank <= 0.5x chance), although the
+    test city keeps its planted close-ups, portraits and wrong geotags, whose ranks are chance."""
     reports = demo_repo / "reports"
     train_json, eval_json = reports / "train_metrics.json", reports / "eval_metrics.json"
     val, test = json.loads(train_json.read_text()), json.loads(eval_json.read_text())
-    assert val["val_pairs"] >= 10 and test["pairs"] >= 40
-    # chance: mean rank (N + 1) / 2, recall@k = k / N. Seeds 0-2 give val 4.5-4.9 of 7, test 21-24 of 41.
-    assert val["val_mean_rank"] < val["val_chance_mean_rank"] - 1
-    assert test["mean_rank"] < 0.8 * test["chance_mean_rank"]
-    assert test["recall_at_10"] > 10 / test["pairs"]
+    assert val["val_pairs"] >= 20 and test["pairs"] >= 150
+    assert test["chance_mean_rank"] == (test["pairs"] + 1) / 2
+    assert test["chance_recall_at_10"] == pytest.approx(10 / test["pairs"])
+    assert "ties count against" in test["convention"]
+    assert test["recall_at_10"] >= 3 * test["chance_recall_at_10"]
+    assert test["mean_rank"] <= 0.5 * test["chance_mean_rank"]
+    assert val["val_mean_rank"] < 0.8 * val["val_chance_mean_rank"]

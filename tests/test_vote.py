@@ -7,7 +7,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.scene.vote import INDOOR, NEUTRAL, OUTDOOR, VoteParams, format_top, top_categories, vote, vote_top
+from pipeline.scene.vote import (
+    INDOOR,
+    NEUTRAL,
+    OUTDOOR,
+    VoteParams,
+    format_top,
+    majority_vote,
+    rule_for,
+    top_categories,
+    vote,
+    vote_top,
+    weighted_vote,
+)
 
 # categories: 0-2 indoor, 3-5 outdoor, 6-9 neutral
 IO = np.array([INDOOR] * 3 + [OUTDOOR] * 3 + [NEUTRAL] * 4, np.int8)
@@ -107,3 +119,65 @@ def test_vote_invariants(raw, k, threshold, min_mass):
     if v.is_indoor:
         assert v.indoor_score > threshold and v.indoor_mass >= min_mass
     assert [q for _, q in v.top] == sorted((q for _, q in v.top), reverse=True)
+
+
+# ---------------------------------------------------------------- Places365's majority rule (WITW)
+
+PLACES = VoteParams(top_k=10, rule="majority")
+
+
+def places_io(outdoor: int) -> tuple[list[int], list[float], np.ndarray]:
+    """A hand-built top-10 of a Places365-like model: ``outdoor`` outdoor categories, the rest indoor.
+
+    The indoor ones are given most of the probability, so a weighted vote would disagree.
+    """
+    io = np.array([OUTDOOR] * outdoor + [INDOOR] * (10 - outdoor) + [OUTDOOR] * 5, np.int8)
+    order = list(range(outdoor, 10)) + list(range(outdoor))  # indoor first: the most probable
+    prob = sorted(np.linspace(0.3, 0.01, 10), reverse=True)
+    return order, prob, io
+
+
+@pytest.mark.parametrize("outdoor, indoor", [(10, False), (6, False), (5, False), (4, True), (0, True)])
+def test_majority_rule_is_outdoor_when_at_least_half_of_the_top_ten_are_outdoor(outdoor, indoor):
+    order, prob, io = places_io(outdoor)
+    v = vote_top(order, prob, io, PLACES)
+    assert v.is_indoor is indoor
+    assert v.indoor_score == pytest.approx(1 - outdoor / 10)
+
+
+def test_majority_rule_counts_categories_not_probability():
+    # five outdoor categories with little probability against five indoor ones with almost all of it
+    order, prob, io = places_io(5)
+    majority = vote_top(order, prob, io, PLACES)
+    weighted = vote_top(order, prob, io, VoteParams(top_k=10, rule="weighted"))
+    assert majority.indoor_mass > 3 * majority.outdoor_mass
+    assert not majority.is_indoor and weighted.is_indoor
+
+
+def test_majority_rule_ignores_threshold_and_minimum_mass():
+    order, prob, io = places_io(3)
+    for threshold, min_mass in ((0.0, 0.0), (0.99, 0.99)):
+        assert vote_top(order, prob, io, VoteParams(10, threshold, min_mass, "majority")).is_indoor
+
+
+def test_majority_and_weighted_rules_as_pure_functions():
+    assert majority_vote([INDOOR] * 6 + [OUTDOOR] * 4) == (pytest.approx(0.6), True)
+    assert majority_vote([INDOOR] * 5 + [OUTDOOR] * 5) == (pytest.approx(0.5), False)
+    assert majority_vote([]) == (0.0, False)
+    assert weighted_vote(0.6, 0.2, 0.5, 0.15) == (pytest.approx(0.75), True)
+    assert weighted_vote(0.1, 0.0, 0.5, 0.15) == (pytest.approx(1.0), False)  # too little indoor mass
+    assert weighted_vote(0.0, 0.0, 0.5, 0.0) == (0.0, False)
+
+
+def test_places365_votes_by_majority_and_imagenet_by_weight_unless_told():
+    assert rule_for("places365") == "majority"
+    assert rule_for("imagenet") == "weighted"
+    assert rule_for("places365", "weighted") == "weighted"
+    assert rule_for("imagenet", "majority") == "majority"
+    with pytest.raises(ValueError, match="auto, majority or weighted"):
+        rule_for("imagenet", "mean")
+
+
+def test_an_unknown_rule_is_refused():
+    with pytest.raises(ValueError, match="majority or weighted"):
+        vote_top([0, 3], [0.5, 0.3], IO, VoteParams(top_k=2, rule="mean"))

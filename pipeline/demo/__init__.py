@@ -8,7 +8,9 @@ exists for (:mod:`.placement`) and Flickr-shaped metadata (:mod:`.flickr`). Outp
 - ``rasters/<tile>.tif`` and ``rasters.yaml`` (a custom raster catalog, URIs relative to it)
 - ``flickr/<aoi>.json``: ``{"image_count": N, "images": [<flickr.photos.search records>]}``
 - ``photos/<id>.jpg`` (the records' ``url_m``, relative to the demo folder)
-- ``truth.csv``: id, aoi, city, case, lat, lon, bearing_deg, expected (the reason a pipeline must give)
+- ``truth.csv``: id, aoi, city, case (what the photo is), lat, lon (as recorded), true_lat, true_lon (where
+  it was taken: differs for a wrong geotag), bearing_deg, expected (what it must become: ``ok``, or the
+  reason that must drop it; ``indoor``, ``relevance`` and ``wrong_location`` are a model's or a curator's call)
 
 The folder is built beside the target and renamed into place, so an interrupted run leaves none.
 """
@@ -20,7 +22,7 @@ import csv
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +36,13 @@ from pipeline.demo.layout import City, build_cities, union_m
 from pipeline.demo.photos import Camera, encode, random_camera, render
 from pipeline.demo.placement import Shot, choose_patches, plan_city, split_cases
 from pipeline.demo.rasters import write_tile
+from pipeline.demo.scenes import SCENES, render_scene
 from pipeline.demo.world import Sun, World, build_world
 from pipeline.store import write_json
 
 log = logging.getLogger(__name__)
 
-TRUTH_COLUMNS = ("id", "aoi", "city", "case", "lat", "lon", "bearing_deg", "expected")
+TRUTH_COLUMNS = ("id", "aoi", "city", "case", "lat", "lon", "true_lat", "true_lon", "bearing_deg", "expected")
 WORLD_MARGIN_M = 900.0
 
 
@@ -107,16 +110,18 @@ def _photos(cities: list[City], shots: list[Shot], seed: int, rng: np.random.Gen
         camera = random_camera(shot.x, shot.y, shot.bearing_deg, rng)
         if shot.case == "denied_owner":
             owner = flickr_json.Owner(*flickr_json.DENIED_OWNER)
-        lon, lat = (round(float(v), 6) for v in city.frame.lonlat(shot.x, shot.y))
+        true_lon, true_lat = (round(float(v), 6) for v in city.frame.lonlat(shot.x, shot.y))
+        lon, lat = (round(float(v), 6) for v in city.frame.lonlat(*(shot.geotag or (shot.x, shot.y))))
         k = seen[shot.case] = seen.get(shot.case, -1) + 1
         rec_lat, rec_lon = _recorded_position(shot.case, k, lat, lon, rng)
         accuracy = int(rng.integers(6, 12)) if shot.case == "low_accuracy" else 16
-        place = flickr_json.place(seed, city.index, shot.x, shot.y)
+        place = flickr_json.place(seed, city.index, *(shot.geotag or (shot.x, shot.y)))  # Flickr places the geotag
         size = (camera.width, camera.height)
         where = (rec_lat, rec_lon, accuracy)
         rec = flickr_json.record(rng, photo_id, owner, int(upload), city.name, place, size, where)
         truth = {"id": photo_id, "aoi": city.aoi, "city": city.name, "case": shot.case, "lat": _cell(rec_lat),
-                 "lon": _cell(rec_lon), "bearing_deg": f"{shot.bearing_deg:.1f}", "expected": shot.expected}
+                 "lon": _cell(rec_lon), "true_lat": _cell(true_lat), "true_lon": _cell(true_lon),
+                 "bearing_deg": f"{shot.bearing_deg:.1f}", "expected": shot.expected}
         out.append(Photo(shot, camera, rec, truth))
     for p in out:  # an ordinary photo with a near duplicate beside it may lose to it too
         if p.shot.partner is not None:
@@ -130,13 +135,12 @@ def plan_demo(cfg: dict, demo: DemoParams) -> tuple[list[City], list[World], lis
     cities = build_cities(cfg, demo.n_photos, rng)
     worlds = _worlds(cities, demo.seed)
     cities = [choose_patches(c, w, rng) for c, w in zip(cities, worlds)]
-    per_city = split_cases(dict(cfg.get("cases") or {}), cities)
+    per_city = split_cases(dict(cfg.get("cases") or {}), cities, dict(cfg.get("rates") or {}))
     shots: list[Shot] = []
     for city, world in zip(cities, worlds):
         planned = plan_city(city, world, per_city[city.index], rng)
         offset = len(shots)
-        shots += [s if s.partner is None else Shot(s.city, s.case, s.x, s.y, s.bearing_deg, s.partner + offset)
-                  for s in planned]
+        shots += [s if s.partner is None else replace(s, partner=s.partner + offset) for s in planned]
     return cities, worlds, _suns(cities, rng), _photos(cities, shots, demo.seed, rng)
 
 
@@ -160,6 +164,9 @@ def _write_photos(root: Path, photos: list[Photo], worlds, suns, workers: int) -
     (root / "photos").mkdir(parents=True)
 
     def one(p: Photo) -> bytes:
+        if p.shot.case in SCENES:
+            return encode(render_scene(p.shot.case, p.camera.width, p.camera.height, int(p.truth["id"]) % 2**32),
+                          p.shot.case)
         return encode(render(worlds[p.shot.city], p.camera, suns[p.shot.city]), p.shot.case)
 
     for p, data in zip(photos, executor.run(one, photos, workers=workers, desc="demo photos")):

@@ -4,7 +4,8 @@ The rays (:mod:`pipeline.demo.rays`) say what each image column sees; the pictur
 composed in layers, each computed only where it shows: sky (a gradient, clouds on hazy days),
 the far city on the horizon, the ground under each line of sight (coloured from the same
 spectra as the overhead tiles), the facade of the first building (height from its distance,
-wall colour lit by the sun, windows), the first two trees in front (ellipsoid canopies on
+wall colour lit by the sun, windows; a pitched roof shows its tiles or slate above the eaves,
+in the colour the overhead tiles show), the first two trees in front (ellipsoid canopies on
 trunks), and aerial haze. The same camera always gives the same pixels.
 """
 
@@ -19,11 +20,12 @@ import numpy as np
 from PIL import Image
 
 from pipeline.demo.noise import hash32, to_unit, value_noise
-from pipeline.demo.palette import COVER_SPECTRA, WALLS, Cover, rgb_of
+from pipeline.demo.palette import COVER_SPECTRA, ROOF_PITCHED, ROOFS, WALLS, Cover, rgb_of
 from pipeline.demo.rays import STEPS, Rays, march
 from pipeline.demo.world import Sun, World
 
 EYE_M = 1.7
+PITCH_M = 2.5  # the pitched part of a pitched roof (world.py adds it above the top storey)
 GLASS = np.array([0.045, 0.06, 0.08], np.float32)
 TRUNK = np.array([0.07, 0.05, 0.035], np.float32)
 LEAVES = np.array([0.045, 0.085, 0.03], np.float32)
@@ -65,14 +67,14 @@ class _Canvas:
         horizon, zenith = (np.array(c, np.float32) for c in SKIES[cam.sky])
         a = np.clip(t * 2.2, 0, 1).astype(np.float32)[:, None]
         self.haze = horizon
-        # palette: one sky colour per row, then the fixed colours, then one lit wall colour per column
+        # palette: one sky colour per row, the fixed colours, one lit wall and one roof colour per column
         fixed = np.concatenate([rgb_of(COVER_SPECTRA), [horizon * 0.8, horizon * np.float32([0.78, 0.8, 0.85])],
                                 [GLASS, TRUNK, LEAVES]])
         water = rgb_of(COVER_SPECTRA[Cover.WATER])
         fixed[Cover.WATER] = 0.5 * water + 0.5 * horizon
-        self.fixed0, self.wall0 = h, h + len(fixed)
+        self.fixed0, self.wall0, self.roof0 = h, h + len(fixed), h + len(fixed) + w
         sky = horizon * (1 - a) + zenith * a
-        self.palette = np.concatenate([sky, fixed, np.zeros((w, 3), np.float32)]).astype(np.float32)
+        self.palette = np.concatenate([sky, fixed, np.zeros((2 * w, 3), np.float32)]).astype(np.float32)
         self.index = np.broadcast_to(np.arange(h, dtype=np.int32)[:, None], (h, w)).copy()
         self.shade = np.ones((h, w), np.float32)
         if cam.sky == 1:
@@ -122,6 +124,7 @@ def _facades(rays: Rays, t: np.ndarray, sun: Sun, cv: _Canvas) -> None:
     sx, sy = sun.toward
     lit = np.clip(h["wall_nx"] * sx + h["wall_ny"] * sy, 0, 1) * math.cos(math.radians(sun.elevation))
     cv.palette[cv.wall0 + cols] = WALLS[h["wall"]] * (0.5 + 0.5 * lit)[:, None]
+    cv.palette[cv.roof0 + cols] = rgb_of(ROOFS[h["roof"]]) * (0.75 + 0.35 * lit)[:, None]
     spacing = 2.6 + 1.2 * to_unit(hash32(5, h["building"]))
     col_in = _frac(h["wall_t"] / spacing) - 0.5
     col_in = np.abs(col_in) < 0.2
@@ -133,6 +136,9 @@ def _facades(rays: Rays, t: np.ndarray, sun: Sun, cv: _Canvas) -> None:
     windows = upper | (shop_col[None, :] & (floor > 0.1) & (floor < 0.75))
     index = np.where(windows, cv.colour("glass"), (cv.wall0 + cols)[None, :])
     shade = np.where(zw > h["height"][None, :] - 0.45, np.float32(0.7), np.float32(1.0))
+    roof = ROOF_PITCHED[h["roof"]][None, :] & (zw > h["height"][None, :] - PITCH_M)
+    index = np.where(roof, (cv.roof0 + cols)[None, :], index)
+    shade = np.where(roof, np.float32(1.0), shade)
     wall = (zw >= 0) & (zw <= h["height"][None, :])
     cv.paint(wall, index, shade, z_facade[None, :], cols)
 

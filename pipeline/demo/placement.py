@@ -4,7 +4,9 @@ Ordinary photos stand outdoors (street, sidewalk, plaza, lawn), at least ``MIN_S
 other photo, where a full chip (``CHIP_M`` square plus a margin for the UTM grid's rotation)
 lies inside one tile's valid data. Each planted case gets the place its rule needs: outside
 every tile, inside a footprint but too near every edge, inside the outer footprint with the
-chip over the interior nodata block, or within a few metres of an ordinary photo.
+chip over the interior nodata block, or within a few metres of an ordinary photo. Rooms,
+close-ups and portraits stand where ordinary photos do; a wrong geotag is taken at one good
+place and recorded at another 200-600 m away (both with a full chip).
 """
 
 from __future__ import annotations
@@ -39,10 +41,16 @@ EXPECTED = {
     "truncated": "corrupt",
     "zero_byte": "empty",
     "nodata_chip": "chip_nodata",
+    # judged by a model or a curator: the default demo run has no relevance head and no curator verdicts
+    "indoor_view": "indoor",
+    "close_up": "relevance",
+    "portrait": "relevance",
+    "wrong_geotag": "wrong_location",
 }
 # Cases whose photo stands where an ordinary one would: only its metadata or file is wrong.
 AT_GOOD_PLACE = ("nan_coordinates", "out_of_range", "low_accuracy", "denied_owner", "single_band", "cmyk",
-                 "truncated", "zero_byte")
+                 "truncated", "zero_byte", "indoor_view", "close_up", "portrait", "wrong_geotag")
+WRONG_GEOTAG_M = (200.0, 600.0)
 STANDING = np.array([Cover.SIDEWALK, Cover.PAVED, Cover.GRASS, Cover.ROAD])
 
 
@@ -56,18 +64,24 @@ class Shot:
     y: float
     bearing_deg: float
     partner: int | None = None  # index of the ordinary photo a near duplicate stands beside
+    geotag: tuple[float, float] | None = None  # where the record puts it, when not where it was taken (metres)
 
     @property
     def expected(self) -> str:
         return EXPECTED[self.case]
 
 
-def split_cases(cases: dict[str, int], cities: list[City]) -> dict[int, dict[str, int]]:
-    """Spread each case's count over the cities in turn (nodata_chip only where a tile has a nodata block)."""
-    unknown = set(cases) - set(EXPECTED)
+def split_cases(cases: dict[str, int], cities: list[City], rates: dict[str, float] | None = None
+                ) -> dict[int, dict[str, int]]:
+    """Spread each case's count over the cities in turn (nodata_chip only where a tile has a nodata block),
+    and give each city ``round(rate * its ordinary photos)`` of each rated case."""
+    unknown = (set(cases) | set(rates or {})) - set(EXPECTED)
     if unknown:
-        raise ConfigError(f"catalogs/demo_aoi.yaml cases: unknown {sorted(unknown)} (known: {sorted(EXPECTED)})")
+        raise ConfigError(f"catalogs/demo_aoi.yaml cases/rates: unknown {sorted(unknown)} (known: {sorted(EXPECTED)})")
     out: dict[int, dict[str, int]] = {c.index: {} for c in cities}
+    for case, rate in (rates or {}).items():
+        for c in cities:
+            out[c.index][case] = out[c.index].get(case, 0) + round(float(rate) * c.n_photos)
     for case, n in cases.items():
         eligible = [c.index for c in cities if case != "nodata_chip" or any(t.corner for t in c.tiles)]
         if not eligible and n:
@@ -187,6 +201,14 @@ class _Placer:
             found += self._take(x, y, ok, want, "nodata_chip")
         return found
 
+    def moved(self, x: float, y: float) -> tuple[float, float]:
+        """A place 200-600 m from (x, y) where an ordinary photo's chip fits (a wrong geotag)."""
+        r = self.rng.uniform(*WRONG_GEOTAG_M, 400)
+        a = self.rng.uniform(0, 2 * math.pi, 400)
+        px, py = x + r * np.sin(a), y + r * np.cos(a)
+        ok = fits(self.valid, px, py, FIT_HALF_M)
+        return self._take(px, py, ok, 1, "wrong_geotag")[0]
+
     def beside(self, x: float, y: float) -> tuple[float, float]:
         """A spot 2-8 m from (x, y) where a person can stand (a near duplicate)."""
         r, a = self.rng.uniform(2.5, 7.5, 200), self.rng.uniform(0, 2 * math.pi, 200)
@@ -224,6 +246,7 @@ def plan_city(city: City, world: World, counts: dict[str, int], rng: np.random.G
     kinds = ["normal"] * city.n_photos + at_good
     base = len(shots)
     shots += [Shot(city.index, kinds[order[i]], x, y, 0.0) for i, (x, y) in enumerate(good)]
+    shots = [replace(s, geotag=placer.moved(s.x, s.y)) if s.case == "wrong_geotag" else s for s in shots]
     normals = [i for i in range(base, len(shots)) if shots[i].case == "normal"]
     for partner in normals[:n_dup]:
         x, y = placer.beside(shots[partner].x, shots[partner].y)

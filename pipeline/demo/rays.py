@@ -23,7 +23,7 @@ CHUNK = 16
 BISECT = 5
 TREE_SLOTS = 2
 TREE_FIELDS = ("tree_top", "tree_x", "tree_y", "tree_r", "tree_shade")
-HIT_FIELDS = ("height", "wall", "wall_nx", "wall_ny", "wall_t", "storey_m", "building")
+HIT_FIELDS = ("height", "wall", "roof", "wall_nx", "wall_ny", "wall_t", "storey_m", "building")
 
 
 @dataclass(frozen=True)

@@ -16,14 +16,16 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pipeline.demo.noise import draw, hash32, uniform
+from pipeline.demo.noise import draw, hash32, uniform, value_noise
 from pipeline.demo.palette import ROOF_PITCHED, Cover
 
 TREE_CELL_M = 10.0
 # Salts for the hashed attributes of one object, so that no two attributes share a draw.
 _S_BLOCK, _S_LOTW, _S_STREET = 1, 2, 3
 _S_SIDE, _S_SIDEGAP, _S_FRONT, _S_BACK, _S_EMPTY, _S_YARD = 10, 11, 12, 13, 14, 15
-_S_STOREYS, _S_TOWER, _S_TOWERH, _S_STOREYM, _S_ROOF, _S_WALL = 20, 21, 22, 23, 24, 25
+_S_STOREYS, _S_TOWER, _S_TOWERH, _S_STOREYM, _S_ROOF, _S_WALL, _S_ERA = 20, 21, 22, 23, 24, 25, 26
+DISTRICT_M = 300.0  # the scale on which a city's building style (old town .. modern) changes
+OLD_WALLS, NEW_WALLS = np.array([0, 1, 4, 6, 7, 0, 6, 1]), np.array([2, 3, 5, 1, 2, 3, 5, 2])  # palette.WALLS
 DENSE, SUBURB, PARK, PLAZA = range(4)
 # Flat roofs (palette.ROOFS 1..6: concrete, bitumen, white, green metal, blue metal, gravel): shares.
 _FLAT_ROOF_CUMULATIVE = np.cumsum([0.34, 0.20, 0.08, 0.05, 0.06])
@@ -206,8 +208,10 @@ def _axis(st: Streets, q: np.ndarray) -> _Axis:
     )
 
 
-def _block_kind(world: World, iu: np.ndarray, iv: np.ndarray, ax: _Axis, ay: _Axis) -> tuple[np.ndarray, np.ndarray]:
-    """Each block's use (dense, suburb, park, plaza) and its distance from downtown (metres)."""
+def _block_kind(world: World, iu: np.ndarray, iv: np.ndarray, ax: _Axis, ay: _Axis
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each block's use (dense, suburb, park, plaza), distance from downtown (metres) and district style
+    (0 old town .. 1 modern, smooth over blocks: districts share an architecture, seen from above and below)."""
     ca, sa = math.cos(world.angle), math.sin(world.angle)
     bu = world.u.centre[iu] + (ax.length / 2 + world.u.half_width[iu] + world.u.sidewalk[iu])
     bv = world.v.centre[iv] + (ay.length / 2 + world.v.half_width[iv] + world.v.sidewalk[iv])
@@ -219,7 +223,8 @@ def _block_kind(world: World, iu: np.ndarray, iv: np.ndarray, ax: _Axis, ay: _Ax
     x = uniform(world.seed, iu, iv, _S_BLOCK)
     kind = np.where(x < p_dense, DENSE, SUBURB)
     kind = np.where(x >= 1 - p_park, PARK, kind)
-    return np.where((x >= 1 - p_park - p_plaza) & (x < 1 - p_park), PLAZA, kind), r
+    style = np.clip(2.0 * value_noise(world.seed + 41, bx, by, DISTRICT_M) - 0.5, 0, 1)  # stretched: clear districts
+    return np.where((x >= 1 - p_park - p_plaza) & (x < 1 - p_park), PLAZA, kind), r, style
 
 
 def _water_mask(w: Water, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -241,8 +246,8 @@ def _ground(world: World, x: np.ndarray, y: np.ndarray, detail: bool = True) -> 
     u, v = x * ca + y * sa, -x * sa + y * ca
     ax, ay = _axis(world.u, u), _axis(world.v, v)
     iu, iv = ax.block, ay.block
-    kind, r = _block_kind(world, iu, iv, ax, ay)
-    out = _buildings(world, kind, r, ax, ay, detail)
+    kind, r, style = _block_kind(world, iu, iv, ax, ay)
+    out = _buildings(world, kind, r, style, ax, ay, detail)
     cover = out["cover"]
     park_path = (kind == PARK) & ((np.abs(ax.s - ax.length / 2) < 1.6) | (np.abs(ay.s - ay.length / 2) < 1.6))
     cover = np.where(park_path, np.uint8(Cover.PAVED), cover)
@@ -286,7 +291,7 @@ def _lot(kind: np.ndarray, seed: int, iu: np.ndarray, iv: np.ndarray, ax: _Axis,
     return lu.astype(np.int64), lv, a, lw, front, lvw - front
 
 
-def _buildings(world: World, kind, r, ax: _Axis, ay: _Axis, detail: bool) -> dict[str, np.ndarray]:
+def _buildings(world: World, kind, r, style, ax: _Axis, ay: _Axis, detail: bool) -> dict[str, np.ndarray]:
     """Buildings on lots of built blocks; yards, parks and plazas elsewhere (walls and roofs if ``detail``)."""
     iu, iv, dense = ax.block, ay.block, kind == DENSE
     lu, lv, a, lw, front, back = _lot(kind, world.seed, iu, iv, ax, ay)
@@ -305,7 +310,7 @@ def _buildings(world: World, kind, r, ax: _Axis, ay: _Axis, detail: bool) -> dic
     yard = np.where(dense, yard_dense, np.where(yard_r < 0.85, Cover.GRASS, Cover.SOIL))
     yard = np.where(built & empty, np.where(dense, Cover.PAVED, Cover.SOIL), yard)
     yard = np.where(kind == PARK, Cover.GRASS, np.where(kind == PLAZA, Cover.PAVED, yard))
-    out = _building_looks(h, dense, r, detail)
+    out = _building_looks(h, dense, r, style, detail)
     if detail:
         out.update(_walls(world, e, lv, ax, ay))
         pitched = ROOF_PITCHED[out["roof"]]
@@ -330,25 +335,30 @@ def _walls(world: World, e: tuple, lv: np.ndarray, ax: _Axis, ay: _Axis) -> dict
     }
 
 
-def _building_looks(h: np.ndarray, dense: np.ndarray, r: np.ndarray, detail: bool) -> dict[str, np.ndarray]:
-    """Height and storey height of the building on each lot; roof material and wall colour if ``detail``."""
+def _building_looks(h: np.ndarray, dense: np.ndarray, r: np.ndarray, style: np.ndarray, detail: bool
+                    ) -> dict[str, np.ndarray]:
+    """Height and storey height of the building on each lot; roof material and wall colour if ``detail``.
+
+    Old-town districts (low ``style``) build pitched red-tiled roofs over brick and warm plaster;
+    modern ones flat roofs over white, concrete and glass.
+    """
     core = np.exp(-((r / 450.0) ** 2))
     h1, h2 = draw(h, _S_STOREYS), draw(h, _S_TOWER)
     storeys = np.where(dense, np.maximum(2, np.round((3 + 7 * core) * (0.55 + 0.9 * h1))), 1 + np.floor(2.6 * h1))
     tower = dense & (h2 < 0.05 * core)
     storeys = np.where(tower, 14 + np.floor(12 * draw(h, _S_TOWERH)), storeys)
     storey_m = (3.0 + 0.5 * draw(h, _S_STOREYM)).astype(np.float32)
-    pitched = (~dense | (storeys <= 5)) & (h2 < np.where(dense, 0.45, 0.92)) & ~tower
+    old = 1.0 - style
+    pitched = (~dense | (storeys <= 5)) & (h2 < np.where(dense, 0.1 + 0.8 * old, 0.55 + 0.45 * old)) & ~tower
     height = (storeys * storey_m + np.where(pitched, 2.5, 0.8)).astype(np.float32)
     if not detail:
         return {"height": height, "storey_m": storey_m}
     roof_r = draw(h, _S_ROOF)
-    roof_pitched = np.where(roof_r < 0.62, 0, np.where(roof_r < 0.9, 7, 1))
+    roof_pitched = np.where(roof_r < 0.2 + 0.7 * old, 0, np.where(roof_r < 0.95, 7, 1))  # red clay, slate, grey
     roof_flat = 1 + np.searchsorted(_FLAT_ROOF_CUMULATIVE, roof_r, side="right")  # 1..6: concrete .. gravel
     roof = np.where(pitched, roof_pitched, roof_flat).astype(np.uint8)
     wall_i = np.minimum((draw(h, _S_WALL) * 8).astype(np.int64), 7)
-    suburb_walls = np.array([0, 1, 2, 7, 1, 2, 6, 0])  # brick, plaster, white, sandstone, terracotta
-    wall = np.where(dense, wall_i, suburb_walls[wall_i]).astype(np.uint8)
+    wall = np.where(draw(h, _S_ERA) < style, NEW_WALLS[wall_i], OLD_WALLS[wall_i]).astype(np.uint8)
     return {"height": height, "roof": roof, "wall": wall, "storey_m": storey_m}
 
 

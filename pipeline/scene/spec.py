@@ -30,7 +30,7 @@ from catalogs import HERE as CATALOGS
 from pipeline.config import ClassifyParams
 from pipeline.device import INSTALL_HINT
 from pipeline.errors import CatalogError, ModelError
-from pipeline.scene.vote import IO_CODES, VoteParams
+from pipeline.scene.vote import IO_CODES, VoteParams, rule_for
 from pipeline.store import sha256_file
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def _key(arch: str, weights_sha: str, preprocess: Preprocess) -> str:
 
 def model_spec(params: ClassifyParams, imagenet_weights: str | None = None) -> ModelSpec:
     """The scene model ``params`` ask for (no torch needed): names, labels, preprocessing and its key."""
-    vote = VoteParams(params.top_k, params.indoor_threshold, params.min_indoor_mass)
+    vote = VoteParams(params.top_k, params.indoor_threshold, params.min_indoor_mass, rule_for(params.model, params.vote))
     if params.model == "imagenet":
         weights = imagenet_weights or packaged_imagenet_weights()
         labels, arch, pre = load_imagenet_labels(), IMAGENET_ARCH, LITE0_PREPROCESS

