@@ -97,6 +97,7 @@ class FlickrParams(_Section):
 
     rest_url: str = "https://api.flickr.com/services/rest/"
     bbox: tuple[float, float, float, float] | None = None  # [min_lon, min_lat, max_lon, max_lat]
+    aoi: str | None = None  # instead of bbox: a vector file of polygons (any CRS), one search area per feature
     licences: list[int] = list(range(1, 17))  # all that allow redistribution with attribution
     min_upload_date: str | None = "2004-01-01"  # a geo query needs a limiting agent
     max_upload_date: str | None = None

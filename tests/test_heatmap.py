@@ -161,3 +161,20 @@ def test_an_area_outside_every_tile_or_too_large_is_refused(world):
         heatmap.parse_crs("mercator")
     with pytest.raises(heatmap.HeatmapError, match="min < max"):
         heatmap.parse_area([1, 1, 0, 2], None)
+
+
+def test_a_geopackage_search_area_in_another_crs_grids_like_the_same_polygon_as_wkt(world):
+    import geopandas as gpd
+
+    corners = [(600_150, 5_000_150), (600_350, 5_000_150), (600_250, 5_000_350)]
+    to_ll = transformer(EPSG, 4326)
+    wkt = shapely.Polygon([to_ll.transform(*c) for c in corners]).wkt
+    path = world[0] / "area.gpkg"  # stored in Web Mercator: read_area must convert it to --crs (lon/lat here)
+    gpd.GeoDataFrame(geometry=[shapely.Polygon(corners)], crs=EPSG).to_crs(3857).to_file(path, driver="GPKG")
+    outs = [run(world, "--polygon", area, "--photo", str(world[0] / "photo.jpg")) for area in (str(path), wkt)]
+    grids = []
+    for out in outs:
+        with rasterio.open(f"{out}.tif") as src:
+            grids.append((src.crs.to_epsg(), src.width, src.height, src.transform, np.isfinite(src.read(1)).tolist()))
+    assert grids[0][:3] == grids[1][:3] and grids[0][3].almost_equals(grids[1][3], precision=1e-3)
+    assert grids[0][4] == grids[1][4] and any(any(row) for row in grids[0][4])
