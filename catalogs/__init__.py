@@ -129,6 +129,11 @@ def _raster_row(row: dict, where: str, base: Path) -> RasterSource:
     )
 
 
+def raster_source(row: dict, where: str, base: str | Path = ".") -> RasterSource:
+    """One raster catalog row from a mapping (e.g. a STAC item), checked like a catalog file's rows."""
+    return _raster_row(row, where, Path(base))
+
+
 def load_raster_catalog(path: str | Path) -> list[RasterSource]:
     """Load a raster catalog: a YAML list of mappings or a CSV with the same columns."""
     path = Path(path)

@@ -9,6 +9,7 @@ exists for (:mod:`.placement`) and Flickr-shaped metadata (:mod:`.flickr`). Outp
 - ``flickr/<aoi>.json``: ``{"image_count": N, "images": [<flickr.photos.search records>]}``
 - ``photos/<id>.jpg`` (the records' ``url_m``, relative to the demo folder)
 - ``truth.csv``: id, aoi, city, case, lat, lon, bearing_deg, expected (the reason a pipeline must give)
+- ``stac/catalog.json``: the rasters published as a static STAC catalog (``stac.url`` reads it back, no network)
 
 The folder is built beside the target and renamed into place, so an interrupted run leaves none.
 """
@@ -22,6 +23,7 @@ import logging
 import shutil
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,7 @@ from pipeline.demo.photos import Camera, encode, random_camera, render
 from pipeline.demo.placement import Shot, choose_patches, plan_city, split_cases
 from pipeline.demo.rasters import write_tile
 from pipeline.demo.world import Sun, World, build_world
+from pipeline.stac_publish import publish as publish_stac
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +197,8 @@ def generate(out: str | Path, demo: DemoParams, workers: int = 2) -> Path:
         rasters = _write_rasters(tmp, cfg, cities, worlds, suns, workers)
         _write_photos(tmp, photos, worlds, suns, workers)
         _write_metadata(tmp, cities, photos, rasters)
+        acquired = datetime.fromisoformat(str(cfg["acquired"]))
+        publish_stac(rasters, tmp, tmp / "stac", acquired, "crossview demo rasters")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -132,6 +132,10 @@ def aois_from_params(params: Params, sources: Sequence | None = None) -> list[AO
         return [AOI(BBOX_AOI, BBOX_AOI, snap_bbox(params.flickr.bbox))]
     if params.flickr.aoi:
         return aois_from_file(params.flickr.aoi)
+    if sources is None and params.stac.url:
+        from pipeline.stac import raster_sources as stac_sources
+
+        sources = stac_sources(params)
     if sources is None:
         from catalogs import load_spacenet
 
