@@ -220,11 +220,13 @@ def _link(doc: dict, rel: str) -> dict:
 
 def licence_of(item: pystac.Item, coll: dict, stac: StacParams) -> tuple[str, str]:
     """(licence, licence URL): the params' override, else the item's or collection's ``license`` and link."""
+    if stac.licence:  # the override replaces the item's licence and its link (a known licence brings its URL)
+        return stac.licence, stac.licence_url or ""
     own = item.get_single_link("license")
     link = {"href": own.get_absolute_href() or own.href, "title": own.title} if own else _link(coll, "license")
-    name = stac.licence or item.properties.get("license") or coll.get("license") or ""
+    name = item.properties.get("license") or coll.get("license") or ""
     url = stac.licence_url or link.get("href", "")
-    if name in OPEN_LICENCES and not stac.licence:
+    if name in OPEN_LICENCES:
         name = link.get("title") or name
     if not name:
         raise CatalogError(f"stac item {item.id}: no licence in the item or its collection; set stac.licence")
@@ -272,14 +274,15 @@ def pick_asset(item: pystac.Item, key: str | None) -> tuple[str, pystac.Asset]:
 
 
 def band_order_of(asset: pystac.Asset, stac: StacParams) -> tuple[int, int, int]:
-    """``stac.band_order``, else the 1-based red, green, blue of the asset's ``eo:bands`` / ``bands``, else 1, 2, 3."""
+    """``stac.band_order``, else the 1-based red, green, blue of the asset's ``eo:bands`` / ``bands``, else 1, 1, 1
+    for a one-band asset and 1, 2, 3 otherwise."""
     if stac.band_order is not None:
         return stac.band_order
     bands = asset.extra_fields.get("eo:bands") or asset.extra_fields.get("bands") or []
     names = [str(b.get("common_name") or b.get("eo:common_name") or "").lower() for b in bands]
     if all(c in names for c in RGB):
         return tuple(names.index(c) + 1 for c in RGB)  # type: ignore[return-value]
-    return 1, 2, 3
+    return (1, 1, 1) if len(bands) == 1 else (1, 2, 3)  # one band (panchromatic): grey RGB
 
 
 def asset_uri(asset: pystac.Asset, relative: bool) -> str:
