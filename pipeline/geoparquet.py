@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Literal
 
 import numpy as np
@@ -66,6 +66,10 @@ def _epsg(table: pa.Table, name: str) -> np.ndarray:
     return table[name].fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
+def _apply(fwd, xy: np.ndarray) -> np.ndarray:
+    return np.column_stack(fwd.transform(xy[:, 0], xy[:, 1]))
+
+
 def _to_lonlat(geoms: np.ndarray, epsg: np.ndarray) -> np.ndarray:
     """Re-project each geometry from its row's EPSG code to lon/lat; one transformer per zone."""
     out = np.full(len(geoms), None, dtype=object)
@@ -73,7 +77,7 @@ def _to_lonlat(geoms: np.ndarray, epsg: np.ndarray) -> np.ndarray:
         rows = np.flatnonzero((epsg == code) & ~shapely.is_missing(geoms))
         if len(rows):
             fwd = transformer(int(code), GEO_EPSG)
-            out[rows] = shapely.transform(geoms[rows], lambda xy, fwd=fwd: np.column_stack(fwd.transform(xy[:, 0], xy[:, 1])))
+            out[rows] = shapely.transform(geoms[rows], partial(_apply, fwd))
     return out
 
 

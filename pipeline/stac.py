@@ -329,6 +329,7 @@ def raster_sources(params: Params) -> list[RasterSource]:
     if not stac.url:
         raise CatalogError("stac.url is not set")
     relative = not (is_http(stac.url) or is_s3(stac.url) or os.path.isabs(stac.url))
+    _collection_doc.cache_clear()  # a catalog may have been republished since the last call in this process
     items = find_items(stac, params.s3)
     if not items:
         log.warning("stac: no item matches the search (collections, bbox/aoi, datetime): no tiles")

@@ -149,8 +149,8 @@ class StacApi:
             "links": [{"rel": "self", "href": f"{self.url}/", "type": "application/json"},
                       {"rel": "root", "href": f"{self.url}/", "type": "application/json"},
                       {"rel": "data", "href": f"{self.url}/collections", "type": "application/json"},
-                      {"rel": "search", "href": f"{self.url}/search", "type": "application/geo+json", "method": "GET"},
-                      {"rel": "search", "href": f"{self.url}/search", "type": "application/geo+json", "method": "POST"}],
+                      *({"rel": "search", "href": f"{self.url}/search", "type": "application/geo+json", "method": m}
+                        for m in ("GET", "POST"))],
         }
 
     def search(self, query: dict) -> dict:

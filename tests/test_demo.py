@@ -97,7 +97,8 @@ def records(demo) -> dict[str, dict]:
 
 
 def test_cli_writes_the_whole_demo_and_replaces_an_older_one(demo):
-    assert sorted(p.name for p in demo.iterdir()) == ["flickr", "photos", "rasters", "rasters.yaml", "stac", "truth.csv"]
+    names = ["flickr", "photos", "rasters", "rasters.yaml", "stac", "truth.csv"]
+    assert sorted(p.name for p in demo.iterdir()) == names
     assert not list(demo.parent.glob(".demo.*")), "no partial or old folder is left beside the demo"
     assert sorted(p.name for p in (demo / "rasters").iterdir()) == [
         "alderport_r1c1.tif", "alderport_r1c2.tif", "brimvale_r1c1.tif"]

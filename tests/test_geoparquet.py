@@ -27,8 +27,8 @@ def lonlat(x: float, y: float, epsg: int = EPSG) -> tuple[float, float]:
 
 def pairs_table():
     rows = [
-        {"id": "b", "aoi": "A", "city": "Rotterdam", "tile_id": "t1", "epsg": EPSG, "x_m": X, "y_m": Y, "split": "train",
-         "status": "paired", "reason": ""},
+        {"id": "b", "aoi": "A", "city": "Rotterdam", "tile_id": "t1", "epsg": EPSG, "x_m": X, "y_m": Y,
+         "split": "train", "status": "paired", "reason": ""},
         {"id": "c", "aoi": "B", "city": "Atlanta", "tile_id": "t2", "epsg": 32616, "x_m": 741_000.0, "y_m": 3_737_000.0,
          "split": "test", "status": "paired", "reason": ""},
         {"id": "a", "aoi": "A", "city": "Rotterdam", "status": "outside_tiles", "reason": "in no tile"},

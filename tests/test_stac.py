@@ -253,3 +253,19 @@ def test_stac_api_search_pages_filters_and_makes_tiles_and_chips(rasters, tmp_pa
     assert len(chips) == 2 and all(c["status"] == "ok" and c["nodata_fraction"] == 0 for c in chips.values())
     assert any(e[1] == "/collections/spacenet" for e in entries)  # licence and providers came from the collection
     assert all(e[2].startswith("bytes=") for e in entries if e[0] == "GET" and e[1].startswith("/files/"))
+
+
+def test_static_catalog_on_s3_resolves_relative_hrefs_to_s3_and_makes_tiles(site, tmp_path, s3):
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3.endpoint_url, region_name=s3.region)
+    client.create_bucket(Bucket="imagery")
+    for path in sorted(p for p in site.rglob("*") if p.is_file()):
+        client.upload_file(str(path), "imagery", f"open/{path.relative_to(site).as_posix()}")
+    stac = {"url": "s3://imagery/open/stac/catalog.json", "collections": ["spacenet"]}
+    params = {"s3": s3.model_dump(), "stac": stac}
+    rows = raster_sources(parse_params(params))
+    assert sorted(r.uri for r in rows) == [f"s3://imagery/open/rasters/{n}" for n in (ATLANTA, ROTTERDAM)]
+    tiles, chips = tiles_and_chips(params, tmp_path / "store")
+    assert [t["status"] for t in tiles] == ["ok", "ok"], [t["error"] for t in tiles]
+    assert len(chips) == 2 and all(c["status"] == "ok" for c in chips.values())

@@ -116,7 +116,8 @@ def aois_from_file(path: str) -> list[AOI]:
     aois = []
     for k, feature in enumerate(read_polygons(path, 4326, "flickr.aoi file")):
         name = safe_name(feature.name or f"{Path(path).stem}_{k + 1}")
-        aois.append(AOI(name, feature.city or feature.name or name, snap_bbox(feature.geometry.bounds), feature.geometry))
+        city = feature.city or feature.name or name
+        aois.append(AOI(name, city, snap_bbox(feature.geometry.bounds), feature.geometry))
     names = [a.aoi for a in aois]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: two features share the name {max(names, key=names.count)!r}; names must be unique")
