@@ -81,20 +81,25 @@ def _to_lonlat(geoms: np.ndarray, epsg: np.ndarray) -> np.ndarray:
     return out
 
 
-def _lonlat_point(table: pa.Table, lon: str, lat: str) -> np.ndarray:
-    x, y = _floats(table, lon), _floats(table, lat)
+def _points(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Points where both coordinates are finite, None elsewhere."""
     ok = np.isfinite(x) & np.isfinite(y)
     out = np.full(len(x), None, dtype=object)
     out[ok] = shapely.points(x[ok], y[ok])
     return out
 
 
+def _lonlat_point(table: pa.Table, lon: str, lat: str) -> np.ndarray:
+    return _points(_floats(table, lon), _floats(table, lat))
+
+
 def _utm_point(table: pa.Table, x: str, y: str, epsg: str) -> np.ndarray:
     xs, ys, codes = _floats(table, x), _floats(table, y), _epsg(table, epsg)
-    ok = np.isfinite(xs) & np.isfinite(ys) & (codes > 0)
-    pts = np.full(len(xs), None, dtype=object)
-    pts[ok] = shapely.points(xs[ok], ys[ok])
-    return _to_lonlat(pts, np.where(ok, codes, 0))
+    lon, lat = np.full(len(xs), np.nan), np.full(len(xs), np.nan)
+    for code in np.unique(codes[codes > 0]):  # coordinates first, points once: far cheaper than moving points
+        rows = np.flatnonzero(codes == code)
+        lon[rows], lat[rows] = transformer(int(code), GEO_EPSG).transform(xs[rows], ys[rows])
+    return _points(lon, lat)
 
 
 def _utm_square(table: pa.Table, x: str, y: str, epsg: str, edge: str) -> np.ndarray:
