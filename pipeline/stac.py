@@ -177,6 +177,7 @@ def _api_items(url: str, stac: StacParams) -> list[pystac.Item]:
 def find_items(stac: StacParams, s3: S3Params) -> list[pystac.Item]:
     """Every item ``stac.url`` yields for the search params, sorted by (collection, id)."""
     url = str(stac.url)
+    parse_interval(stac.datetime)  # a bad datetime is the same one line for an API as for a static catalog
     io = StoreStacIO(s3, stac.timeout_s)
     doc = _root_doc(url, io)
     items = _api_items(url, stac) if is_api(doc) else _static_items(url, stac, io)
