@@ -269,3 +269,12 @@ def test_static_catalog_on_s3_resolves_relative_hrefs_to_s3_and_makes_tiles(site
     tiles, chips = tiles_and_chips(params, tmp_path / "store")
     assert [t["status"] for t in tiles] == ["ok", "ok"], [t["error"] for t in tiles]
     assert len(chips) == 2 and all(c["status"] == "ok" for c in chips.values())
+
+
+def test_flickr_searches_the_footprints_of_the_stac_items_when_no_bbox_or_aoi_is_set(on_disk, rasters):
+    from pipeline.flickr import aois_from_params
+
+    params = parse_params({"source": "flickr", "stac": {"url": str(on_disk), "collections": ["spacenet"]}})
+    aois = {a.city: a for a in aois_from_params(params)}
+    assert sorted(aois) == ["Atlanta", "Rotterdam"] and {a.aoi for a in aois.values()} == {"spacenet"}
+    assert aois["Rotterdam"].bbox == pytest.approx(footprint(rasters / ROTTERDAM)[0], abs=1e-6)
