@@ -53,6 +53,7 @@ class DenyList:
     ids: frozenset[str] = frozenset()
     owners: frozenset[str] = frozenset()
     polygons_wkt: tuple[str, ...] = field(default_factory=tuple)
+    polygon_files: tuple[str, ...] = ()  # vector files of deny polygons (any format GDAL reads, any CRS)
 
 
 def _band_order(value, where: str) -> tuple[int, ...]:
@@ -126,6 +127,11 @@ def _raster_row(row: dict, where: str, base: Path) -> RasterSource:
         epsg=epsg,
         key_status=str(row.get("key_status") or ""),
     )
+
+
+def raster_source(row: dict, where: str, base: str | Path = ".") -> RasterSource:
+    """One raster catalog row from a mapping (e.g. a STAC item), checked like a catalog file's rows."""
+    return _raster_row(row, where, Path(base))
 
 
 def load_raster_catalog(path: str | Path) -> list[RasterSource]:
@@ -220,10 +226,15 @@ def load_demo() -> dict:
 
 
 def load_deny_list(path: str | Path) -> DenyList:
-    """Load a deny list (YAML with ``ids``, ``owners``, ``polygons``); a missing file denies nothing."""
+    """Load a deny list: YAML with ``ids``, ``owners``, ``polygons`` (``wkt`` or a vector ``file``), or a vector
+    file whose polygons are the deny areas; a missing file denies nothing."""
+    from pipeline.vectors import VECTOR_SUFFIXES
+
     path = Path(path)
     if not path.exists():
         return DenyList()
+    if path.suffix.lower() in VECTOR_SUFFIXES:
+        return DenyList(polygon_files=(str(path),))
     data = yaml.safe_load(path.read_text()) or {}
     unknown = set(data) - {"ids", "owners", "polygons"}
     if unknown:
@@ -235,8 +246,12 @@ def load_deny_list(path: str | Path) -> DenyList:
             out.append(str(item[field_name] if isinstance(item, dict) else item))
         return out
 
+    polygons = data.get("polygons") or []
+    files = [item for item in polygons if isinstance(item, dict) and "file" in item]
     return DenyList(
         ids=frozenset(values("ids", "id")),
         owners=frozenset(values("owners", "owner")),
-        polygons_wkt=tuple(values("polygons", "wkt")),
+        polygons_wkt=tuple(str(item["wkt"] if isinstance(item, dict) else item) for item in polygons
+                           if not (isinstance(item, dict) and "file" in item)),
+        polygon_files=tuple(_resolve_uri(str(item["file"]), path.parent) for item in files),
     )

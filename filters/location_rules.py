@@ -13,6 +13,7 @@ from filters.base import Tables, by_id, column, decisions_table
 from pipeline.config import FilterParams
 from pipeline.errors import CatalogError
 from pipeline.schemas import SPLITS
+from pipeline.vectors import read_polygons
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ def pairing(tables: Tables, params: FilterParams) -> pa.Table:
 
 
 def _polygons(wkts: tuple[str, ...], path: str) -> list:
+    """The deny list's WKT polygons (EPSG:4326), in order."""
     polys = []
     for k, wkt in enumerate(wkts):
         try:
@@ -106,6 +108,11 @@ def deny_list(tables: Tables, params: FilterParams) -> pa.Table:
     """Drop photos whose id or owner is on the deny list, or whose geotag lies in a deny polygon."""
     deny = load_deny_list(params.deny_list)
     polys = _polygons(deny.polygons_wkt, params.deny_list)
+    labels = [f"polygon {k + 1}" for k in range(len(polys))]
+    for path in deny.polygon_files:  # vector files, any CRS: compared in lon/lat like the WKT ones
+        features = read_polygons(path, 4326, "deny area file")
+        polys += [f.geometry for f in features]
+        labels += [f"polygon {f.label}" for f in features]
     in_poly = _in_polygons(tables, polys)
     out = []
     for i, r in by_id(tables.photos, ["owner"]).items():
@@ -115,7 +122,7 @@ def deny_list(tables: Tables, params: FilterParams) -> pa.Table:
         if r["owner"] in deny.owners:
             why.append(f"owner {r['owner']}")
         if i in in_poly:
-            why.append(f"inside polygon {in_poly[i]}")
+            why.append(f"inside {labels[in_poly[i] - 1]}")
         reason = f"deny_list: {', '.join(why)} ({params.deny_list})" if why else ""
         out.append((i, not why, reason, None))
     return decisions_table("deny_list", out)

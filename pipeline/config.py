@@ -30,6 +30,33 @@ class CustomParams(_Section):
     photos: str | None = None
 
 
+class StacParams(_Section):
+    """Overhead imagery from a STAC catalog or API: when ``url`` is set its items are the raster catalog."""
+
+    url: str | None = None  # STAC API root, or a static catalog.json / collection.json: path, http(s):// or s3://
+    collections: list[str] = []  # empty: every collection
+    bbox: tuple[float, float, float, float] | None = None  # [min_lon, min_lat, max_lon, max_lat]
+    aoi: str | None = None  # instead of bbox: a vector file (any CRS); items intersecting its polygons
+    datetime: str | None = None  # RFC 3339 instant or interval: "2016-01-01/2018-12-31", ".." for an open end
+    asset: str | None = None  # key of the image asset; null: "visual", else the item's one GeoTIFF data asset
+    band_order: tuple[int, int, int] | None = None  # null: red/green/blue of the asset's eo:bands, else [1, 2, 3]
+    city_property: str = "city"  # item property naming the city; else the collection's title, else its id
+    licence: str | None = None  # overrides the item/collection licence (then licence_url too, unless known)
+    licence_url: str | None = None
+    attribution: str | None = None  # overrides the providers named by the item/collection
+    satellite: str | None = None  # overrides the item's platform/constellation
+    max_items: int = Field(5000, ge=1)  # more matches is an error (narrow the search), never a silent cut
+    timeout_s: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_area(self) -> StacParams:
+        if self.bbox is not None and self.aoi:
+            raise ValueError("bbox and aoi are both set: keep one of them")
+        if self.bbox is not None and not (self.bbox[0] < self.bbox[2] and self.bbox[1] < self.bbox[3]):
+            raise ValueError("bbox must be [min_lon, min_lat, max_lon, max_lat] with min < max")
+        return self
+
+
 class DemoParams(_Section):
     """The embedded demo AOI, generated deterministically in code."""
 
@@ -96,6 +123,7 @@ class FlickrParams(_Section):
 
     rest_url: str = "https://api.flickr.com/services/rest/"
     bbox: tuple[float, float, float, float] | None = None  # [min_lon, min_lat, max_lon, max_lat]
+    aoi: str | None = None  # instead of bbox: a vector file of polygons (any CRS), one search area per feature
     licences: list[int] = list(range(1, 17))  # all that allow redistribution with attribution
     min_upload_date: str | None = "2004-01-01"  # a geo query needs a limiting agent
     max_upload_date: str | None = None
@@ -291,6 +319,7 @@ class Params(_Section):
     workers: int = Field(2, ge=1)
     s3: S3Params = S3Params()
     custom: CustomParams = CustomParams()
+    stac: StacParams = StacParams()
     demo: DemoParams = DemoParams()
     download: DownloadParams = DownloadParams()
     tiles: TilesParams = TilesParams()

@@ -25,6 +25,7 @@ from pipeline.config import Params
 from pipeline.geo import transformer
 from pipeline.heatmap_score import HeatmapError
 from pipeline.store import read_bytes
+from pipeline.vectors import is_vector_file, read_area
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,8 @@ def manifest_row(path: str, pair_id: str) -> dict:
 def configure(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--bbox", nargs=4, type=float, metavar=("MINX", "MINY", "MAXX", "MAXY"), help="search area")
-    where.add_argument("--polygon", help="search area: a GeoJSON or WKT file, or WKT text")
+    where.add_argument("--polygon", help="search area: a vector file (GeoPackage, Shapefile, GeoJSON, FlatGeobuf, "
+                       "GeoParquet; any CRS, converted to --crs), a WKT file, or WKT text")
     parser.add_argument("--crs", default="lonlat", help="CRS of the area and --true: lonlat (default), tile, EPSG:n")
     photo = parser.add_mutually_exclusive_group(required=True)
     photo.add_argument("--photo", help="the photo (path, s3:// or http(s):// URI)")
@@ -108,7 +110,7 @@ def main(params: Params, args: argparse.Namespace) -> int:
 
         torch.set_num_threads(hp.threads)
     area_epsg = parse_crs(args.crs)
-    area = parse_area(args.bbox, args.polygon)
+    area = read_area(args.polygon, area_epsg) if is_vector_file(args.polygon) else parse_area(args.bbox, args.polygon)
     photo_uri, truth = _photo_and_truth(args, area_epsg)
     model, _ = load_model(args.model, device)
     photo = decode(read_bytes(photo_uri, params.s3), (model.spec.photo_width, model.spec.photo_height))

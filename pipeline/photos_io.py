@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from catalogs import Licence, find_licence
+from pipeline import vectors
 from pipeline.errors import CatalogError
 from pipeline.schemas import PHOTOS
 
@@ -180,13 +181,18 @@ def _read_table_rows(path: Path) -> list[dict]:
             reader = csv.DictReader(fh)
             rows = list(reader)
             columns = reader.fieldnames or []
-    elif suffix in (".parquet", ".pq"):
+    elif suffix in (".parquet", ".pq") and not vectors.is_geoparquet(path):
         import pyarrow.parquet as pq
 
         table = pq.read_table(path)
         rows, columns = table.to_pylist(), table.column_names
+    elif suffix in vectors.VECTOR_SUFFIXES or suffix == ".pq":  # positions from the point geometry, any CRS
+        rows, columns = vectors.point_records(path, "custom.photos table")
     else:
-        raise CatalogError(f"{path}: custom.photos must be a .csv or .parquet table, or a folder of images")
+        raise CatalogError(
+            f"{path}: custom.photos must be a .csv or .parquet table, a vector file of points "
+            "(GeoPackage, Shapefile, GeoJSON, FlatGeobuf, GeoParquet) or a folder of images"
+        )
     missing = [c for c in TABLE_REQUIRED if c not in columns]
     if missing:
         raise CatalogError(f"{path}: missing required columns {', '.join(missing)} (need {', '.join(TABLE_REQUIRED)})")
@@ -250,7 +256,8 @@ def _custom_row(r: Mapping, photo_id: str, base: Path) -> dict:
 
 
 def rows_from_table(path: str | Path) -> list[dict]:
-    """A custom photo table (CSV or Parquet) → ``photos`` rows; aoi/city are left for the pair stage."""
+    """A custom photo table (CSV, Parquet or a vector file of points) → ``photos`` rows; aoi/city are left for
+    the pair stage."""
     path = Path(path)
     records = _read_table_rows(path)
     ids = [_table_id(r.get("id")) for r in records]

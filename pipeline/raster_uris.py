@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pipeline.config import S3Params
 from pipeline.errors import StoreError
-from pipeline.store import S3_NO_KEY, client_for, is_s3, redact, s3_error_code, split_s3
+from pipeline.store import S3_NO_KEY, client_for, is_http, is_s3, redact, s3_error_code, split_s3
 
 TIF_SUFFIXES = (".tif", ".tiff")
 
@@ -62,7 +62,9 @@ def s3_error(uri: str, err: Exception) -> str:
 
 
 def head(uri: str, s3: S3Params) -> SourceObject:
-    """Size and version of one object or local file; StoreError with advice when it is missing."""
+    """Size and version of one object, URL or local file; StoreError with advice when it is missing."""
+    if is_http(uri):
+        return _head_http(uri)
     if not is_s3(uri):
         try:
             st = os.stat(uri)
@@ -75,6 +77,22 @@ def head(uri: str, s3: S3Params) -> SourceObject:
     except Exception as err:  # botocore raises many types; all become one clear message
         raise (MissingObject if _missing(err) else StoreError)(s3_error(uri, err)) from None
     return SourceObject(uri, int(meta["ContentLength"]), f"etag:{meta.get('ETag', '').strip(chr(34))}")
+
+
+def _head_http(uri: str, timeout_s: float = 30.0) -> SourceObject:
+    """HEAD an http(s) raster (a STAC asset): size and ETag (or Last-Modified) as its version."""
+    import requests
+
+    try:
+        resp = requests.head(uri, allow_redirects=True, timeout=timeout_s)
+    except requests.RequestException as err:
+        raise StoreError(f"{redact(uri)}: request failed: {type(err).__name__}: {redact(str(err))}") from None
+    if resp.status_code in (404, 410):
+        raise MissingObject(f"{redact(uri)}: not found ({resp.status_code}): fix the URL in the catalog")
+    if resp.status_code >= 400:
+        raise StoreError(f"{redact(uri)}: HTTP {resp.status_code}: check the URL and that the server allows reads")
+    version = resp.headers.get("ETag", "").strip('"') or resp.headers.get("Last-Modified", "")
+    return SourceObject(uri, int(resp.headers.get("Content-Length") or 0), f"http:{version}")
 
 
 def list_prefix(uri: str, s3: S3Params, tif_only: bool = True) -> list[SourceObject]:

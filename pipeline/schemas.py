@@ -2,6 +2,8 @@
 
 Writes are deterministic (rows sorted by the table's key, fixed writer options, no pandas
 metadata) and atomic (temp file + rename), so the same inputs give byte-identical files.
+Tables with a place (``GEOMETRY``) are written as GeoParquet 1.1: geometry columns in EPSG:4326,
+derived from the table's own columns, appended after the declared ones (pipeline/geoparquet.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.errors import SchemaError, StageInputError
+from pipeline.geoparquet import GeoColumn, with_geometry
 from pipeline.store import atomic_file
 
 SPLITS = ("train", "val", "test")  # the values of ``split`` (pairs, manifests), in manifest order
@@ -222,6 +225,17 @@ SCHEMAS: dict[str, pa.Schema] = {
     "eval_pairs": EVAL_PAIRS,
 }
 
+# Geometry columns written after each table's declared columns (GeoParquet 1.1, EPSG:4326 lon/lat, WKB).
+# Stages never build them: write_table derives them from the named columns, and read_table leaves them out.
+GEOMETRY: dict[str, tuple[GeoColumn, ...]] = {
+    "tiles": (GeoColumn("geometry", "utm_wkb", ("footprint_wkb", "epsg"), "bbox"),),  # valid-data footprint
+    "pairs": (GeoColumn("geometry", "utm_point", ("x_m", "y_m", "epsg"), "bbox"),),  # the photo; null without a tile
+    "manifest": (
+        GeoColumn("geometry", "lonlat_point", ("lon", "lat"), "bbox"),  # the photo
+        GeoColumn("chip_footprint", "utm_square", ("x_m", "y_m", "epsg", "chip_edge_m"), "chip_footprint_bbox"),
+    ),
+}
+
 # Sort keys: rows are written in this order so outputs do not depend on task completion order.
 SORT_KEYS: dict[str, list[str]] = {
     "tiles": ["tile_id"],
@@ -258,7 +272,8 @@ def write_table(table: pa.Table, path: str | Path, schema: pa.Schema, sort_by: S
         except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
             raise SchemaError(f"{path}: table does not match its schema: {err}") from None
     table = _sorted(table, sort_by if sort_by is not None else ["id"])
-    table = table.replace_schema_metadata(None)
+    geometry = GEOMETRY.get(_name(schema) or "")
+    table = with_geometry(table, geometry) if geometry else table.replace_schema_metadata(None)
     with atomic_file(path) as tmp:
         pq.write_table(table, tmp, compression="zstd", write_statistics=True, row_group_size=256_000)
 
@@ -278,9 +293,20 @@ WRITTEN_BY: dict[str, str] = {
 }
 
 
+def _name(schema: pa.Schema) -> str | None:
+    """The ``SCHEMAS`` name of ``schema``, or None for a schema declared elsewhere."""
+    return next((n for n, s in SCHEMAS.items() if s.equals(schema)), None)
+
+
+def file_schema(schema: pa.Schema) -> pa.Schema:
+    """The columns a file written with ``schema`` holds: the declared ones, then any geometry columns."""
+    extra = GEOMETRY.get(_name(schema) or "", ())
+    return pa.schema([*schema, *(f for c in extra for f in c.fields)])
+
+
 def _writer(schema: pa.Schema) -> str:
     """``crossview STAGE`` for the stage that writes tables of ``schema`` (or a generic hint)."""
-    name = next((n for n, s in SCHEMAS.items() if s.equals(schema)), None)
+    name = _name(schema)
     return f"`crossview {WRITTEN_BY[name]}`" if name in WRITTEN_BY else "the stage that writes it"
 
 
@@ -292,11 +318,15 @@ def read_table(path: str | Path, schema: pa.Schema, columns: Sequence[str] | Non
     if not path.exists():
         raise StageInputError(f"{path} does not exist: run {writer} first (`dvc repro` runs it)")
     try:
-        table = pq.read_table(path, columns=list(columns) if columns else None)
+        found = pq.read_schema(path)
     except (pa.ArrowException, OSError) as err:
         reason = " ".join(str(err).split())[:200]
         raise SchemaError(f"{path} cannot be read as Parquet ({reason}): delete it and rerun {writer}") from None
-    want = schema if columns is None else pa.schema([schema.field(c) for c in columns])
-    if not table.schema.equals(want):
+    if not found.remove_metadata().equals(file_schema(schema)):
         raise SchemaError(f"{path}: schema differs from the declared one; rerun {writer}")
-    return table
+    try:  # geometry columns are for GIS readers; stages get exactly the declared columns
+        table = pq.read_table(path, columns=list(columns) if columns else schema.names)
+    except (pa.ArrowException, OSError) as err:
+        reason = " ".join(str(err).split())[:200]
+        raise SchemaError(f"{path} cannot be read as Parquet ({reason}): delete it and rerun {writer}") from None
+    return table.replace_schema_metadata(None)

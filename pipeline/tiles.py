@@ -82,7 +82,11 @@ class TileJob:
 
 
 def raster_sources(params: Params, demo_dir: str) -> list[RasterSource]:
-    """The raster catalog for ``params.source``: demo, custom or SpaceNet."""
+    """The raster catalog for ``params.source``: demo, custom or SpaceNet; the items of ``stac.url`` when set."""
+    if params.stac.url:
+        from pipeline.stac import raster_sources as stac_sources
+
+        return stac_sources(params)
     if params.source == "demo":
         catalog = Path(demo_dir) / "rasters.yaml"
         if not catalog.exists():

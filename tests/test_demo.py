@@ -107,7 +107,8 @@ def records(demo) -> dict[str, dict]:
 
 
 def test_cli_writes_the_whole_demo_and_replaces_an_older_one(demo):
-    assert sorted(p.name for p in demo.iterdir()) == ["flickr", "photos", "rasters", "rasters.yaml", "truth.csv"]
+    names = ["flickr", "photos", "rasters", "rasters.yaml", "stac", "truth.csv"]
+    assert sorted(p.name for p in demo.iterdir()) == names
     assert not list(demo.parent.glob(".demo.*")), "no partial or old folder is left beside the demo"
     assert sorted(p.name for p in (demo / "rasters").iterdir()) == [
         "alderport_r1c1.tif", "alderport_r1c2.tif", "brimvale_r1c1.tif"]
@@ -117,7 +118,8 @@ def test_cli_writes_the_whole_demo_and_replaces_an_older_one(demo):
 def test_two_runs_give_byte_identical_files(demo, tmp_path):
     again = demo_mod.generate(tmp_path / "again", SMALL)
     first, second = _digests(demo), _digests(again)
-    assert len(first) == 3 + 2 + 2 + 40 + sum(planted_counts(40).values())  # tiles, Flickr, yaml+csv, photos
+    stac = 1 + 2 + 3  # catalog, a collection per city, an item per tile
+    assert len(first) == 3 + 2 + 2 + 40 + sum(planted_counts(40).values()) + stac  # tiles, Flickr, yaml+csv, photos
     assert first == second
 
 
@@ -504,3 +506,15 @@ def test_photo_counts_scale_with_n_photos_and_cases_spread_over_cities():
     for case, rate in cfg["rates"].items():
         assert [spread[c.index][case] for c in cities] == [round(rate * c.n_photos) for c in cities]
     assert all(spread[c.index].get("outside_tiles") for c in cities)
+
+
+def test_published_stac_catalog_reads_back_as_the_demo_raster_catalog(demo, monkeypatch):
+    from pipeline.config import parse_params
+    from pipeline.stac import raster_sources
+
+    monkeypatch.chdir(demo.parent)
+    url = str((demo / "stac" / "catalog.json").relative_to(demo.parent))
+    from_stac = raster_sources(parse_params({"stac": {"url": url}}))
+    assert from_stac == load_raster_catalog(demo / "rasters.yaml")  # same aoi, city, uri, bands, licence, ...
+    one_city = raster_sources(parse_params({"stac": {"url": url, "bbox": [9.0, 44.7, 9.1, 44.9]}}))
+    assert [s.city for s in one_city] == ["Brimvale"]

@@ -127,3 +127,38 @@ def test_each_planted_case_is_dropped_for_its_reason(repo):
         "most wrong geotags pass every rule: only an audit or a curator finds them"
     pairs = [t for t in truth if t["expected"] == "density_pair"]
     assert sum("density" in codes.get(t["id"], set()) for t in pairs) == len(pairs) // 2
+
+
+def test_tables_and_manifests_open_in_geopandas_with_epsg_4326_geometry(repo):
+    import geopandas as gpd
+    import shapely
+
+    train = gpd.read_parquet(repo / "manifests" / "train.parquet")
+    assert len(train) > 50 and train.crs.to_epsg() == 4326 and train["chip_footprint"].crs.to_epsg() == 4326
+    assert (train.geometry.x == train["lon"]).all() and (train.geometry.y == train["lat"]).all()
+    assert train["chip_footprint"].contains(train.geometry).all()
+    tiles = gpd.read_parquet(repo / "tables" / "tiles.parquet")
+    pairs = gpd.read_parquet(repo / "tables" / "pairs.parquet")
+    assert tiles.crs.to_epsg() == 4326 and pairs.crs.to_epsg() == 4326
+    paired = pairs[pairs["status"] == "paired"]
+    assert paired.geometry.notna().all() and pairs[pairs["epsg"].isna()].geometry.isna().all()
+    by_tile = dict(zip(tiles["tile_id"], tiles.geometry, strict=True))
+    assert all(by_tile[t].buffer(1e-6).covers(p) for t, p in zip(paired["tile_id"], paired.geometry, strict=True))
+    chips = train.set_geometry("chip_footprint")
+    assert shapely.union_all(chips.geometry.values).within(shapely.union_all(tiles.geometry.values).buffer(1e-6))
+
+
+def test_a_stac_run_of_the_demo_gives_byte_identical_tiles_and_reruns_nothing_downstream(repo):
+    before = digests(repo, OUTPUTS)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["stac"]["url"] = "data/demo/stac/catalog.json"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        out = sh(["dvc", "repro"], repo)
+        ran = {s for s in STAGES if f"Running stage '{s}'" in out}
+        assert "tiles" in ran and ran <= {"search", "tiles"}  # same tiles table: nothing after it reruns
+        assert digests(repo, OUTPUTS) == before
+    finally:
+        params["stac"]["url"] = None
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        sh(["dvc", "repro"], repo)

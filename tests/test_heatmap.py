@@ -223,3 +223,20 @@ def test_heatmap_defaults_work_right_after_the_demo_dvc_repro(demo_repo, tmp_pat
     assert all(f["properties"]["bearing_deg"] is None for f in features)  # timm_contrastive: no orientation
     assert "no viewing direction" in features[0]["properties"]["bearing_convention"]
     assert Image.open(f"{out}.png").size[0] > 0
+
+
+def test_a_geopackage_search_area_in_another_crs_grids_like_the_same_polygon_as_wkt(world):
+    import geopandas as gpd
+
+    corners = [(600_150, 5_000_150), (600_350, 5_000_150), (600_250, 5_000_350)]
+    to_ll = transformer(EPSG, 4326)
+    wkt = shapely.Polygon([to_ll.transform(*c) for c in corners]).wkt
+    path = world[0] / "area.gpkg"  # stored in Web Mercator: read_area must convert it to --crs (lon/lat here)
+    gpd.GeoDataFrame(geometry=[shapely.Polygon(corners)], crs=EPSG).to_crs(3857).to_file(path, driver="GPKG")
+    outs = [run(world, "--polygon", area, "--photo", str(world[0] / "photo.jpg")) for area in (str(path), wkt)]
+    grids = []
+    for out in outs:
+        with rasterio.open(f"{out}.tif") as src:
+            grids.append((src.crs.to_epsg(), src.width, src.height, src.transform, np.isfinite(src.read(1)).tolist()))
+    assert grids[0][:3] == grids[1][:3] and grids[0][3].almost_equals(grids[1][3], precision=1e-3)
+    assert grids[0][4] == grids[1][4] and any(any(row) for row in grids[0][4])

@@ -11,6 +11,7 @@ exists for (:mod:`.placement`) and Flickr-shaped metadata (:mod:`.flickr`). Outp
 - ``truth.csv``: id, aoi, city, case (what the photo is), lat, lon (as recorded), true_lat, true_lon (where
   it was taken: differs for a wrong geotag), bearing_deg, expected (what it must become: ``ok``, or the
   reason that must drop it; ``indoor``, ``relevance`` and ``wrong_location`` are a model's or a curator's call)
+- ``stac/catalog.json``: the rasters published as a static STAC catalog (``stac.url`` reads it back, no network)
 
 The folder is built beside the target and renamed into place, so an interrupted run leaves none.
 """
@@ -23,6 +24,7 @@ import logging
 import shutil
 import time
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,7 @@ from pipeline.demo.placement import Shot, choose_patches, plan_city, split_cases
 from pipeline.demo.rasters import write_tile
 from pipeline.demo.scenes import SCENES, render_scene
 from pipeline.demo.world import Sun, World, build_world
+from pipeline.stac_publish import publish as publish_stac
 from pipeline.store import write_json
 
 log = logging.getLogger(__name__)
@@ -200,6 +203,8 @@ def generate(out: str | Path, demo: DemoParams, workers: int = 2) -> Path:
         rasters = _write_rasters(tmp, cfg, cities, worlds, suns, workers)
         _write_photos(tmp, photos, worlds, suns, workers)
         _write_metadata(tmp, cities, photos, rasters)
+        acquired = datetime.fromisoformat(str(cfg["acquired"]))
+        publish_stac(rasters, tmp, tmp / "stac", acquired, "crossview demo rasters")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+from shapely.geometry.base import BaseGeometry
 from tqdm import tqdm
 
 from pipeline.config import FlickrParams, Params, S3Params
-from pipeline.errors import RasterError, StoreError
+from pipeline.errors import ConfigError, RasterError, StoreError
 from pipeline.flickr.client import (
     Credentials,
     FlickrAPIError,
@@ -46,9 +47,21 @@ from pipeline.flickr.plan import (
 from pipeline.flickr.state import FINISHED, HarvestState
 
 __all__ = [
-    "AOI", "Credentials", "FlickrAPIError", "FlickrAuthError", "FlickrClient", "FlickrRequestError",
-    "FlickrUnavailableError", "TokenBucket", "aois_from_params", "harvest", "harvest_table",
-    "load_credentials", "parse_int", "raster_bounds_lonlat",
+    "AOI",
+    "Credentials",
+    "FlickrAPIError",
+    "FlickrAuthError",
+    "FlickrClient",
+    "FlickrRequestError",
+    "FlickrUnavailableError",
+    "TokenBucket",
+    "aois_from_file",
+    "aois_from_params",
+    "harvest",
+    "harvest_table",
+    "load_credentials",
+    "parse_int",
+    "raster_bounds_lonlat",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,6 +76,7 @@ class AOI:
     aoi: str
     city: str
     bbox: tuple[float, float, float, float]
+    area: BaseGeometry | None = None  # lon/lat polygon (flickr.aoi); photos in the bbox but outside it are skipped
 
 
 # ---------------------------------------------------------------- AOI bounding boxes
@@ -94,10 +108,35 @@ def raster_bounds_lonlat(uri: str, s3: S3Params) -> tuple[float, float, float, f
     return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
 
 
+def aois_from_file(path: str) -> list[AOI]:
+    """One AOI per polygon of a vector file (any CRS): named by its ``aoi``/``name`` column (else the file and
+    feature number), city from a ``city`` column (else the name)."""
+    from pipeline.vectors import read_polygons, safe_name
+
+    aois = []
+    for k, feature in enumerate(read_polygons(path, 4326, "flickr.aoi file")):
+        name = safe_name(feature.name or f"{Path(path).stem}_{k + 1}")
+        city = feature.city or feature.name or name
+        aois.append(AOI(name, city, snap_bbox(feature.geometry.bounds), feature.geometry))
+    names = [a.aoi for a in aois]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: two features share the name {max(names, key=names.count)!r}; names must be unique")
+    return aois
+
+
 def aois_from_params(params: Params, sources: Sequence | None = None) -> list[AOI]:
-    """``flickr.bbox`` as one AOI, else one AOI per raster catalog row (default: SpaceNet)."""
+    """``flickr.bbox`` as one AOI, ``flickr.aoi`` as one per polygon, else one per raster catalog row (default:
+    SpaceNet)."""
+    if params.flickr.bbox is not None and params.flickr.aoi:
+        raise ConfigError("flickr.bbox and flickr.aoi are both set: keep one of them")
     if params.flickr.bbox is not None:
         return [AOI(BBOX_AOI, BBOX_AOI, snap_bbox(params.flickr.bbox))]
+    if params.flickr.aoi:
+        return aois_from_file(params.flickr.aoi)
+    if sources is None and params.stac.url:
+        from pipeline.stac import raster_sources as stac_sources
+
+        sources = stac_sources(params)
     if sources is None:
         from catalogs import load_spacenet
 
@@ -136,11 +175,21 @@ def _rows(state: HarvestState, aoi: AOI, lo: int, hi: int, fp: FlickrParams, see
             pid = str(photo.get("id", ""))
             if pid in seen or not _keep(photo, lo, hi, fp.min_accuracy):
                 continue
+            row = photo_row_from_flickr(photo, aoi.aoi, aoi.city, None, source="flickr", query_cell=cid, size=fp.size)
+            if not _inside(row, aoi):
+                continue  # in the AOI's bbox, outside its polygon: not part of this search (another AOI may hold it)
             seen.add(pid)
-            rows.append(photo_row_from_flickr(
-                photo, aoi.aoi, aoi.city, None, source="flickr", query_cell=cid, size=fp.size
-            ))
+            rows.append(row)
     return rows
+
+
+def _inside(row: dict, aoi: AOI) -> bool:
+    """Whether the row's position is inside the AOI's polygon (always, for a bbox AOI)."""
+    if aoi.area is None:
+        return True
+    import shapely
+
+    return bool(shapely.covers(aoi.area, shapely.points(row["lon"], row["lat"])))
 
 
 def _progress_bar(client: FlickrClient) -> tuple[tqdm, Progress]:
