@@ -62,6 +62,7 @@ def manifest_rows(root: Path) -> list[dict]:
     return [r for s in SPLITS for r in pq.read_table(root / "manifests" / f"{s}.parquet").to_pylist()]
 
 
+@pytest.mark.slow
 def test_custom_run_with_only_the_required_columns_reaches_the_manifests(tmp_path, realdata):
     root = repo_copy(tmp_path / "repo")
     photos = [(f"r{k}", OUTDOOR[k], *lonlat(32631, 592500 + 100 * k, 5749650)) for k in range(len(OUTDOOR))]
@@ -85,6 +86,7 @@ def test_custom_run_with_only_the_required_columns_reaches_the_manifests(tmp_pat
     assert {t["aoi"]: t["status"] for t in tiles} == {"rotterdam": "ok", "atlanta": "ok"}
 
 
+@pytest.mark.slow
 def test_custom_run_where_no_photo_is_usable_completes_with_empty_manifests(tmp_path, realdata):
     root = repo_copy(tmp_path / "repo")
     x, y = 592700, 5749650

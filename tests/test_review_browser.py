@@ -292,6 +292,7 @@ def _curate_demo(browser, url: str, in_manifests: set[str], shot: Path) -> list[
     return done
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_review_on_the_demo_then_dvc_repro_applies_the_verdicts(browser, demo_repo, tmp_path):
     verdicts = demo_repo / "review/verdicts.csv"

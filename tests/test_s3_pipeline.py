@@ -60,6 +60,9 @@ def _stamp(client, key: str) -> tuple[str, object]:
     return head["ETag"], head["LastModified"]
 
 
+pytestmark = pytest.mark.slow  # the whole demo on a moto S3 store: about 10 minutes on 2 cores (.ci/run runs it)
+
+
 @pytest.fixture(scope="module")
 def s3_repo(tmp_path_factory):
     with moto_s3() as s3:

@@ -22,7 +22,7 @@ pytest.importorskip("timm")
 
 from pipeline.config import EvaluateParams, Params, S3Params, TimmParams, TrainParams, WitwFovParams, witw_differences
 from pipeline.errors import StageInputError
-from pipeline.schemas import EVAL_PAIRS, MANIFEST, table_from_rows, write_table
+from pipeline.schemas import EVAL_PAIRS, MANIFEST, read_table, table_from_rows, write_table
 from pipeline.train import stage
 from pipeline.train.data import ManifestPairs, ViewSpec, make_loader
 from pipeline.train.loop import CHECKPOINT, MODEL, learning_rate
@@ -219,7 +219,7 @@ def test_timm_lr_decays_on_a_cosine_to_zero_and_witw_keeps_it_constant():
 
 def swapped_val(manifest: Path, root: Path) -> Path:
     """The val manifest with every photo given the next pair's chip: learning the train pairs makes its loss rise."""
-    rows = pq.read_table(manifest).to_pylist()
+    rows = read_table(manifest, MANIFEST).to_pylist()  # the declared columns, without the GeoParquet geometry
     chips = [r["chip_uri"] for r in rows]
     rows = [{**r, "chip_uri": chips[(i + 1) % len(rows)]} for i, r in enumerate(rows)]
     path = root / "val_swapped.parquet"
