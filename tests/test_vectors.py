@@ -15,7 +15,8 @@ import pytest
 import shapely
 
 from catalogs import load_deny_list
-from filters import Tables, location
+from filters import location_rules as location
+from filters.base import Tables
 from pipeline.config import FilterParams, Params
 from pipeline.errors import CatalogError, ConfigError
 from pipeline.flickr import AOI, aois_from_params
