@@ -1,4 +1,4 @@
-"""Benchmark: the pair stage's density limit (grid neighbour pairs, parallel greedy rounds) vs WITW's naive loop.
+"""Benchmark: the density limit (grid neighbour pairs, parallel greedy rounds) vs WITW's naive loop.
 
 WITW's ``limit_density.py`` walks the photos of an AOI in random order and computes the haversine
 distance from each photo to every photo kept so far (``dfao.append(row)`` copies the kept frame on
@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.geo import transformer
-from pipeline.pair import density_limit, seeded_order
+from pipeline.neighbours import density_limit, seeded_order
 
 log = logging.getLogger("bench_density")
 EPSG, X0, Y0 = 32631, 440_000.0, 5_400_000.0  # a 20 km square of UTM 31N (Paris)

@@ -10,6 +10,9 @@ is what the funnel (:mod:`filters.funnel`) and the dataset card count. Kept rows
 reason unless there is something to note (a converted single-band photo, an unknown geotag
 accuracy, a curator keep).
 
+A thinning filter (``thins=True``: the density limit) runs after all the others and the curator
+override, on the photos they kept, and judges only those.
+
 Adding a filter: write one function in a ``*_rules.py`` module here (helpers in
 :mod:`filters.base`) and add one line to ``REGISTRY``.
 ``kind`` is ``rule`` (deterministic checks on metadata, pairs and chips) or ``model`` (classifier
@@ -22,7 +25,8 @@ from filters import chip_rules, curator_rules, indoor_rules, location_rules, pho
 from filters.base import Filter
 
 # Registry order is the funnel order: a photo dropped by several filters is counted once, under
-# the first. Cheap upstream facts first, then location, chips, models, and the curator last.
+# the first. Cheap upstream facts first, then location, chips, models, the curator, and last the
+# density limit, which thins out only the photos every other filter kept.
 REGISTRY: list[Filter] = [
     Filter("download", photo_rules.download, "rule"),
     Filter("single_band", photo_rules.single_band, "rule"),
@@ -34,7 +38,6 @@ REGISTRY: list[Filter] = [
     Filter("accuracy", photo_rules.accuracy, "rule"),
     Filter("deny_list", location_rules.deny_list, "rule"),
     Filter("pairing", location_rules.pairing, "rule"),
-    Filter("density", location_rules.density, "rule"),
     Filter("split_buffer", location_rules.split_buffer, "rule"),
     Filter("chip_error", chip_rules.chip_error, "rule"),
     Filter("chip_nodata", chip_rules.chip_nodata, "rule"),
@@ -42,6 +45,7 @@ REGISTRY: list[Filter] = [
     Filter("indoor", indoor_rules.indoor, "model"),
     Filter("relevance", relevance_rules.relevance, "model"),
     Filter("curator", curator_rules.curator, "rule"),
+    Filter("density", location_rules.density, "rule", thins=True),
 ]
 
 __all__ = ["REGISTRY"]

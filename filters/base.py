@@ -25,12 +25,16 @@ class Tables:
 
 
 FilterFn = Callable[[Tables, FilterParams], pa.Table]
+# A thinning filter chooses among the photos every other filter kept (``candidates``), so it only
+# ever drops a photo in favour of one that is in the manifest; it judges the candidates only.
+ThinningFn = Callable[[Tables, FilterParams, Sequence[str]], pa.Table]
 
 
 class Filter(NamedTuple):
     name: str
-    fn: FilterFn
+    fn: FilterFn | ThinningFn
     kind: Literal["rule", "model"]
+    thins: bool = False  # runs after every other filter (and the curator override), on their survivors
 
 
 def decisions_table(name: str, rows: Iterable[tuple[str, bool, str, float | None]]) -> pa.Table:

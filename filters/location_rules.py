@@ -1,10 +1,12 @@
-"""Rules on where a photo is: its coordinates, the deny list, and what the pair stage found."""
+"""Rules on where a photo is: its coordinates, the deny list, what the pair stage found, and the density limit."""
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 
+import numpy as np
 import pyarrow as pa
 import shapely
 
@@ -12,13 +14,14 @@ from catalogs import load_deny_list
 from filters.base import Tables, by_id, column, decisions_table
 from pipeline.config import FilterParams
 from pipeline.errors import CatalogError
+from pipeline.neighbours import density_by_epsg
 from pipeline.schemas import SPLITS
 from pipeline.vectors import read_polygons
 
 log = logging.getLogger(__name__)
 
 # Pair statuses that have their own filter; every other non-paired status is a pairing drop.
-OWN_FILTER = {"bad_coordinates": "coordinates", "density": "density", "split_buffer": "split_buffer"}
+OWN_FILTER = {"bad_coordinates": "coordinates", "split_buffer": "split_buffer"}
 
 
 def _pair_status_rule(tables: Tables, name: str, status: str) -> pa.Table:
@@ -37,9 +40,24 @@ def coordinates(tables: Tables, params: FilterParams) -> pa.Table:
     return _pair_status_rule(tables, "coordinates", "bad_coordinates")
 
 
-def density(tables: Tables, params: FilterParams) -> pa.Table:
-    """Drop photos the pair stage thinned out (closer than ``pair.density_m`` to a kept photo)."""
-    return _pair_status_rule(tables, "density", "density")
+def density(tables: Tables, params: FilterParams, candidates: Sequence[str]) -> pa.Table:
+    """WITW's density limit among ``candidates`` (the photos every other filter kept), per UTM zone.
+
+    In a seeded order, a candidate is kept unless an earlier kept one is closer than
+    ``filter.density_m``; the reason names that kept photo, which is therefore in the manifest.
+    """
+    pairs = by_id(tables.pairs, ["epsg", "x_m", "y_m"])
+    ids = sorted(i for i in candidates if i in pairs and pairs[i]["x_m"] is not None)
+    epsg = np.array([pairs[i]["epsg"] for i in ids], np.int64)
+    x, y = (np.array([pairs[i][c] for i in ids], np.float64) for c in ("x_m", "y_m"))
+    id_arr = pa.array(ids, pa.string())
+    kept, neighbour, dist = density_by_epsg(id_arr, epsg, x, y, params.density_m, params.density_seed)
+    limit = f"density limit {params.density_m:g} m"
+    return decisions_table("density", [
+        (i, True, "", None) if kept[k]
+        else (i, False, f"density: {dist[k]:.2f} m from kept photo {ids[neighbour[k]]} ({limit})", float(dist[k]))
+        for k, i in enumerate(ids)
+    ])
 
 
 def split_buffer(tables: Tables, params: FilterParams) -> pa.Table:

@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "search": ("pipeline.search", "find photos (demo catalog, Flickr, or a custom table/folder) -> photos"),
     "download": ("pipeline.download", "fetch and validate photo files into the store -> downloads"),
     "tiles": ("pipeline.tiles", "convert source rasters to 8-bit RGB UTM COGs in the store -> tiles"),
-    "pair": ("pipeline.pair", "pair photos with tiles, density-limit, assign splits -> pairs"),
+    "pair": ("pipeline.pair", "pair photos with tiles, assign splits -> pairs"),
     "chip": ("pipeline.chip", "cut an overhead chip around each pair -> chips"),
     "classify": ("pipeline.classify", "scene scores (indoor vote) + embeddings for downloaded photos -> scores"),
     "relevance": ("pipeline.relevance", "train the relevance head from curator verdicts -> model + relevance scores"),

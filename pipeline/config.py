@@ -89,11 +89,6 @@ class TilesParams(_Section):
         return v
 
 
-class PairParams(_Section):
-    density_m: float = Field(10.0, ge=0)
-    seed: int = 0
-
-
 class SplitParams(_Section):
     test_cities: list[str] = ["Paris", "Brimvale"]  # Paris as WITW; Brimvale is the demo's held-out city
     val_fraction: float = Field(0.15, ge=0, lt=1)
@@ -116,6 +111,8 @@ class FilterParams(_Section):
     reject_modes: list[Literal["CMYK", "P", "RGBA", "LA", "PA", "I;16", "I", "F"]] = []  # else converted to RGB
     deny_list: str = "catalogs/deny_list.yaml"
     verdicts: str = "review/verdicts.csv"
+    density_m: float = Field(10.0, ge=0)  # WITW: at most one photo per 10 m, chosen among those every other rule kept
+    density_seed: int = 0  # the seeded order in which the density limit keeps photos
 
 
 class FlickrParams(_Section):
@@ -323,7 +320,6 @@ class Params(_Section):
     demo: DemoParams = DemoParams()
     download: DownloadParams = DownloadParams()
     tiles: TilesParams = TilesParams()
-    pair: PairParams = PairParams()
     split: SplitParams = SplitParams()
     chip: ChipParams = ChipParams()
     filter: FilterParams = FilterParams()
@@ -335,11 +331,20 @@ class Params(_Section):
     heatmap: HeatmapParams = HeatmapParams()
 
 
+# Keys an older params.yaml may still hold, and where they went.
+MOVED = {
+    "pair": "pair.density_m and pair.seed moved to filter.density_m and filter.density_seed (the density "
+    "limit now runs in the filter stage, after every other rule); rename them in params.yaml",
+}
+
+
 def _describe(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"])
-        if e["type"] == "extra_forbidden":
+        if e["type"] == "extra_forbidden" and key in MOVED:
+            lines.append(f"{key}: {MOVED[key]}")
+        elif e["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown key (check its spelling against params.yaml in the repo)")
         else:
             lines.append(f"{key}: {e['msg']} (got {e.get('input')!r})")

@@ -57,15 +57,31 @@ def _checked(f: Filter, table: pa.Table) -> pa.Table:
     return table
 
 
+def _logged(f: Filter, table: pa.Table) -> pa.Table:
+    log.info("%s: %d judged, %d dropped", f.name, table.num_rows, column(table, "kept").count(False))
+    return table
+
+
+def survivors(photos: pa.Table, decisions: pa.Table) -> list[str]:
+    """Ids of the photos no decision drops, sorted."""
+    dropped = set(pc.filter(decisions["id"], pc.invert(decisions["kept"])).to_pylist()) if decisions.num_rows else set()
+    return sorted(i for i in column(photos, "id") if i not in dropped)
+
+
 def run_filters(tables: Tables, params: FilterParams, registry: Sequence[Filter] = REGISTRY) -> tuple[pa.Table, int]:
-    """Run every filter of ``registry``; return all decisions (sorted by id, filter) and the override count."""
+    """Run every filter of ``registry``; return all decisions (sorted by id, filter) and the override count.
+
+    Thinning filters run last, each on the photos that every earlier decision kept (after the
+    curator override), so they only drop a photo in favour of one that stays.
+    """
     parts = []
-    for f in registry:
-        table = _checked(f, f.fn(tables, params))
-        log.info("%s: %d judged, %d dropped", f.name, table.num_rows, column(table, "kept").count(False))
-        parts.append(table)
+    for f in (f for f in registry if not f.thins):
+        parts.append(_logged(f, _checked(f, f.fn(tables, params))))
     decisions = pa.concat_tables(parts) if parts else DECISIONS.empty_table()
     decisions, overrides = apply_curator_override(decisions, registry)
+    for f in (f for f in registry if f.thins):
+        table = _logged(f, _checked(f, f.fn(tables, params, survivors(tables.photos, decisions))))
+        decisions = pa.concat_tables([decisions, table])
     if decisions.num_rows:
         decisions = decisions.take(pc.sort_indices(decisions, sort_keys=[("id", "ascending"), ("filter", "ascending")]))
     return decisions, overrides

@@ -227,7 +227,6 @@ def _params_lines(params: Params) -> list[str]:
     data = {
         "chip": {"edge_m": edge_m, "px": chip_px, "gsd_m": gsd_m, "format": params.chip.format},
         "filter": params.filter.model_dump(),
-        "pair": params.pair.model_dump(),
         "split": params.split.model_dump(),
         "source": params.source,
     }

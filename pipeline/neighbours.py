@@ -1,4 +1,4 @@
-"""Exact fixed-radius neighbour pairs and duplicate positions of 2-D points, on a uniform grid (numpy only).
+"""The density limit's core: exact fixed-radius neighbour pairs of 2-D points, a seeded order, WITW's rule.
 
 Points closer than ``d`` lie in the same or adjacent cells of a grid of side (slightly more than)
 ``d``, so sorting the points by cell and pairing each occupied cell with itself and four of its
@@ -11,6 +11,8 @@ of one dense spot, which is why duplicate positions are collapsed first (:func:`
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 _HALF_NEIGHBOURHOOD = ((0, 1), (1, -1), (1, 0), (1, 1))  # with the cell itself: each adjacent pair once
 _CELL_SLACK = 1 + 1e-9  # a pair just under d apart must not land two cells apart through rounding of x / cell
@@ -154,3 +156,87 @@ def greedy_rounds(
         lo, hi, d = lo[live], hi[live], d[live]
         if not (state == 0).any():
             return state == 1, cause, cause_d
+
+
+# --- seeded order (vectorised, platform-independent) ----------------------------------------------
+
+
+def hash_ids(ids: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
+    """A seeded uint64 per string id (FNV-1a over its UTF-8 bytes, then mixed)."""
+    arr = (ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids).cast(pa.large_binary())
+    _, offsets_buf, data_buf = arr.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
+    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    starts, lengths = offsets[:-1], np.diff(offsets)
+    h = np.full(len(arr), np.uint64(0xCBF29CE484222325) ^ _mix(np.array([seed], dtype=np.int64).astype(np.uint64))[0])
+    prime = np.uint64(0x100000001B3)
+    with np.errstate(over="ignore"):
+        if len(arr) and (lengths == lengths[0]).all():  # ids of one length (Flickr's): bytes as a matrix, no masks
+            width = int(lengths[0])
+            matrix = data[offsets[0] : offsets[0] + len(arr) * width].reshape(len(arr), width)
+            for k in range(width):
+                h ^= matrix[:, k]
+                h *= prime
+            return _mix(h)
+        for k in range(int(lengths.max(initial=0))):
+            live = lengths > k
+            h[live] = (h[live] ^ data[starts[live] + k].astype(np.uint64)) * prime
+    return _mix(h)
+
+
+def unit_hash(seed: int, *keys: np.ndarray) -> np.ndarray:
+    """Seeded uniform numbers in [0, 1) from integer key arrays (the same keys give the same number)."""
+    h = _mix(np.full(len(keys[0]), seed, dtype=np.int64).astype(np.uint64))
+    for key in keys:
+        h = _mix(h ^ np.asarray(key, dtype=np.int64).astype(np.uint64))
+    return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def seeded_order(ids: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
+    """A reproducible random permutation of the rows (by seeded id hash, ties by id), independent of row order."""
+    keys = hash_ids(ids, seed)
+    order = np.argsort(keys)
+    if not (keys[order][1:] == keys[order][:-1]).any():  # no tie to break by id (the usual case)
+        return order
+    t = pa.table({"k": keys, "id": ids})
+    return pc.sort_indices(t, sort_keys=[("k", "ascending"), ("id", "ascending")]).to_numpy()
+
+
+# --- the density limit (WITW's limit_density) -----------------------------------------------------
+
+
+def density_limit(ids: pa.Array, x: np.ndarray, y: np.ndarray, density_m: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """WITW's limit_density with a seeded order: keep a photo unless an earlier kept one is < density_m away.
+
+    Returns (kept, index of the kept neighbour that dropped it or -1, its distance in metres).
+    """
+    n = len(x)
+    if n == 0 or density_m <= 0:
+        return np.ones(n, bool), np.full(n, -1), np.full(n, np.nan)
+    order = seeded_order(ids, seed)  # position in this order = rank
+    xs, ys = np.asarray(x, np.float64)[order], np.asarray(y, np.float64)[order]
+    # Photos at identical positions stand or fall with the earliest of them: solve on distinct positions.
+    first, group = distinct(xs, ys, density_m)
+    i, j, dist = close_pairs(xs[first], ys[first], density_m)
+    keep_u, cause_u, d_u = greedy_rounds(first, i, j, dist)
+    rep = first[group]  # rank of the earliest photo at each photo's position
+    kept_r = (rep == np.arange(n)) & keep_u[group]
+    cause_r = np.where(cause_u[group] >= 0, first[np.maximum(cause_u[group], 0)], -1)
+    neighbour_r = np.where(keep_u[group], rep, cause_r)
+    distance_r = np.where(keep_u[group], 0.0, d_u[group])
+    neighbour_r[kept_r], distance_r[kept_r] = -1, np.nan
+    kept, neighbour, distance = np.empty(n, bool), np.empty(n, np.int64), np.empty(n)
+    kept[order], distance[order] = kept_r, distance_r
+    neighbour[order] = np.where(neighbour_r >= 0, order[np.maximum(neighbour_r, 0)], -1)
+    return kept, neighbour, distance
+
+
+def density_by_epsg(ids: pa.Array, epsg: np.ndarray, x: np.ndarray, y: np.ndarray, density_m: float, seed: int):
+    """:func:`density_limit` run separately in each UTM zone; neighbour indices refer to the inputs."""
+    kept, neighbour, dist = np.ones(len(x), bool), np.full(len(x), -1), np.full(len(x), np.nan)
+    for e in np.unique(epsg):
+        idx = np.flatnonzero(epsg == e)
+        k, nb, d = density_limit(ids.take(idx), x[idx], y[idx], density_m, seed)
+        kept[idx], dist[idx] = k, d
+        neighbour[idx] = np.where(nb >= 0, idx[np.maximum(nb, 0)], -1)
+    return kept, neighbour, dist

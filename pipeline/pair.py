@@ -1,8 +1,10 @@
-"""pair stage: pair each photo with a tile that holds its whole chip, density-limit, assign splits.
+"""pair stage: pair each photo with a tile that holds its whole chip, assign splits.
 
 One ``pairs`` row per photo, sorted by id: ``status`` is ``paired`` or the reason code of the step
 that dropped it (``bad_coordinates``, ``not_downloaded``, ``outside_tiles``, ``near_tile_edge``,
-``density``, ``split_buffer``), with a human-readable ``reason``.
+``split_buffer``), with a human-readable ``reason``. The density limit is not applied here: it
+chooses among the photos that pass every other rule, so it runs last in the filter stage
+(:func:`filters.location_rules.density`).
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ import pyarrow.compute as pc
 import shapely
 from scipy.spatial import cKDTree
 
-from pipeline import chipgeom, neighbours
+from pipeline import chipgeom
 from pipeline.config import Params, SplitParams
 from pipeline.errors import SchemaError
 from pipeline.geo import transformer
+from pipeline.neighbours import unit_hash
 from pipeline.schemas import DOWNLOADS, PAIRS, PHOTOS, TILES, read_table, write_table
 
 log = logging.getLogger(__name__)
@@ -58,58 +61,6 @@ class Match:
     x: np.ndarray
     y: np.ndarray
     inside: np.ndarray
-
-
-# --- seeded hashing (vectorised, platform-independent) -------------------------------------------
-
-
-def _mix(h: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser: a well-spread uint64 from a uint64."""
-    with np.errstate(over="ignore"):
-        h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return h ^ (h >> np.uint64(31))
-
-
-def hash_ids(ids: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
-    """A seeded uint64 per string id (FNV-1a over its UTF-8 bytes, then mixed)."""
-    arr = (ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids).cast(pa.large_binary())
-    _, offsets_buf, data_buf = arr.buffers()
-    offsets = np.frombuffer(offsets_buf, dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
-    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
-    starts, lengths = offsets[:-1], np.diff(offsets)
-    h = np.full(len(arr), np.uint64(0xCBF29CE484222325) ^ _mix(np.array([seed], dtype=np.int64).astype(np.uint64))[0])
-    prime = np.uint64(0x100000001B3)
-    with np.errstate(over="ignore"):
-        if len(arr) and (lengths == lengths[0]).all():  # ids of one length (Flickr's): bytes as a matrix, no masks
-            width = int(lengths[0])
-            matrix = data[offsets[0] : offsets[0] + len(arr) * width].reshape(len(arr), width)
-            for k in range(width):
-                h ^= matrix[:, k]
-                h *= prime
-            return _mix(h)
-        for k in range(int(lengths.max(initial=0))):
-            live = lengths > k
-            h[live] = (h[live] ^ data[starts[live] + k].astype(np.uint64)) * prime
-    return _mix(h)
-
-
-def unit_hash(seed: int, *keys: np.ndarray) -> np.ndarray:
-    """Seeded uniform numbers in [0, 1) from integer key arrays (the same keys give the same number)."""
-    h = _mix(np.full(len(keys[0]), seed, dtype=np.int64).astype(np.uint64))
-    for key in keys:
-        h = _mix(h ^ np.asarray(key, dtype=np.int64).astype(np.uint64))
-    return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
-
-
-def seeded_order(ids: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
-    """A reproducible random permutation of the rows (by seeded id hash, ties by id), independent of row order."""
-    keys = hash_ids(ids, seed)
-    order = np.argsort(keys)
-    if not (keys[order][1:] == keys[order][:-1]).any():  # no tie to break by id (the usual case)
-        return order
-    t = pa.table({"k": keys, "id": ids})
-    return pc.sort_indices(t, sort_keys=[("k", "ascending"), ("id", "ascending")]).to_numpy()
 
 
 # --- checks before geometry ----------------------------------------------------------------------
@@ -193,46 +144,6 @@ def match_tiles(lon: np.ndarray, lat: np.ndarray, tiles: TileSet, edge_m: float)
     return Match(tile=tile, x=bx, y=by, inside=inside)
 
 
-# --- density limit ---------------------------------------------------------------------------
-
-
-def density_limit(ids: pa.Array, x: np.ndarray, y: np.ndarray, density_m: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """WITW's limit_density with a seeded order: keep a photo unless an earlier kept one is < density_m away.
-
-    Returns (kept, index of the kept neighbour that dropped it or -1, its distance in metres).
-    """
-    n = len(x)
-    if n == 0 or density_m <= 0:
-        return np.ones(n, bool), np.full(n, -1), np.full(n, np.nan)
-    order = seeded_order(ids, seed)  # position in this order = rank
-    xs, ys = np.asarray(x, np.float64)[order], np.asarray(y, np.float64)[order]
-    # Photos at identical positions stand or fall with the earliest of them: solve on distinct positions.
-    first, group = neighbours.distinct(xs, ys, density_m)
-    i, j, dist = neighbours.close_pairs(xs[first], ys[first], density_m)
-    keep_u, cause_u, d_u = neighbours.greedy_rounds(first, i, j, dist)
-    rep = first[group]  # rank of the earliest photo at each photo's position
-    kept_r = (rep == np.arange(n)) & keep_u[group]
-    cause_r = np.where(cause_u[group] >= 0, first[np.maximum(cause_u[group], 0)], -1)
-    neighbour_r = np.where(keep_u[group], rep, cause_r)
-    distance_r = np.where(keep_u[group], 0.0, d_u[group])
-    neighbour_r[kept_r], distance_r[kept_r] = -1, np.nan
-    kept, neighbour, distance = np.empty(n, bool), np.empty(n, np.int64), np.empty(n)
-    kept[order], distance[order] = kept_r, distance_r
-    neighbour[order] = np.where(neighbour_r >= 0, order[np.maximum(neighbour_r, 0)], -1)
-    return kept, neighbour, distance
-
-
-def density_by_epsg(ids: pa.Array, epsg: np.ndarray, x: np.ndarray, y: np.ndarray, density_m: float, seed: int):
-    """:func:`density_limit` run separately in each UTM zone; neighbour indices refer to the inputs."""
-    kept, neighbour, dist = np.ones(len(x), bool), np.full(len(x), -1), np.full(len(x), np.nan)
-    for e in np.unique(epsg):
-        idx = np.flatnonzero(epsg == e)
-        k, nb, d = density_limit(ids.take(idx), x[idx], y[idx], density_m, seed)
-        kept[idx], dist[idx] = k, d
-        neighbour[idx] = np.where(nb >= 0, idx[np.maximum(nb, 0)], -1)
-    return kept, neighbour, dist
-
-
 # --- splits ------------------------------------------------------------------------------------
 
 
@@ -284,15 +195,6 @@ def _label_unmatched(rows: np.ndarray, inside: np.ndarray, ts: TileSet, edge_m: 
             status[i], reason[i] = "outside_tiles", "position is inside no tile footprint"
 
 
-def _apply_density(id_arr: pa.Array, ids: list[str], rows, epsg, x, y, params: Params, status, reason) -> np.ndarray:
-    """Mark density drops among ``rows``; return the rows kept."""
-    kept, nb, d = density_by_epsg(id_arr.take(rows), epsg[rows], x[rows], y[rows], params.pair.density_m, params.pair.seed)
-    for k in np.flatnonzero(~kept):
-        status[rows[k]] = "density"
-        reason[rows[k]] = f"{d[k]:.2f} m from kept photo {ids[rows[nb[k]]]} (density limit {params.pair.density_m:g} m)"
-    return rows[kept]
-
-
 def _apply_splits(ids: list[str], rows, city, epsg, x, y, params: Params, status, reason, split) -> None:
     """Assign splits to ``rows`` and drop chips overlapping a higher-priority split's chips."""
     s = assign_splits(city[rows], epsg[rows], x[rows], y[rows], params.split)
@@ -333,7 +235,7 @@ def pair_photos(photos: pa.Table, downloads: pa.Table, tiles: pa.Table, params: 
     epsg = np.where(has_tile, ts.epsg[np.maximum(tile, 0)], 0) if len(ts.epsg) else np.zeros(n, np.int64)
     src = np.where(has_tile, tile, inside)
     aoi, city = _from_tile(ts.aoi, src, photos["aoi"].to_pylist()), _from_tile(ts.city, src, photos["city"].to_pylist())
-    rows = _apply_density(id_arr, ids, np.flatnonzero(has_tile), epsg, x, y, params, status, reason)
+    rows = np.flatnonzero(has_tile)
     split = np.full(n, None, dtype=object)
     _apply_splits(ids, rows, city, epsg, x, y, params, status, reason, split)
     return pa.table(

@@ -13,7 +13,7 @@ def test_repo_params_file_loads_and_matches_documented_names():
     p = load_params(REPO / "params.yaml")
     assert p.source == "demo"
     # names the README and other tools rely on
-    assert p.tiles.gsd_m == 0.3 and p.chip.edge_m == 225 and p.pair.density_m == 10
+    assert p.tiles.gsd_m == 0.3 and p.chip.edge_m == 225 and p.filter.density_m == 10
     assert "Paris" in p.split.test_cities
     assert p.scheduler == "" and p.store == "data/store"
     assert p.s3.endpoint_url is None and p.custom.rasters is None and p.custom.photos is None
@@ -27,8 +27,8 @@ def test_unknown_key_is_named(tmp_path):
 
 
 def test_wrong_type_is_named_with_value():
-    with pytest.raises(ConfigError, match=r"pair\.density_m: .*'ten'"):
-        parse_params({"pair": {"density_m": "ten"}})
+    with pytest.raises(ConfigError, match=r"filter\.density_m: .*'ten'"):
+        parse_params({"filter": {"density_m": "ten"}})
 
 
 def test_bad_choice_and_bad_percentiles_fail():

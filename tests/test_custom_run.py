@@ -115,6 +115,32 @@ def test_custom_run_where_no_photo_is_usable_completes_with_empty_manifests(tmp_
     assert "up to date" in status or not status.strip(), status
 
 
+INDOOR = ["indoor_coffee_table_01.jpg", "indoor_room_01.jpg", "indoor_shop_counter_01.jpg"]
+
+
+@pytest.mark.slow
+def test_an_indoor_photo_3_m_from_an_outdoor_one_does_not_cost_it_its_place(tmp_path, realdata):
+    """Issue 12's case: six outdoor photos, each with an indoor photo 3 m away, on a real SpaceNet raster."""
+    from PIL import Image
+
+    root = repo_copy(tmp_path / "repo")
+    photos = [(f"o{k}", OUTDOOR[k], *lonlat(32631, 592500 + 100 * k, 5749650)) for k in range(6)]
+    photos += [(f"i{k}", f"indoor_{k}.jpg", *lonlat(32631, 592503 + 100 * k, 5749650)) for k in range(6)]
+    write_catalogs(root, realdata, photos)
+    for k in range(6):  # three real rooms, then the same rooms re-encoded (distinct files, the same rooms)
+        room = Image.open(realdata / "photos" / INDOOR[k % 3]).convert("RGB")
+        room.save(root / "my" / "photos" / f"indoor_{k}.jpg", quality=95 if k < 3 else 85)
+    set_custom_params(root)
+    sh(["dvc", "repro", "manifest"], root)
+
+    rows = {r["id"] for r in manifest_rows(root)}
+    decisions = pq.read_table(root / "tables" / "decisions.parquet").to_pylist()
+    dropped = {d["id"]: d["reason"] for d in decisions if not d["kept"]}
+    assert {f"i{k}" for k in range(6)} <= set(dropped), dropped  # the rooms go (as indoor)
+    assert rows == {f"o{k}" for k in range(6)}, dropped  # and every outdoor photo stays
+    assert not any(r.startswith("density") for r in dropped.values()), dropped
+
+
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "missing"])
 def test_a_corrupt_or_missing_input_table_is_one_line_naming_the_file_and_its_stage(tmp_path, capsys, damage):
     from pipeline.cli import main as cli

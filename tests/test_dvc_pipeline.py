@@ -68,25 +68,23 @@ def test_second_repro_does_nothing(repo):
     assert digests(repo, OUTPUTS) == before
 
 
-def test_density_change_reruns_pair_and_downstream_only(repo):
+def test_density_change_reruns_the_filter_and_downstream_only(repo):
     original = (repo / "params.yaml").read_bytes()
-    chips_before = set((repo / "data" / "store" / "chips").rglob("*"))
     params = yaml.safe_load(original)
-    params["pair"]["density_m"] = 25
+    params["filter"]["density_m"] = 25
     try:
         (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         out = sh(["dvc", "repro", "manifest"], repo)  # up to the manifests: retraining would add minutes, not checks
         ran = {s for s in STAGES if f"Running stage '{s}'" in out}
-        assert {"pair"} <= ran <= {"pair", "chip", "filter", "manifest"}
-        density = [d for d in pq.read_table(repo / "tables" / "pairs.parquet").to_pylist() if d["status"] == "density"]
-        assert density and all("m" in d["reason"] for d in density)
+        assert ran == {"filter", "manifest"}  # no pairing, chipping or classifying again
+        decisions = pq.read_table(repo / "tables" / "decisions.parquet").to_pylist()
+        density = [d for d in decisions if d["filter"] == "density" and not d["kept"]]
+        kept = {r["id"] for s in ("train", "val", "test") for r in pq.read_table(repo / "manifests" / f"{s}.parquet").to_pylist()}
+        assert density and all(d["reason"].endswith("(density limit 25 m)") for d in density)
+        assert all(d["reason"].split("from kept photo ")[1].split()[0] in kept for d in density)
     finally:  # the repo is shared by the session: later tests see the original params and outputs
         (repo / "params.yaml").write_bytes(original)
         out = sh(["dvc", "repro"], repo)
-        # 25 m keeps other photos of a cluster than 10 m: their chips stay in the (persistent) store; tidy them
-        # away so that the session's later tests see the store a 10 m run leaves
-        for path in sorted(set((repo / "data" / "store" / "chips").rglob("*")) - chips_before, reverse=True):
-            path.unlink() if path.is_file() else path.rmdir()
     assert "Running stage 'train'" not in out, "the manifests are back to the trained ones"
 
 
@@ -126,7 +124,8 @@ def test_each_planted_case_is_dropped_for_its_reason(repo):
     assert len(wrong) >= 20 and sum(t["id"] in in_manifests for t in wrong) >= 0.5 * len(wrong), \
         "most wrong geotags pass every rule: only an audit or a curator finds them"
     pairs = [t for t in truth if t["expected"] == "density_pair"]
-    assert sum("density" in codes.get(t["id"], set()) for t in pairs) == len(pairs) // 2
+    # one photo of a near-duplicate couple yields to the other, unless another rule already dropped one of them
+    assert 0 < sum("density" in codes.get(t["id"], set()) for t in pairs) <= len(pairs) // 2
 
 
 def test_tables_and_manifests_open_in_geopandas_with_epsg_4326_geometry(repo):

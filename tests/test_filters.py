@@ -33,7 +33,7 @@ CASES: dict[str, tuple[str, str | None, str | None]] = {
     "p10": ("Brimvale", "test", "deny_list"),
     "p11": ("Alderport", "train", "deny_list"),
     "p12": ("Alderport", None, "pairing"),
-    "p13": ("Alderport", None, "density"),
+    "p13": ("Alderport", "val", "density"),  # 3 m from p02, which every filter keeps
     "p14": ("Alderport", "train", "chip_nodata"),
     "p15": ("Brimvale", "test", "chip_uniform"),
     "p16": ("Alderport", "val", "chip_error"),
@@ -48,8 +48,8 @@ TILE = {
     "Alderport": ("alderport_r1c1", "DEMO_1_Alderport", 32631),
     "Brimvale": ("brimvale_r1c1", "DEMO_2_Brimvale", 32632),
 }
-PAIR_STATUS = {"p04": "not_downloaded", "p08": "bad_coordinates", "p12": "outside_tiles", "p13": "density",
-               "p20": "split_buffer", "p21": "near_tile_edge"}  # fmt: skip
+PAIR_STATUS = {"p04": "not_downloaded", "p08": "bad_coordinates", "p12": "outside_tiles", "p20": "split_buffer",
+               "p21": "near_tile_edge"}  # fmt: skip
 VERDICTS_CSV = """id,verdict,curator,timestamp,note
 p17,keep,ann,2026-01-01T10:00:00Z,first look
 p02,keep,ann,2026-01-02T10:00:00Z,
@@ -106,9 +106,11 @@ def pair_row(i: str, k: int) -> dict:
     city, split, _ = CASES[i]
     status = PAIR_STATUS.get(i, "paired")
     tile_id, aoi, epsg = TILE[city]
-    row = {"id": i, "aoi": aoi, "city": city, "tile_id": tile_id, "epsg": epsg, "x_m": 700000.0 + k,
-           "y_m": 5000000.0 + k, "split": split if status == "paired" else None, "status": status,
+    row = {"id": i, "aoi": aoi, "city": city, "tile_id": tile_id, "epsg": epsg, "x_m": 700000.0 + 100 * k,
+           "y_m": 5000000.0 + 100 * k, "split": split if status == "paired" else None, "status": status,
            "reason": "" if status == "paired" else f"planted {status}"}  # fmt: skip
+    if i == "p13":  # 3 m east of p02 (k = 1)
+        row.update(x_m=700103.0, y_m=5000100.0)
     if status in ("bad_coordinates", "outside_tiles"):
         row.update(tile_id=None, epsg=None, x_m=None, y_m=None)
     return row
@@ -174,13 +176,14 @@ def test_registry_names_are_unique_and_kinds_known():
     names = [f.name for f in REGISTRY]
     assert len(names) == len(set(names))
     assert {f.kind for f in REGISTRY} <= {"rule", "model"}
-    assert names[-1] == "curator"
+    assert names[-2:] == ["curator", "density"]  # the density limit thins the survivors of all the others
+    assert [f.name for f in REGISTRY if f.thins] == ["density"]
 
 
 def test_every_registered_filter_returns_decisions_named_after_it(world):
     tables, params = world
     for f in REGISTRY:
-        out = f.fn(tables, params)
+        out = f.fn(tables, params, sorted(CASES)) if f.thins else f.fn(tables, params)
         assert out.schema.equals(DECISIONS), f.name
         assert set(out.column("filter").to_pylist()) <= {f.name}
         ids = out.column("id").to_pylist()
@@ -260,12 +263,21 @@ def test_custom_photos_need_a_page_url_only_where_the_licence_asks_for_a_link(wo
     assert d["p04"][0] is True and "not in catalogs/licences.csv" in d["p04"][1]
 
 
-def test_coordinates_density_split_buffer_come_from_pair_status(world):
+def test_coordinates_and_split_buffer_come_from_pair_status(world):
     bad = (False, "bad_coordinates: planted bad_coordinates", None)
     assert judged(location_rules.coordinates(*world))["p08"] == bad
-    assert judged(location_rules.density(*world))["p13"] == (False, "density: planted density", None)
     assert judged(location_rules.split_buffer(*world))["p20"][:2] == (False, "split_buffer: planted split_buffer")
-    assert judged(location_rules.density(*world))["p01"] == (True, "", None)
+    assert judged(location_rules.split_buffer(*world))["p01"] == (True, "", None)
+
+
+def test_density_judges_only_its_candidates_and_names_the_kept_photo(world):
+    tables, params = world
+    d = judged(location_rules.density(tables, params, ["p01", "p02", "p03", "p13", "p19"]))
+    assert set(d) == {"p01", "p02", "p03", "p13", "p19"}
+    assert d["p13"] == (False, "density: 3.00 m from kept photo p02 (density limit 10 m)", pytest.approx(3.0))
+    assert all(d[i][:2] == (True, "") for i in ("p01", "p02", "p03", "p19"))
+    # without p02 among the candidates (another filter dropped it), nothing is near p13: it stays
+    assert judged(location_rules.density(tables, params, ["p01", "p13"]))["p13"] == (True, "", None)
 
 
 def test_pairing_drops_unpaired_photos_with_the_pair_reason(world):

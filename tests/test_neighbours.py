@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import neighbours, pair
+from pipeline import neighbours
 
 
 def brute_pairs(x, y, d):
@@ -79,8 +79,8 @@ def test_distinct_by_hash_and_by_lexsort_agree():
 def test_hash_ids_fast_path_for_ids_of_one_length_matches_the_general_path():
     same = pa.array(["51000000001", "51000000002", "99"[:2] * 5 + "9"])
     mixed = pa.concat_arrays([same, pa.array(["x"])])
-    assert (pair.hash_ids(same, 3) == pair.hash_ids(mixed, 3)[:3]).all()
-    assert len(set(pair.hash_ids(same, 3).tolist())) == 3
+    assert (neighbours.hash_ids(same, 3) == neighbours.hash_ids(mixed, 3)[:3]).all()
+    assert len(set(neighbours.hash_ids(same, 3).tolist())) == 3
 
 
 def test_greedy_rounds_equals_the_one_by_one_loop():
@@ -108,4 +108,4 @@ def test_non_finite_positions_are_a_clear_error():
     with pytest.raises(ValueError, match="finite"):
         neighbours.close_pairs(np.array([0.0, np.nan]), np.array([0.0, 1.0]), 10.0)
     with pytest.raises(ValueError, match="finite"):
-        pair.density_limit(pa.array(["a", "b"]), np.array([0.0, np.inf]), np.array([0.0, 1.0]), 10.0, 0)
+        neighbours.density_limit(pa.array(["a", "b"]), np.array([0.0, np.inf]), np.array([0.0, 1.0]), 10.0, 0)

@@ -1,4 +1,4 @@
-"""The pair stage: tile choice, reasons for every drop, density limit, splits and their buffer."""
+"""The pair stage: tile choice, reasons for every drop, splits and their buffer (the density limit: test_density.py)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,8 @@ import itertools
 import math
 import random
 
-import numpy as np
-import pyarrow as pa
 import pytest
 import shapely
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from pipeline import pair
 from pipeline.config import parse_params
@@ -32,7 +28,7 @@ X0, Y0 = 448_000.0, 5_411_000.0  # south-west corner of the test tile "t1" (1 km
 
 
 def params(**sections):
-    base = {"pair": {"density_m": 10, "seed": 0}, "split": {"test_cities": ["Paris"], "val_fraction": 0.0}}
+    base = {"split": {"test_cities": ["Paris"], "val_fraction": 0.0}}
     for k, v in sections.items():
         base[k] = {**base.get(k, {}), **v}
     return parse_params(base)
@@ -121,55 +117,6 @@ def test_tiles_in_another_utm_zone_are_matched_in_their_own_crs():
     assert rows["p"]["x_m"] == pytest.approx(x, abs=1e-3)
 
 
-def test_density_keeps_one_of_two_photos_5_m_apart_and_both_at_15_m():
-    photos = [photo("a", X0 + 500, Y0 + 500), photo("b", X0 + 505, Y0 + 500),
-              photo("c", X0 + 600, Y0 + 600), photo("d", X0 + 615, Y0 + 600)]
-    rows = run_pair(photos, [T1])
-    close = sorted(rows[i]["status"] for i in "ab")
-    assert close == ["density", "paired"]
-    dropped, kept = sorted("ab", key=lambda i: rows[i]["status"])
-    assert f"5.00 m from kept photo {kept}" in rows[dropped]["reason"]
-    assert rows["c"]["status"] == rows["d"]["status"] == "paired"
-
-
-def test_density_is_deterministic_and_independent_of_row_order():
-    rng = random.Random(3)
-    photos = [photo(f"p{i:03d}", X0 + 300 + rng.uniform(0, 60), Y0 + 300 + rng.uniform(0, 60)) for i in range(120)]
-    first = run_pair(photos, [T1])
-    for _ in range(3):
-        rng.shuffle(photos)
-        assert run_pair(photos, [T1]) == first
-    kept = [r for r in first.values() if r["status"] == "paired"]
-    assert 5 < len(kept) < 120
-    for a, b in itertools.combinations(kept, 2):
-        assert math.hypot(a["x_m"] - b["x_m"], a["y_m"] - b["y_m"]) >= 10.0
-    other_seed = run_pair(photos, [T1], pair={"seed": 1})
-    assert other_seed != first  # the seed changes the random order
-
-
-def test_density_zero_disables_the_limit():
-    rows = run_pair([photo("a", X0 + 500, Y0 + 500), photo("b", X0 + 500, Y0 + 500)], [T1], pair={"density_m": 0})
-    assert {r["status"] for r in rows.values()} == {"paired"}
-
-
-@settings(max_examples=40, deadline=None)
-@given(pts=st.lists(st.tuples(st.integers(0, 40), st.integers(0, 40)), min_size=1, max_size=60), seed=st.integers(0, 5))
-def test_density_limit_equals_witw_sequential_rule_in_the_seeded_order(pts, seed):
-    x = np.array([p[0] for p in pts], float)
-    y = np.array([p[1] for p in pts], float)
-    ids = pa.array([f"id{i}" for i in range(len(pts))])
-    kept, neighbour, dist = pair.density_limit(ids, x, y, 10.0, seed)
-    naive, chosen = np.zeros(len(pts), bool), []
-    for i in pair.seeded_order(ids, seed):
-        if all(math.hypot(x[i] - x[j], y[i] - y[j]) >= 10.0 for j in chosen):
-            naive[i] = True
-            chosen.append(i)
-    assert (kept == naive).all()
-    for i in np.flatnonzero(~kept):
-        assert kept[neighbour[i]] and dist[i] == pytest.approx(math.hypot(x[i] - x[neighbour[i]], y[i] - y[neighbour[i]]))
-        assert dist[i] < 10.0
-
-
 def test_test_city_is_test_whole_and_val_blocks_are_whole_blocks():
     paris = tile("paris", shapely.box(X0 - 20_000, Y0, X0 - 10_000, Y0 + 10_000), city="Paris")
     lyon = tile("lyon", shapely.box(X0, Y0, X0 + 10_000, Y0 + 10_000), city="Lyon")
@@ -222,5 +169,5 @@ def test_main_writes_byte_identical_tables_and_reads_only_ok_tiles(tmp_path):
         outs.append(out.read_bytes())
     assert outs[0] == outs[1]
     rows = {r["id"]: r for r in read_table(tmp_path / "pairs0.parquet", PAIRS).to_pylist()}
-    assert sorted(r["status"] for r in rows.values()) == ["density", "outside_tiles", "paired"]
+    assert sorted(r["status"] for r in rows.values()) == ["outside_tiles", "paired", "paired"]  # a, b 2 m apart: both
     assert {r["tile_id"] for r in rows.values() if r["status"] == "paired"} == {"t1"}

@@ -180,7 +180,7 @@ def tiles_and_chips(params: dict, store: Path) -> tuple[list[dict], dict[str, di
     """The tiles stage on the STAC rows, then a photo at each tile's centre paired and chipped (at 1 m, so only
     the SpaceNet items: the 300 m Landsat scene would make a 237 km COG)."""
     p = parse_params({"store": str(store), "workers": 2, "tiles": {"gsd_m": 1.0},
-                      "chip": {"edge_m": 60.0, "format": "png"}, "pair": {"density_m": 0},
+                      "chip": {"edge_m": 60.0, "format": "png"},
                       "split": {"test_cities": [], "val_fraction": 0.0}, **params})
     tiles = build_tiles(p, raster_sources(p))
     photos, ok = [], [t for t in tiles.to_pylist() if t["status"] == "ok"]
