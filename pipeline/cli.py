@@ -6,9 +6,10 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 
 from pipeline.config import load_params
-from pipeline.errors import CrossviewError
+from pipeline.errors import CrossviewError, mask_secrets
 
 # name -> (module, one-line help). Each module defines configure(parser) and main(params, args).
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -56,20 +57,36 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+class MaskingFormatter(logging.Formatter):
+    """Log lines (and tracebacks logged with them) with credential values masked, whatever logged them."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_secrets(super().format(record))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(MaskingFormatter(handler.formatter._fmt if handler.formatter else None))
     logging.getLogger("botocore").setLevel(logging.WARNING)
     logging.getLogger("rasterio").setLevel(logging.WARNING)
     try:
         params = load_params(args.params)
         return int(args._module.main(params, args) or 0)
     except CrossviewError as err:
-        print(f"crossview {args.command}: error: {err}", file=sys.stderr)
+        print(mask_secrets(f"crossview {args.command}: error: {err}"), file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"crossview {args.command}: interrupted (rerun it to resume)", file=sys.stderr)
+        return 130
+    except Exception:  # noqa: BLE001 - a bug: the traceback for the report, with any credential value masked
+        print(mask_secrets(traceback.format_exc()), file=sys.stderr)
+        print(f"crossview {args.command}: crashed (a bug: please report the traceback above)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
