@@ -177,10 +177,17 @@ def photo_row_from_flickr(
 def _read_table_rows(path: Path) -> list[dict]:
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            rows = list(reader)
-            columns = reader.fieldnames or []
+        try:
+            with path.open(newline="", encoding="utf-8-sig") as fh:
+                reader = csv.DictReader(fh)
+                rows = list(reader)
+                columns = reader.fieldnames or []
+        except UnicodeDecodeError as err:
+            line = path.read_bytes()[: err.start].count(b"\n") + 1
+            raise CatalogError(
+                f"{path}: line {line} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}): "
+                "save the table as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
+            ) from None
     elif suffix in (".parquet", ".pq") and not vectors.is_geoparquet(path):
         import pyarrow.parquet as pq
 
@@ -262,7 +269,26 @@ def rows_from_table(path: str | Path) -> list[dict]:
     records = _read_table_rows(path)
     ids = [_table_id(r.get("id")) for r in records]
     _check_ids(ids, path)
-    return [_custom_row(r, i, path.parent) for r, i in zip(records, ids, strict=True)]
+    rows = [_custom_row(r, i, path.parent) for r, i in zip(records, ids, strict=True)]
+    _check_dates(rows, path)
+    return rows
+
+
+def _check_dates(rows: list[dict], path: Path) -> None:
+    """Raise CatalogError naming the rows whose ``date_taken`` (ISO 8601) lies in the future."""
+    from datetime import UTC, datetime
+
+    today = datetime.now(UTC).date().isoformat()
+    future = [
+        (k + 1, r["date_taken"]) for k, r in enumerate(rows)
+        if r["date_taken"] and re.match(r"\d{4}-\d\d-\d\d", r["date_taken"]) and r["date_taken"][:10] > today
+    ]
+    if future:
+        shown = ", ".join(f"row {k} ({d})" for k, d in future[:10]) + (" ..." if len(future) > 10 else "")
+        raise CatalogError(
+            f"{path}: column date_taken is in the future in {shown} (rows count from 1, header excluded): "
+            "fix the dates (YYYY-MM-DD[ HH:MM:SS]) or leave them empty"
+        )
 
 
 # ---------------------------------------------------------------- custom folder of geotagged images
