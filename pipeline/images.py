@@ -83,8 +83,11 @@ def _decode(data: bytes, validate_only: bool = False) -> tuple[Image.Image, tupl
     """
     try:
         im = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as err:
-        raise TooLargeError(f"{err}; resize the image below {Image.MAX_IMAGE_PIXELS} pixels") from None
+    except Image.DecompressionBombError:
+        raise TooLargeError(
+            f"the header claims more than {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels (a decompression bomb or a "
+            "huge scan): resize the image"
+        ) from None
     size = im.size
     limit = Image.MAX_IMAGE_PIXELS
     if limit and size[0] * size[1] > limit:  # Pillow only warns between 1x and 2x the limit: refuse here

@@ -28,6 +28,7 @@ from pipeline.pair import coordinate_problems
 from pipeline.photos_io import custom_rows
 from pipeline.schemas import PHOTOS, table_from_rows
 from pipeline.tiles import build_tiles
+from tests.test_bad_photos import matches
 
 REPO = Path(__file__).resolve().parents[1]
 UTM = from_origin(448000, 5411000, 0.5, 0.5)
@@ -124,6 +125,7 @@ def test_each_bad_raster_gets_an_error_row_naming_the_file(case, tiles):
     assert row["error"].startswith(row["source_uri"]), row["error"]  # names the file
     assert case.error_has in row["error"] and "\n" not in row["error"], row["error"]
     assert any(w in row["error"] for w in ("fix", "drop", "remove", "give it")), row["error"]  # what to do
+    assert matches(case.outcome, row["error"], row["source_uri"]), (case.outcome, row["error"])
 
 
 # ---------------------------------------------------------------- custom photo tables
@@ -192,11 +194,13 @@ def test_each_bad_photo_table_gets_a_one_line_error_or_a_recorded_reason(case, t
         assert message.startswith(str(path)) and "\n" not in message, message
         for word in case.error_has:
             assert word in message, message
+        assert matches(case.outcome, message.removeprefix(str(path))), (case.outcome, message)
         return
     rows = custom_rows(path)
     assert [r["id"] for r in rows] == ["a", "b"]
     problems = coordinate_problems(table_from_rows(rows, PHOTOS))
     assert problems == {1: case.reason}  # the bad row gets the reason, the good row none
+    assert matches(case.outcome, case.reason)
 
 
 def test_the_cli_reports_a_bad_table_in_one_line_without_a_traceback(tmp_path):

@@ -163,7 +163,8 @@ CASES: list[Case] = [
     Case("real_heic", "a real HEIC photo", _heic, "ok", "ok: decoded by pillow-heif, stored as JPEG", stored=(64, 48),
          filename="IMG_0001.HEIC"),
     Case("decompression_bomb", "PNG whose header claims 30000 × 30000 pixels", lambda: _png_header_only(30000, 30000),
-         "corrupt", "`corrupt: DecompressionBombError: … resize the image …` (nothing decoded)", error_has="resize",
+         "corrupt", "`corrupt: TooLargeError: the header claims more than … pixels (a decompression bomb or a huge scan): "
+         "resize the image` (nothing decoded)", error_has="resize",
          filename="bomb.png"),
     Case("bomb_below_2x_limit", "PNG whose header claims 12000 × 9000 pixels (Pillow only warns)",
          lambda: _png_header_only(12000, 9000), "corrupt",
@@ -185,6 +186,21 @@ CASES: list[Case] = [
          "ok: alpha composited over grey", bands=4, filename="real_png_alpha.png"),
 ]
 BY_NAME = {c.name: c for c in CASES}
+
+
+def matches(outcome: str, actual: str, file: str = "") -> bool:
+    """Whether the first `quoted` message of a README outcome is ``actual``: its parts between "…" appear in
+    order (``<file>`` stands for ``file``), so the README table cannot drift from what the code says."""
+    if "`" not in outcome:
+        return True
+    quoted = outcome.split("`")[1].replace("<file>", file)
+    at = 0
+    for part in (p for p in quoted.split("…") if p):
+        found = actual.find(part, at)
+        if found < 0:
+            return False
+        at = found + len(part)
+    return quoted.endswith("…") or actual.endswith(quoted.split("…")[-1])
 
 
 def _filename(case: Case) -> str:
@@ -257,6 +273,7 @@ def test_each_bad_photo_gets_a_reason_or_a_normalised_jpeg(name, run):
     if case.status != "ok":
         assert row["error"] and "\n" not in row["error"] and "Traceback" not in row["error"], row
         assert case.error_has in row["error"], row
+        assert matches(case.outcome, f"{row['status']}: {row['error']}"), (case.outcome, row["error"])
         assert row["uri"] is None
         return
     assert row["bands"] == case.bands, row
