@@ -58,10 +58,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 class MaskingFormatter(logging.Formatter):
-    """Log lines (and tracebacks logged with them) with credential values masked, whatever logged them."""
+    """Wraps a handler's formatter: log lines (and logged tracebacks) with credential values masked."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
 
     def format(self, record: logging.LogRecord) -> str:
-        return mask_secrets(super().format(record))
+        return mask_secrets(self.inner.format(record))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     for handler in logging.getLogger().handlers:
-        handler.setFormatter(MaskingFormatter(handler.formatter._fmt if handler.formatter else None))
+        if not isinstance(handler.formatter, MaskingFormatter):
+            handler.setFormatter(MaskingFormatter(handler.formatter))
     logging.getLogger("botocore").setLevel(logging.WARNING)
     logging.getLogger("rasterio").setLevel(logging.WARNING)
     try:
