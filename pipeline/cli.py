@@ -6,9 +6,10 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 
 from pipeline.config import load_params
-from pipeline.errors import CrossviewError
+from pipeline.errors import CrossviewError, mask_secrets
 
 # name -> (module, one-line help). Each module defines configure(parser) and main(params, args).
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -56,20 +57,41 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+class MaskingFormatter(logging.Formatter):
+    """Wraps a handler's formatter: log lines (and logged tracebacks) with credential values masked."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_secrets(self.inner.format(record))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        if not isinstance(handler.formatter, MaskingFormatter):
+            handler.setFormatter(MaskingFormatter(handler.formatter))
     logging.getLogger("botocore").setLevel(logging.WARNING)
     logging.getLogger("rasterio").setLevel(logging.WARNING)
     try:
         params = load_params(args.params)
         return int(args._module.main(params, args) or 0)
     except CrossviewError as err:
-        print(f"crossview {args.command}: error: {err}", file=sys.stderr)
+        print(mask_secrets(f"crossview {args.command}: error: {err}"), file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"crossview {args.command}: interrupted (rerun it to resume)", file=sys.stderr)
+        return 130
+    except Exception:  # noqa: BLE001 - a bug: the traceback for the report, with any credential value masked
+        print(mask_secrets(traceback.format_exc()), file=sys.stderr)
+        print(f"crossview {args.command}: crashed (a bug: please report the traceback above)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ contain credentials.
 
 from __future__ import annotations
 
+import os
 import re
 
 _ADDRESS = re.compile(r" (?:object )?at 0x[0-9a-fA-F]+")
@@ -16,6 +17,27 @@ def describe(err: BaseException) -> str:
     """``"TypeName: message"`` for a table's error column, without memory addresses (``<_io.BytesIO
     object at 0x7f…>``) so that the same bad input gives the same row in every run."""
     return _ADDRESS.sub("", f"{type(err).__name__}: {err}")
+
+
+SECRET_ENV = (  # variables whose values never appear in output (pipeline.store.redact masks them too)
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SESSION_TOKEN",
+    "FLICKR_API_KEY",
+    "FLICKR_API_SECRET",
+)
+MASK = "***"
+
+
+def mask_secrets(text: str, environ=None) -> str:
+    """``text`` with the value of every credential variable in the environment (``SECRET_ENV``) masked:
+    the last line of defence for what the CLI prints (log lines, crash tracebacks)."""
+    env = os.environ if environ is None else environ
+    for name in SECRET_ENV:
+        value = (env.get(name) or "").strip()
+        if len(value) >= 6 and value in text:
+            text = text.replace(value, MASK)
+    return text
 
 
 class CrossviewError(Exception):

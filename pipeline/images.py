@@ -2,7 +2,9 @@
 
 Pure functions over bytes, shared by the download stage, the filters and ``crossview inspect``.
 A file counts as decodable only after a full ``load()``: ``Image.open`` reads the header alone,
-so a truncated JPEG opens fine and fails later.
+so a truncated JPEG opens fine and fails later. Files are recognised by their content, never by
+their name: a JPEG named ``.heic`` is a JPEG, and HEIC/HEIF photos (phones) decode through
+pillow-heif when it is installed (a dependency of the package).
 """
 
 from __future__ import annotations
@@ -15,6 +17,14 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
 from pipeline.errors import describe
+
+try:  # HEIC/HEIF photos from phones; without pillow-heif they are recorded as "corrupt: ... HEIC ..."
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    HEIF_SUPPORT = True
+except ImportError:  # pragma: no cover - pillow-heif is a dependency; only a broken install lacks it
+    HEIF_SUPPORT = False
 
 BACKGROUND_RGB = (128, 128, 128)  # neutral grey under transparent pixels
 _TRANSPOSED = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
@@ -46,6 +56,24 @@ def _orientation(im: Image.Image) -> int | None:
         return None
 
 
+def _sniff(data: bytes) -> str:
+    """What bytes no decoder recognised look like, in words, for the recorded reason."""
+    head = data[:512].lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")) or b"<html" in head:
+        return "an HTML/XML page, not an image (the server sent an error or login page: check the URL)"
+    if head[:1] in (b"{", b"["):
+        return "JSON text, not an image (the server sent an API answer: check the URL)"
+    if data[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypmsf1", b"ftyphevc", b"ftypavif"):
+        if not HEIF_SUPPORT:
+            return "a HEIC/HEIF photo and pillow-heif is not installed (pip install pillow-heif)"
+        return "a HEIC/HEIF photo that libheif cannot decode (convert it to JPEG)"
+    return "not an image file: its content is no format crossview reads (JPEG, PNG, TIFF, WebP, GIF, BMP, HEIC)"
+
+
+class TooLargeError(ValueError):
+    """An image whose header claims more than twice ``Image.MAX_IMAGE_PIXELS`` (a decompression bomb)."""
+
+
 def _decode(data: bytes, validate_only: bool = False) -> tuple[Image.Image, tuple[int, int]]:
     """Open and fully decode; return the image and its full size. Any decoder failure propagates.
 
@@ -53,8 +81,14 @@ def _decode(data: bytes, validate_only: bool = False) -> tuple[Image.Image, tupl
     entropy-coded data is still read, so truncation and corruption fail the same way, but the
     inverse DCT runs on 8x8 fewer pixels (about 2.5x faster on photos).
     """
-    im = Image.open(io.BytesIO(data))
-    size = im.size
+    try:
+        im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        raise TooLargeError(
+            f"the header claims more than {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels (a decompression bomb or a "
+            "huge scan): resize the image"
+        ) from None
+    size = im.size  # between 1x and 2x MAX_IMAGE_PIXELS Pillow only warns: a 108 MP phone photo is real
     if validate_only and im.format == "JPEG":
         im.draft(None, (max(1, im.width // 8), max(1, im.height // 8)))
     im.load()
@@ -69,7 +103,8 @@ def inspect_image(data: bytes) -> ImageInfo:
     try:
         im, (width, height) = _decode(data, validate_only=True)
     except Exception as err:  # noqa: BLE001 - untrusted bytes: every decoder failure means "corrupt"
-        return ImageInfo("corrupt", digest, len(data), error=describe(err))
+        what = _sniff(data) if isinstance(err, Image.UnidentifiedImageError) else describe(err)
+        return ImageInfo("corrupt", digest, len(data), error=what)
     with im:
         orientation = _orientation(im)
         if orientation in _TRANSPOSED:

@@ -28,7 +28,6 @@ from pipeline.errors import StageInputError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif"})
 PHOTO_RULES = ("download", "single_band", "too_small", "duplicate_image")  # registry filters that judge the file
 COLUMNS = ("file", "kept", "reasons", "indoor_score", "relevance_score", "top_categories")
 
@@ -46,13 +45,20 @@ class PhotoTables:
 
 
 def image_files(paths: Sequence[str]) -> list[str]:
-    """Files named directly, plus image files under named folders (recursively, sorted, no hidden files)."""
+    """Files named directly, plus every file under named folders (recursively, sorted, no hidden files).
+
+    Every file is listed, whatever its name: what it is comes from its content (a JPEG named
+    ``.heic`` is a JPEG, a phone's HEIC photo decodes, a text file gets the reason why it is unusable).
+    """
     out: list[str] = []
     for p in paths:
         path = Path(p)
         if path.is_dir():
-            found = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-            out.extend(str(f) for f in found if not any(part.startswith(".") for part in f.relative_to(path).parts))
+            found = sorted(f for f in path.rglob("*") if f.is_file())
+            shown = [f for f in found if not any(part.startswith(".") for part in f.relative_to(path).parts)]
+            if len(shown) < len(found):
+                log.info("%s: %d hidden files skipped", path, len(found) - len(shown))
+            out.extend(str(f) for f in shown)
         elif path.is_file():
             out.append(str(path))
         else:
@@ -191,7 +197,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def main(params: Params, args: argparse.Namespace) -> int:
     files = image_files(args.paths)
     if not files:
-        raise StageInputError(f"no image files under {', '.join(args.paths)}")
+        raise StageInputError(f"no files under {', '.join(args.paths)}")
     rows = inspect_files(files, params, args.relevance_model)
     sys.stdout.write(render(rows, args.format))
     return 0

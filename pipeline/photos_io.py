@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 URL_SIZES: tuple[tuple[str, int], ...] = (("l", 1024), ("c", 800), ("z", 640), ("m", 500), ("n", 320))
 MAX_SIDE_PX = 1024
 PAGE_URL = "https://www.flickr.com/photos/{owner}/{id}"
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff"})
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".heic", ".heif", ".webp"})
 TABLE_REQUIRED = ("id", "lat", "lon", "image", "owner", "licence")
 TABLE_OPTIONAL = ("accuracy", "date_taken", "title", "page_url", "licence_url", "owner_name")
 WEB_URL = re.compile(r"https?://", re.IGNORECASE)  # an image at a public URL is its own link to the source
@@ -177,10 +177,17 @@ def photo_row_from_flickr(
 def _read_table_rows(path: Path) -> list[dict]:
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            rows = list(reader)
-            columns = reader.fieldnames or []
+        try:
+            with path.open(newline="", encoding="utf-8-sig") as fh:
+                reader = csv.DictReader(fh)
+                rows = list(reader)
+                columns = reader.fieldnames or []
+        except UnicodeDecodeError as err:
+            line = path.read_bytes()[: err.start].count(b"\n") + 1
+            raise CatalogError(
+                f"{path}: line {line} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}): "
+                "save the table as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
+            ) from None
     elif suffix in (".parquet", ".pq") and not vectors.is_geoparquet(path):
         import pyarrow.parquet as pq
 
@@ -262,7 +269,26 @@ def rows_from_table(path: str | Path) -> list[dict]:
     records = _read_table_rows(path)
     ids = [_table_id(r.get("id")) for r in records]
     _check_ids(ids, path)
-    return [_custom_row(r, i, path.parent) for r, i in zip(records, ids, strict=True)]
+    rows = [_custom_row(r, i, path.parent) for r, i in zip(records, ids, strict=True)]
+    _check_dates(rows, path)
+    return rows
+
+
+def _check_dates(rows: list[dict], path: Path) -> None:
+    """Raise CatalogError naming the rows whose ``date_taken`` (ISO 8601) lies in the future."""
+    from datetime import UTC, datetime
+
+    today = datetime.now(UTC).date().isoformat()
+    future = [
+        (k + 1, r["date_taken"]) for k, r in enumerate(rows)
+        if r["date_taken"] and re.match(r"\d{4}-\d\d-\d\d", r["date_taken"]) and r["date_taken"][:10] > today
+    ]
+    if future:
+        shown = ", ".join(f"row {k} ({d})" for k, d in future[:10]) + (" ..." if len(future) > 10 else "")
+        raise CatalogError(
+            f"{path}: column date_taken is in the future in {shown} (rows count from 1, header excluded): "
+            "fix the dates (YYYY-MM-DD[ HH:MM:SS]) or leave them empty"
+        )
 
 
 # ---------------------------------------------------------------- custom folder of geotagged images
@@ -289,8 +315,8 @@ def gps_from_exif(exif) -> tuple[float, float]:
         lat = -lat
     if str(gps.get(3, "E")).strip().upper().startswith("W"):
         lon = -lon
-    if math.isnan(lat) or math.isnan(lon):
-        return math.nan, math.nan
+    if not (math.isfinite(lat) and math.isfinite(lon)) or abs(lat) > 90 or abs(lon) > 180:
+        return math.nan, math.nan  # NaN, inf or out of range: no usable position (pairing records why)
     return lat, lon
 
 
@@ -339,13 +365,40 @@ def _unique_ids(relatives: list[str]) -> list[str]:
     return out
 
 
+def is_image_file(path: Path) -> bool:
+    """Whether ``path`` holds an image by its content (Pillow, plus HEIC through pillow-heif), whatever its name;
+    files named like images count too, so a corrupt ``.jpg`` still gets a row and a recorded reason."""
+    from PIL import Image
+
+    import pipeline.images  # noqa: F401 - registers the HEIC/HEIF opener
+
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    try:
+        with Image.open(path):
+            return True
+    except Image.DecompressionBombError:
+        return True  # an image, too large: the download stage records why
+    except Exception:  # noqa: BLE001 - not an image Pillow knows
+        return False
+
+
 def rows_from_folder(folder: str | Path) -> list[dict]:
-    """Every jpg/jpeg/png/tif under ``folder`` → a ``photos`` row with EXIF GPS (NaN when absent)."""
+    """Every image under ``folder`` (by content, any name; hidden files skipped) → a ``photos`` row with
+    EXIF GPS (NaN when absent). Files that are not images are named in a warning, never dropped silently."""
     folder = Path(folder)
-    files = sorted(
+    candidates = sorted(
         p for p in folder.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
+    images = [is_image_file(p) for p in candidates]
+    files = [p for p, ok in zip(candidates, images, strict=True) if ok]
+    skipped = [p.relative_to(folder).as_posix() for p, ok in zip(candidates, images, strict=True) if not ok]
+    if skipped:
+        log.warning(
+            "%s: %d files are not images (by content) and get no photo row: %s", folder, len(skipped),
+            ", ".join(skipped[:20]) + (" ..." if len(skipped) > 20 else ""),
+        )
     relatives = [p.relative_to(folder).as_posix() for p in files]
     rows = []
     for path, rel, photo_id in zip(files, relatives, _unique_ids(relatives), strict=True):

@@ -23,7 +23,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from pipeline.config import S3Params
-from pipeline.errors import StoreError
+from pipeline.errors import SECRET_ENV, StoreError
 
 _TMP_PREFIX = ".crossview-tmp-"
 
@@ -123,13 +123,6 @@ def read_bytes(uri: str, s3: S3Params, timeout_s: float = 60.0) -> bytes:
         raise StoreError(f"{uri}: read failed: {type(err).__name__}: {redact(str(err))}") from None
 
 
-SECRET_ENV = (
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SESSION_TOKEN",
-    "FLICKR_API_KEY",
-    "FLICKR_API_SECRET",
-)
 
 
 def redact(text: str) -> str:

@@ -162,6 +162,12 @@ def convert(job: TileJob, out_path: str, tiles: TilesParams, s3: S3Params) -> No
         threads = cpu_threads()  # every core: warp, overview read and COG compression run on threads
         with rasterio.open(band_subset_path(gdal_path(job.uri), unique)) as src:
             data, valid = read_overview(src, tiles.overview_max_px, threads)
+            if not valid.any():  # before the warp: a huge empty (sparse) file would else make a huge empty COG
+                raise RasterError(
+                    f"no valid pixels in {src.width}x{src.height} px (every pixel is nodata, or 0 in all bands, "
+                    "in an overview read): the file is empty or its nodata value is wrong; fix it or drop it "
+                    "from the raster catalog"
+                )
             uint8 = all(dt == "uint8" for dt in src.dtypes)
             stretch = PASSTHROUGH if uint8 else compute_stretch(data[pick], valid, tiles.percentiles)
             del data, valid

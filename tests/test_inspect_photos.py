@@ -34,8 +34,12 @@ def rows(realdata) -> dict[str, dict]:
     return {Path(r["file"]).name: r for r in inspect_cmd.inspect_files(files, PARAMS, None)}
 
 
+def test_every_file_given_is_listed_with_a_reason_when_unusable(rows):
+    assert rows["labels.csv"]["reasons"].startswith("corrupt: not an image file"), rows["labels.csv"]
+
+
 def test_outdoor_photos_are_kept_and_indoor_photos_dropped_as_indoor(rows):
-    assert len(rows) == 17
+    assert len(rows) == 18  # 17 photos and labels.csv
     for name, row in rows.items():
         if name.startswith("outdoor_"):
             assert row["kept"] and row["reasons"] == "", row
@@ -96,11 +100,11 @@ def test_a_trained_relevance_head_scores_and_drops(realdata, tmp_path, capsys):
     assert other[0]["kept"] and other[0]["relevance_score"] is None  # trained on another model's embeddings
 
 
-def test_folders_are_searched_recursively_skipping_hidden_files(realdata, tmp_path):
+def test_folders_are_searched_recursively_listing_every_file_but_hidden_ones(realdata, tmp_path):
     (tmp_path / "a" / ".hidden").mkdir(parents=True)
     shutil.copy(realdata / "photos" / "outdoor_park_01.jpg", tmp_path / "a" / "park.JPG")
     shutil.copy(realdata / "photos" / "outdoor_park_01.jpg", tmp_path / "a" / ".hidden" / "x.jpg")
     (tmp_path / "a" / "notes.txt").write_text("not an image")
-    assert inspect_cmd.image_files([str(tmp_path / "a")]) == [str(tmp_path / "a" / "park.JPG")]
+    assert inspect_cmd.image_files([str(tmp_path / "a")]) == [str(tmp_path / "a" / n) for n in ("notes.txt", "park.JPG")]
     with pytest.raises(StageInputError, match="no such file or folder"):
         inspect_cmd.image_files([str(tmp_path / "missing")])

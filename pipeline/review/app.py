@@ -12,7 +12,7 @@ import logging
 import math
 from collections import Counter
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import numpy as np
 import pyarrow as pa
@@ -52,6 +52,7 @@ VERDICT_TITLES = {
     "drop_wrong_location": "Drop: wrong location",
 }
 APPLY = "dvc repro"
+MAX_BODY_BYTES = 1 << 20  # a verdict request is a few kB even for a bulk verdict over a 500-item page
 PHOTO_FIELDS = ("owner", "owner_name", "licence", "licence_url", "page_url", "date_taken", "accuracy", "lat", "lon")
 MAX_PER_PAGE = 500
 
@@ -340,6 +341,59 @@ class Review:
         return HTMLResponse(f"<!doctype html><title>{status}</title><p>{_escape(message)}</p>", status_code=status)
 
 
+class RequestLimits:
+    """ASGI middleware: request bodies over ``max_bytes`` get 413 (by Content-Length, or while streaming a
+    chunked body), and a state-changing request whose ``Origin`` names another host gets 403."""
+
+    def __init__(self, app, max_bytes: int = MAX_BODY_BYTES, allowed_hosts: list[str] | None = None) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.allowed_hosts = allowed_hosts or []
+
+    @staticmethod
+    async def _refuse(scope, receive, send, status: int, message: str) -> None:
+        await JSONResponse({"error": message}, status_code=status)(scope, receive, send)
+
+    def _origin_ok(self, origin: str) -> bool:
+        if "*" in self.allowed_hosts:
+            return True
+        host = urlsplit(origin).hostname or ""
+        host = f"[{host}]" if ":" in host else host
+        return host in self.allowed_hosts
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.lower(): v for k, v in scope.get("headers", [])}
+        length = headers.get(b"content-length")
+        if length is not None:
+            try:
+                too_big = int(length) > self.max_bytes or int(length) < 0
+            except ValueError:
+                await self._refuse(scope, receive, send, 400, "Content-Length is not a number")
+                return
+            if too_big:
+                await self._refuse(scope, receive, send, 413, f"request body over {self.max_bytes} bytes")
+                return
+        origin = headers.get(b"origin")
+        if scope["method"] not in ("GET", "HEAD") and origin and not self._origin_ok(origin.decode("latin-1")):
+            await self._refuse(scope, receive, send, 403, "a page from another site cannot save verdicts here")
+            return
+        received = 0
+
+        async def limited():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise HTTPException(413, f"request body over {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+
 def build_app(
     dataset: Dataset, verdicts: VerdictTable, curator: str, allowed_hosts: list[str] | None = None
 ) -> Starlette:
@@ -358,7 +412,10 @@ def build_app(
     hosts = allowed_hosts or ["127.0.0.1", "localhost", "[::1]"]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)],
+        middleware=[
+            Middleware(TrustedHostMiddleware, allowed_hosts=hosts),
+            Middleware(RequestLimits, allowed_hosts=hosts),
+        ],
         exception_handlers={HTTPException: review.error, CrossviewError: review.error},
     )
     app.state.review = review
