@@ -311,7 +311,7 @@ class Store:
             bucket, k = split_s3(uri)
             try:  # botocore retries 5xx, throttling and dropped connections (s3_client's retry config)
                 self._s3().upload_file(tmp, bucket, k)  # one PUT or a multipart upload: all or nothing
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 - boto3 and s3transfer raise many kinds; all are the store's
                 raise StoreError(f"{uri}: write failed: {redact(str(err))}") from None
         finally:
             Path(tmp).unlink(missing_ok=True)
