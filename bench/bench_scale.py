@@ -46,9 +46,9 @@ from rasterio.transform import from_origin
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline.geo import transformer  # noqa: E402
-from pipeline.schemas import CHIPS, DOWNLOADS, PAIRS, PHOTOS, read_table, table_from_rows, write_table  # noqa: E402
-from tests.flickr_server import flickr_server, make_population  # noqa: E402
+from pipeline.geo import transformer
+from pipeline.schemas import CHIPS, DOWNLOADS, PAIRS, PHOTOS, read_table, table_from_rows, write_table
+from tests.flickr_server import flickr_server, make_population
 
 log = logging.getLogger("bench_scale")
 BBOX = (2.30, 48.84, 2.34, 48.87)  # about 3 x 3.3 km of Paris
