@@ -32,6 +32,7 @@ REGISTRY: list[Filter] = [
     Filter("single_band", photo_rules.single_band, "rule"),
     Filter("colour_mode", photo_rules.colour_mode, "rule"),
     Filter("too_small", photo_rules.too_small, "rule"),
+    Filter("placeholder_image", photo_rules.placeholder_image, "rule"),
     Filter("duplicate_image", photo_rules.duplicate_image, "rule"),
     Filter("licence", photo_rules.licence, "rule"),
     Filter("coordinates", location_rules.coordinates, "rule"),

@@ -45,8 +45,11 @@ def filter_notes(decisions: pa.Table, registry: Sequence[Filter]) -> dict[str, s
     relevance head skipped for too few labels). ``{filter: note}``, so the funnel says so."""
     notes: dict[str, str] = {}
     names, kept, reasons = (column(decisions, c) for c in ("filter", "kept", "reason"))
+    by_filter: dict[str, list[tuple[bool, str]]] = {}  # one pass over the decisions, not one per filter
+    for n, k, r in zip(names, kept, reasons, strict=True):
+        by_filter.setdefault(n, []).append((k, r or ""))
     for f in registry:
-        rows = [(k, r or "") for n, k, r in zip(names, kept, reasons, strict=True) if n == f.name]
+        rows = by_filter.get(f.name, [])
         if not rows and f.kind == "model":
             notes[f.name] = "judged no photo (its input was not given or was empty)"
         elif all(k for k, _ in rows) and len({r for _, r in rows}) == 1 and rows[0][1].startswith(f"{f.name}: "):

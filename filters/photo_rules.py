@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pyarrow as pa
 
 from catalogs import find_licence
@@ -82,6 +84,25 @@ def too_small(tables: Tables, params: FilterParams) -> pa.Table:
         else:
             out.append((i, True, "", float(side)))
     return decisions_table("too_small", out)
+
+
+def placeholder_image(tables: Tables, params: FilterParams) -> pa.Table:
+    """Drop every photo whose exact bytes ``placeholder_copies`` or more photos share; the score is the count.
+
+    A CDN answers a deleted photo's URL with one "photo unavailable" image, so many photos download the
+    same bytes: all of them are placeholders, none is the photo (``duplicate_image`` would keep one).
+    """
+    rows = _ok_downloads(tables, ["sha256"])
+    copies = Counter(r["sha256"] for _, r in rows if r["sha256"])
+    out = []
+    for i, r in rows:
+        n = copies.get(r["sha256"], 0)
+        if n >= params.placeholder_copies:
+            detail = f"{n} photos have these exact bytes (sha256 {r['sha256'][:12]}), a CDN placeholder"
+            out.append((i, False, f"placeholder_image: {detail}", float(n)))
+        else:
+            out.append((i, True, "", float(n)))
+    return decisions_table("placeholder_image", out)
 
 
 def duplicate_image(tables: Tables, params: FilterParams) -> pa.Table:

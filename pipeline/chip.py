@@ -30,7 +30,7 @@ from rasterio.windows import Window
 
 from pipeline import chipgeom
 from pipeline.config import ChipParams, Params, S3Params
-from pipeline.errors import describe
+from pipeline.errors import StoreError, describe
 from pipeline.executor import local_paths, run
 from pipeline.raster import read_chip
 from pipeline.schemas import (
@@ -128,7 +128,7 @@ def _finished(store: Store, key: str, s3: S3Params) -> dict | None:
         if not store.exists(key):
             return None
         return json.loads(read_bytes(store.uri(key), s3.model_copy(update={"anonymous": False})))
-    except ValueError:  # an unreadable sidecar marks nothing: the chip is cut again
+    except (ValueError, StoreError):  # an unreadable sidecar (or store) marks nothing: the chip is cut again
         return None
 
 

@@ -113,6 +113,7 @@ class FilterParams(_Section):
     verdicts: str = "review/verdicts.csv"
     density_m: float = Field(10.0, ge=0)  # WITW: at most one photo per 10 m, chosen among those every other rule kept
     density_seed: int = 0  # the seeded order in which the density limit keeps photos
+    placeholder_copies: int = Field(3, ge=2)  # bytes shared by this many photos or more: a CDN placeholder
 
 
 class FlickrParams(_Section):

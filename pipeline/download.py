@@ -284,10 +284,21 @@ def _info_row(photo_id: str, info) -> dict:
 
 
 def process_one(item: tuple[str, str | None], ctx: Context) -> dict:
-    """Fetch, validate, normalise and store one photo; return its ``downloads`` row (failures are data)."""
+    """Fetch, validate, normalise and store one photo; return its ``downloads`` row (failures are data).
+
+    A store that cannot be read or written (403, or 5xx/resets that outlast botocore's retries) gives a
+    ``store_error`` row, not marked finished, so a rerun after the fault clears does the photo again.
+    """
     photo_id, url = item
     if not url:
         return _row(photo_id, status="no_url", error="the photos table has no image URL for this photo")
+    try:
+        return _process(photo_id, url, ctx)
+    except StoreError as err:
+        return _row(photo_id, status="store_error", error=f"{err}; check the store's access and rerun")
+
+
+def _process(photo_id: str, url: str, ctx: Context) -> dict:
     store = ctx.store()
     stamp = {"url": url, "jpeg_quality": ctx.download.jpeg_quality}
     done = _finished(store, photo_id, stamp)

@@ -60,7 +60,7 @@ DOWNLOADS = pa.schema(
         ("mode", pa.string()),  # Pillow mode as fetched: RGB, L, CMYK, P, RGBA, ...
         ("exif_orientation", pa.int32()),
         ("duplicate_of", pa.string()),  # smallest id with the same sha256, when not this one
-        ("status", pa.string()),  # ok | empty | corrupt | missing | http_error | timeout | no_url
+        ("status", pa.string()),  # ok | empty | corrupt | missing | http_error | timeout | no_url | store_error
         ("error", pa.string()),
     ]
 )

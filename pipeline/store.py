@@ -82,8 +82,11 @@ def gdal_options(s3: S3Params, anonymous: bool | None = None) -> dict[str, str]:
         "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
         "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.TIF,.tiff,.TIFF,.vrt,.ovr",
         "AWS_REGION": s3.region,
+        # GDAL retries a failed HTTP request (these codes, and curl errors such as a reset connection)
+        # with a delay that doubles; 403/404 are not retried: the tile gets an error row instead.
         "GDAL_HTTP_MAX_RETRY": "4",
         "GDAL_HTTP_RETRY_DELAY": "1",
+        "GDAL_HTTP_RETRY_CODES": "429,500,502,503,504",
     }
     if s3.anonymous if anonymous is None else anonymous:
         opts["AWS_NO_SIGN_REQUEST"] = "YES"
@@ -297,13 +300,12 @@ class Store:
         fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=Path(key).suffix)
         os.close(fd)
         try:
-            yield tmp
+            yield tmp  # what the caller's block raises (a failed source read) is its own error, not the store's
             bucket, k = split_s3(uri)
-            self._s3().upload_file(tmp, bucket, k)  # one PUT or a multipart upload: all or nothing
-        except Exception as err:
-            if isinstance(err, StoreError):
-                raise
-            raise StoreError(f"{uri}: write failed: {redact(str(err))}") from None
+            try:  # botocore retries 5xx, throttling and dropped connections (s3_client's retry config)
+                self._s3().upload_file(tmp, bucket, k)  # one PUT or a multipart upload: all or nothing
+            except Exception as err:  # noqa: BLE001 - boto3 and s3transfer raise many kinds; all are the store's
+                raise StoreError(f"{uri}: write failed: {redact(str(err))}") from None
         finally:
             Path(tmp).unlink(missing_ok=True)
 

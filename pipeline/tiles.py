@@ -238,11 +238,18 @@ def _base_row(job: TileJob) -> dict:
 def explain(uri: str, err: BaseException) -> str:
     """One line naming the file, what went wrong and what to do (credentials removed)."""
     text = redact(str(err))
+    if err.__cause__ is not None and str(err.__cause__) not in str(err):  # rasterio: "See previous exception"
+        text = f"{text} ({redact(str(err.__cause__))})"
     if isinstance(err, CrossviewError):
         return text if text.startswith(uri) else f"{uri}: {text}"
     if isinstance(err, rasterio.errors.RasterioIOError):
         if "403" in text or "404" in text:
             return f"{uri}: cannot read over S3 ({text}): check the key with `crossview catalog check` and s3 params"
+        if "://" in uri:  # a remote read that failed after GDAL's retries: access, a vanished object or the network
+            return (
+                f"{uri}: remote read failed after retries ({text}): check access with `crossview catalog check`, "
+                "then rerun (finished tiles are not redone)"
+            )
         return (
             f"{uri}: cannot read raster ({text}): the file is truncated, corrupt or not a GeoTIFF; "
             "re-download it or remove it from the catalog"
