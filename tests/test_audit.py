@@ -9,6 +9,7 @@ point's chip (distance 0), so the audit must find that point: the answer is know
 from __future__ import annotations
 
 import argparse
+import io
 import math
 
 import numpy as np
@@ -163,3 +164,64 @@ def test_the_table_is_byte_identical_on_a_rerun_and_thresholds_only_move_the_fla
 def test_grid_size_must_be_odd():
     with pytest.raises(ValueError, match="odd"):
         AuditParams(grid_size=4)
+
+
+# ---------------------------------------------------------------- the review page's suspect-location queue
+
+SUSPECTS = {  # id -> (best point's offset east, north in grid steps, margin); the others are not suspect
+    "100001": (2, 1, 3.5),
+    "100004": (-2, -2, 6.0),
+    "100005": (0, 2, 2.5),
+}
+
+
+def make_audit_review_data(root) -> list[str]:
+    """The review tests' tables (:func:`tests.test_review_api.make_review_data`) plus a real tile and a
+    ``geotag_audit`` table over the paired photos; returns the suspect ids, clearest (largest margin) first."""
+    from tests.test_review_api import make_review_data
+
+    ids = make_review_data(root)
+    make_tile(root / "tables")  # tables/tile.tif and tables/tiles.parquet (tile T1)
+    chips = pq.read_table(root / "tables/chips.parquet", columns=["id"])["id"].to_pylist()
+    rows = []
+    for i in chips:
+        gx, gy, margin = SUSPECTS.get(i, (0, 0, 0.0))
+        d = np.full(25, 1.0)
+        d[(2 - gy) * 5 + 2 + gx] = 1.0 - margin / 10
+        rows.append({"id": i, "split": "train", "epsg": EPSG, "x_m": CENTRE[0], "y_m": CENTRE[1], "grid_size": 5,
+                     "step_m": STEP, "points": 25, "geotag_d": 1.0, "best_d": float(d.min()),
+                     "best_x_m": CENTRE[0] + gx * STEP, "best_y_m": CENTRE[1] + gy * STEP, "best_tile_id": "T1",
+                     "best_offset_m": math.hypot(gx, gy) * STEP, "margin": margin,
+                     "geotag_rank": 2 if margin else 1, "scores": np.exp(10 * (1 - d)).tolist(),
+                     "suspect": i in SUSPECTS})
+    write_table(table_from_rows(rows, GEOTAG_AUDIT), root / "tables/geotag_audit.parquet", GEOTAG_AUDIT)
+    assert set(SUSPECTS) <= set(chips) <= set(ids)
+    return sorted(SUSPECTS, key=lambda i: -SUSPECTS[i][2])
+
+
+def test_the_review_queue_lists_suspects_with_the_best_chip_and_the_heat_map(tmp_path):
+    from starlette.testclient import TestClient
+
+    from pipeline.review import make_app
+
+    order = make_audit_review_data(tmp_path)
+    (tmp_path / "params.yaml").write_text("{}\n")
+    app = make_app(Params(), "tables", None, "erin", root=tmp_path)
+    client = TestClient(app, base_url="http://127.0.0.1")
+    page = client.get("/api/queue?queue=suspect_location").json()
+    assert [it["id"] for it in page["items"]] == order == ["100004", "100001", "100005"]
+    first = page["items"][0]["audit"]
+    assert first["offset_m"] == pytest.approx(2 * math.sqrt(2) * STEP, abs=0.1) and first["direction"] == "SW"
+    assert first["margin"] == 6.0 and first["suspect"]
+    best = client.get(first["best_chip"])  # the 225 m chip at (-112.5, -112.5) m, cut from the tile
+    assert best.headers["content-type"] == "image/jpeg" and Image.open(io.BytesIO(best.content)).size == (225, 225)
+    heat = client.get(first["heat"])
+    im = Image.open(io.BytesIO(heat.content)).convert("RGB")
+    assert heat.headers["content-type"] == "image/png" and im.size == (5 * 24, 5 * 24)
+    assert im.getpixel((2 * 24, 2 * 24 + 10)) == (255, 255, 255)  # the geotag's outline (centre cell)
+    assert im.getpixel((0 * 24 + 3, 4 * 24 + 10)) == (255, 0, 0)  # the best point's (south-west corner)
+    html = client.get("/?queue=suspect_location").text
+    assert html.count('class="audit"') == 3 and "best point 159 m SW of the geotag" in html
+    saved = client.post("/api/verdicts", json={"ids": ["100004"], "verdict": "drop_wrong_location"}).json()
+    assert saved["rows"][0]["verdict"] == "drop_wrong_location"
+    assert "100004,drop_wrong_location,erin" in (tmp_path / "review/verdicts.csv").read_text()
