@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "manifest": ("pipeline.manifest", "write train/val/test manifests, the dataset card and counts"),
     "train": ("pipeline.train.stage", "train a cross-view model on the manifests -> models/, metrics, loss curves"),
     "evaluate": ("pipeline.train.stage", "rank every chip for its photo on a split -> recall@k, ranks, orientations"),
+    "audit": ("pipeline.audit", "score each pair's photo on a small grid around its geotag -> geotag_audit, suspects"),
     "heatmap": ("pipeline.heatmap", "score a photo over a search area -> PNG, GeoTIFF and GeoJSON of scores and bearings"),
     "inspect": ("pipeline.inspect_photos", "run every photo-level rule over image files or folders"),
     "review": ("pipeline.review", "serve the curator review page on 127.0.0.1; verdicts feed the next dvc repro"),

@@ -308,6 +308,25 @@ class HeatmapParams(_Section):
     png_max_px: int = Field(1600, ge=128)  # longest side of the PNG
 
 
+class AuditParams(_Section):
+    """Section ``audit``: each pair's photo scored on a small grid around its geotag (the heat map's conventions)."""
+
+    grid_size: int = Field(5, ge=3)  # points per side (odd: the centre point is the geotag)
+    step_m: float = Field(56.25, gt=0)  # grid spacing, as heatmap.step_m
+    batch_size: int = Field(64, ge=1)  # chips scored per forward pass
+    device: str = "auto"
+    threads: int = Field(1, ge=1)
+    suspect_distance_m: float = Field(100.0, ge=0)  # suspect: the best point at least this far from the geotag
+    suspect_margin: float = Field(2.0, ge=0)  # ... and ln(best score / geotag score) = 10 (d_geotag - d_best) at least this
+
+    @field_validator("grid_size")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError("audit.grid_size must be odd (the centre point is the geotag)")
+        return v
+
+
 class Params(_Section):
     """Everything params.yaml may hold."""
 
@@ -330,6 +349,7 @@ class Params(_Section):
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     heatmap: HeatmapParams = HeatmapParams()
+    audit: AuditParams = AuditParams()
 
 
 # Keys an older params.yaml may still hold, and where they went.

@@ -155,13 +155,28 @@ def assign_tiles(x: np.ndarray, y: np.ndarray, epsg: int, edge_m: float, tiles: 
     return out
 
 
+def chip_inputs(src, tile: Tile, x: np.ndarray, y: np.ndarray, edge_m: float, spec):
+    """Model inputs ``(n, C, H, W)`` of the ``edge_m`` chips centred on (x, y), cut from the open tile ``src``
+    exactly as the chip stage cuts them (windowed reads), then resized as training resizes chips."""
+    import torch
+
+    from pipeline.raster import read_chip
+    from pipeline.train.data import chip_pixels, chip_tensor
+
+    chips = []
+    for cx, cy in zip(x, y, strict=True):
+        square = chipgeom.ChipSquare(float(cx), float(cy), edge_m, tile.epsg)
+        data, _ = read_chip(src, chipgeom.pixel_window(square, src.transform, tile.gsd_m))
+        chips.append(chip_tensor(chip_pixels(Image.fromarray(data.transpose(1, 2, 0)), spec), spec))
+    return torch.stack(chips)
+
+
 def score_points(model, photo: Image.Image, x: np.ndarray, y: np.ndarray, owners: list[Tile | None],
                  edge_m: float, batch_size: int, s3: S3Params, device: str) -> tuple[np.ndarray, np.ndarray]:
     """Distance and bearing at each point (NaN where no tile); chips read tile by tile, scored in batches."""
     import torch
 
-    from pipeline.raster import read_chip
-    from pipeline.train.data import chip_pixels, chip_tensor, photo_pixels, photo_tensor
+    from pipeline.train.data import photo_pixels, photo_tensor
 
     dist, bearing = np.full(len(x), np.nan), np.full(len(x), np.nan, np.float32)
     with torch.no_grad():
@@ -171,13 +186,8 @@ def score_points(model, photo: Image.Image, x: np.ndarray, y: np.ndarray, owners
             with rasterio_env(s3), rasterio.open(gdal_path(tile.uri)) as src:
                 for b0 in range(0, len(todo), batch_size):
                     batch = todo[b0 : b0 + batch_size]
-                    chips = []
-                    for k in batch:
-                        square = chipgeom.ChipSquare(float(x[k]), float(y[k]), edge_m, tile.epsg)
-                        data, _ = read_chip(src, chipgeom.pixel_window(square, src.transform, tile.gsd_m))
-                        chips.append(chip_tensor(chip_pixels(Image.fromarray(data.transpose(1, 2, 0)), model.spec),
-                                                 model.spec))
-                    d, bear = model.distances(anchor, model.embed_chip(torch.stack(chips).to(device)))
+                    chips = chip_inputs(src, tile, x[batch], y[batch], edge_m, model.spec)
+                    d, bear = model.distances(anchor, model.embed_chip(chips.to(device)))
                     dist[batch] = d[0].double().cpu().numpy()
                     if bear is not None:
                         bearing[batch] = bear[0].cpu().numpy().astype(np.float32)

@@ -212,6 +212,29 @@ EVAL_PAIRS = pa.schema(
     ]
 )
 
+GEOTAG_AUDIT = pa.schema(
+    [
+        ("id", pa.string()),
+        ("split", pa.string()),
+        ("epsg", pa.int32()),
+        ("x_m", pa.float64()),  # the geotag (the grid's centre point), in the pair's UTM CRS
+        ("y_m", pa.float64()),
+        ("grid_size", pa.int32()),  # points per side
+        ("step_m", pa.float64()),
+        ("points", pa.int32()),  # grid points with a full chip (scored)
+        ("geotag_d", pa.float64()),  # model distance 2 (1 - cos) at the geotag; null without a full chip there
+        ("best_d", pa.float64()),  # the smallest distance on the grid
+        ("best_x_m", pa.float64()),  # the best point
+        ("best_y_m", pa.float64()),
+        ("best_tile_id", pa.string()),
+        ("best_offset_m", pa.float64()),  # metres from the geotag to the best point
+        ("margin", pa.float64()),  # ln(best score / geotag score) = 10 (geotag_d - best_d), >= 0
+        ("geotag_rank", pa.int32()),  # grid points at distance <= the geotag's (1 = the geotag is best; ties against)
+        ("scores", pa.list_(pa.float64())),  # WITW's exp(10 (1 - d)), row-major from the north-west; NaN: no chip
+        ("suspect", pa.bool_()),  # best_offset_m >= audit.suspect_distance_m and margin >= audit.suspect_margin
+    ]
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "photos": PHOTOS,
     "downloads": DOWNLOADS,
@@ -223,6 +246,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "scores": SCORES,
     "relevance": RELEVANCE,
     "eval_pairs": EVAL_PAIRS,
+    "geotag_audit": GEOTAG_AUDIT,
 }
 
 # Geometry columns written after each table's declared columns (GeoParquet 1.1, EPSG:4326 lon/lat, WKB).
@@ -290,6 +314,7 @@ WRITTEN_BY: dict[str, str] = {
     "scores": "classify",
     "relevance": "relevance",
     "eval_pairs": "evaluate",
+    "geotag_audit": "audit",
 }
 
 

@@ -28,7 +28,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from pipeline.errors import CrossviewError
-from pipeline.review.dataset import QUEUES, Dataset, Index, QueueSpec, Settings
+from pipeline.review.dataset import QUEUES, Dataset, Index, QueueSpec, Settings, audit_row
 from pipeline.review.verdict_table import VerdictError, VerdictTable
 from pipeline.verdicts import KEEP, VERDICTS, Verdict
 
@@ -44,6 +44,7 @@ QUEUE_TITLES = {
     "city": "By city",
     "split": "By split",
     "all": "All photos",
+    "suspect_location": "Suspect location (geotag audit)",
 }
 VERDICT_TITLES = {
     "keep": "Keep",
@@ -78,6 +79,31 @@ def item(ix: Index, p: int, verdict: dict | None) -> dict:
         "verdict": verdict,
         "photo": image_url("photo", i) if ix.photo_uri[p] else None,
         "chip": image_url("chip", i) if ix.chip_uri[p] else None,
+        "audit": audit_item(ix, p),
+    }
+
+
+def _compass(dx: float, dy: float) -> str:
+    """The 8-point compass direction of an offset (east dx, north dy)."""
+    names = ("N", "NE", "E", "SE", "S", "SW", "W", "NW")
+    return names[round(math.degrees(math.atan2(dx, dy)) % 360 / 45) % 8]
+
+
+def audit_item(ix: Index, p: int) -> dict | None:
+    """What the suspect-location card shows of the geotag audit: the best point, margin, its chip and heat map."""
+    row = audit_row(ix, p)
+    if row is None or row["best_x_m"] is None:
+        return None
+    dx, dy = row["best_x_m"] - row["x_m"], row["best_y_m"] - row["y_m"]
+    i = ix.ids[p]
+    return {
+        "suspect": bool(row["suspect"]),
+        "offset_m": round(row["best_offset_m"], 1),
+        "direction": _compass(dx, dy) if row["best_offset_m"] > 0 else "",
+        "margin": None if row["margin"] is None else round(row["margin"], 2),
+        "grid": f"{row['grid_size']} x {row['grid_size']}, {row['step_m']:g} m apart",
+        "best_chip": image_url("best", i),
+        "heat": image_url("heat", i),
     }
 
 
@@ -329,7 +355,8 @@ class Review:
         )
         if data is None:
             raise HTTPException(404, "no such image in the dataset")
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=600"})
+        media = "image/png" if data[:4] == b"\x89PNG" else "image/jpeg"
+        return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=600"})
 
     async def error(self, request: Request, exc: Exception) -> Response:
         status = getattr(exc, "status_code", 400 if isinstance(exc, VerdictError) else 500)

@@ -24,15 +24,16 @@ from PIL import Image
 from filters import REGISTRY
 from filters.curator_rules import OVERRIDE
 from pipeline.config import S3Params
-from pipeline.schemas import CHIPS, DECISIONS, DOWNLOADS, PAIRS, PHOTOS, read_table
+from pipeline.schemas import CHIPS, DECISIONS, DOWNLOADS, GEOTAG_AUDIT, PAIRS, PHOTOS, TILES, read_table
 from pipeline.store import is_http, is_s3, read_bytes
 
 log = logging.getLogger(__name__)
 
 FALLBACK_MODELS = ("indoor", "relevance")  # model-kind filters when Settings names no kinds
-QUEUES = ("model_dropped", "low_confidence", "kept_sample", "reason", "city", "split", "all")
+QUEUES = ("model_dropped", "low_confidence", "kept_sample", "reason", "city", "split", "all", "suspect_location")
 SIZES = {"thumb": 320, "large": 1200}
-IMAGE_KINDS = ("photo", "chip")
+IMAGE_KINDS = ("photo", "chip", "best", "heat")  # best: the chip at the audit's best point; heat: its score grid
+HEAT_CELL_PX = {"thumb": 24, "large": 80}
 EMPTY = np.empty(0, np.int64)
 
 
@@ -69,16 +70,21 @@ class TablePaths:
     pairs: Path
     chips: Path
     decisions: Path
+    audit: Path | None = None  # the geotag audit (suspect-location queue); optional
+    tiles: Path | None = None  # where the audit's best-point chips are cut from
 
     @classmethod
     def under(cls, folder: str | Path) -> TablePaths:
         folder = Path(folder)
-        return cls(*(folder / f"{name}.parquet" for name in ("photos", "downloads", "pairs", "chips", "decisions")))
+        names = ("photos", "downloads", "pairs", "chips", "decisions", "geotag_audit", "tiles")
+        return cls(*(folder / f"{name}.parquet" for name in names))
 
     def stamp(self) -> tuple:
         """Changes whenever any table does (path, mtime, size)."""
         out = []
-        for p in (self.photos, self.downloads, self.pairs, self.chips, self.decisions):
+        for p in (self.photos, self.downloads, self.pairs, self.chips, self.decisions, self.audit, self.tiles):
+            if p is None:
+                continue
             st = p.stat() if p.exists() else None
             out.append((str(p), st and st.st_mtime_ns, st and st.st_size))
         return tuple(out)
@@ -119,6 +125,8 @@ class Index:
     dec_order: np.ndarray = field(default_factory=_none)  # decision rows sorted by position
     dec_pos: np.ndarray = field(default_factory=_none)  # their positions, sorted
     applied: dict[str, str] = field(default_factory=dict)  # id -> curator verdict the last filter run applied
+    suspect: np.ndarray = field(default_factory=_none)  # the geotag audit flags the pair (suspect location)
+    audit_margin: np.ndarray = field(default_factory=_none)  # its margin ln(best score / geotag score); nan: none
 
 
 def _np(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -199,6 +207,45 @@ def _decision_arrays(ix: Index, settings: Settings) -> None:
     ix.applied = {ix.ids[dpos[r]]: ("keep" if not drop[r] else str(codes[r])) for r in cur}
 
 
+def _audit_arrays(ix: Index, paths: TablePaths) -> None:
+    """The geotag audit's rows aligned to positions: the suspect flag and margin (none without the table)."""
+    audit = _read(paths.audit, GEOTAG_AUDIT) if paths.audit else GEOTAG_AUDIT.empty_table()
+    ix.tables["geotag_audit"] = audit
+    ix.rows["geotag_audit"] = _np(pc.index_in(pa.array(ix.ids, pa.string()), value_set=audit["id"]).fill_null(-1)
+                                  ).astype(np.int64)
+    ix.suspect = _aligned(audit, ix.rows["geotag_audit"], "suspect").astype(bool)
+    ix.audit_margin = np.array(_aligned(audit, ix.rows["geotag_audit"], "margin"), float)
+
+
+def audit_row(ix: Index, p: int) -> dict | None:
+    """The geotag audit's row for position ``p`` (None: not audited)."""
+    r = int(ix.rows["geotag_audit"][p]) if "geotag_audit" in ix.rows else -1
+    return ix.tables["geotag_audit"].slice(r, 1).to_pylist()[0] if r >= 0 else None
+
+
+def heat_png(scores: list[float], size: int, cell: int, best: tuple[float, float] | None, step_m: float) -> bytes:
+    """The audit's small heat map: one cell per grid point, ln(score) from dark (low) to yellow (high), grey where
+    unscored; the geotag (centre) outlined in white, the best point in red."""
+    from PIL import ImageDraw
+
+    s = np.log(np.array(scores, float).reshape(size, size))  # 10 (1 - d)
+    ok = np.isfinite(s)
+    lo, hi = (float(s[ok].min()), float(s[ok].max())) if ok.any() else (0.0, 1.0)
+    t = np.where(ok, (s - lo) / (hi - lo) if hi > lo else 1.0, 0.0)
+    rgb = np.stack([40 + 215 * t, 20 + 200 * t ** 1.5, 90 * (1 - t)], axis=-1)
+    rgb[~ok] = 110
+    im = Image.fromarray(rgb.astype(np.uint8)).resize((size * cell, size * cell), Image.Resampling.NEAREST)
+    draw, c = ImageDraw.Draw(im), size // 2
+    draw.rectangle([c * cell, c * cell, (c + 1) * cell - 1, (c + 1) * cell - 1], outline=(255, 255, 255), width=2)
+    if best is not None:
+        col, row = c + round(best[0] / step_m), c - round(best[1] / step_m)
+        draw.rectangle([col * cell + 3, row * cell + 3, (col + 1) * cell - 4, (row + 1) * cell - 4],
+                       outline=(255, 0, 0), width=2)
+    out = io.BytesIO()
+    im.save(out, "PNG")
+    return out.getvalue()
+
+
 def build_index(paths: TablePaths, settings: Settings) -> Index:
     """Read the tables once and precompute what queues, pages and the summary need."""
     stamp = paths.stamp()
@@ -230,6 +277,7 @@ def build_index(paths: TablePaths, settings: Settings) -> Index:
         chip_uri=_aligned(chips, rows["chips"], "uri", _np(chips["status"]).astype(object) == "ok"),
     )
     _decision_arrays(ix, settings)
+    _audit_arrays(ix, paths)
     everyone = np.arange(len(ids))
     ix.groups["city"] = _groups(ix.city, everyone)
     ix.groups["split"] = _groups(ix.split, everyone)
@@ -254,6 +302,9 @@ def queue_positions(ix: Index, spec: QueueSpec, settings: Settings) -> np.ndarra
         found = np.flatnonzero(ix.kept & (ix.margin <= spec.margin))
     elif spec.queue == "kept_sample":  # random order on purpose: an unbiased look at what is kept
         return np.random.default_rng(spec.seed).permutation(np.flatnonzero(ix.kept))[: max(spec.sample, 0)]
+    elif spec.queue == "suspect_location":  # the clearest suspects (largest audit margin) first
+        found = np.flatnonzero(ix.suspect)
+        margin = -np.nan_to_num(ix.audit_margin, nan=0.0)
     elif spec.queue in ("reason", "city", "split"):
         found = ix.groups[spec.queue].get(spec.value, EMPTY)
     else:
@@ -319,6 +370,7 @@ class Dataset:
         self.thumbnails = Thumbnails(settings)
         self._index: Index | None = None
         self._queues: dict[tuple, np.ndarray] = {}
+        self._best: dict[tuple, bytes] = {}  # chips at the audit's best points, by (best, id, size)
         self._lock = threading.Lock()
 
     def index(self) -> Index:
@@ -331,6 +383,7 @@ class Dataset:
             if self._index is None or self._index.stamp != self.paths.stamp():
                 self._index = build_index(self.paths, self.settings)
                 self._queues = {}
+                self._best = {}
                 self.thumbnails.clear()
             return self._index
 
@@ -352,5 +405,50 @@ class Dataset:
         p = ix.pos.get(photo_id)
         if p is None or kind not in IMAGE_KINDS or size not in SIZES:
             return None
+        if kind in ("best", "heat"):
+            return self._audit_image(ix, p, kind, size)
         uri = (ix.photo_uri if kind == "photo" else ix.chip_uri)[p]
         return self.thumbnails.get(uri, size) if uri else None
+
+    def _audit_image(self, ix: Index, p: int, kind: str, size: str) -> bytes | None:
+        """The geotag audit's heat map (PNG) or the chip at its best point (JPEG), cut as the chip stage cuts."""
+        row = audit_row(ix, p)
+        if row is None or row["best_x_m"] is None:
+            return None
+        best = (row["best_x_m"] - row["x_m"], row["best_y_m"] - row["y_m"])
+        if kind == "heat":
+            return heat_png(row["scores"], row["grid_size"], HEAT_CELL_PX[size], best, row["step_m"])
+        key = ("best", ix.ids[p], size)
+        with self.thumbnails._lock:
+            if key in self._best:
+                return self._best[key]
+        data = self._best_chip(row, SIZES[size])
+        if data is not None:
+            with self.thumbnails._lock:
+                self._best[key] = data
+        return data
+
+    def _best_chip(self, row: dict, edge: int) -> bytes | None:
+        import rasterio
+
+        from pipeline import chipgeom
+        from pipeline.raster import read_chip
+        from pipeline.store import gdal_path, rasterio_env
+
+        if self.paths.tiles is None or not self.paths.tiles.exists():
+            return None
+        tiles = read_table(self.paths.tiles, TILES, columns=["tile_id", "uri", "gsd_m"]).to_pylist()
+        tile = next((t for t in tiles if t["tile_id"] == row["best_tile_id"]), None)
+        if tile is None:
+            return None
+        uri = tile["uri"]
+        if not (is_s3(uri) or is_http(uri) or Path(uri).is_absolute()):
+            uri = str(self.settings.root / uri)
+        square = chipgeom.ChipSquare(row["best_x_m"], row["best_y_m"], self.settings.edge_m, row["epsg"])
+        with rasterio_env(self.settings.s3), rasterio.open(gdal_path(uri)) as src:
+            data, _ = read_chip(src, chipgeom.pixel_window(square, src.transform, tile["gsd_m"]))
+        im = Image.fromarray(data.transpose(1, 2, 0))
+        im.thumbnail((edge, edge), Image.Resampling.LANCZOS)
+        out = io.BytesIO()
+        im.save(out, "JPEG", quality=85)
+        return out.getvalue()
