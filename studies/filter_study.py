@@ -60,10 +60,11 @@ def variant_registries(registry: list[Filter], only: list[str]) -> list[tuple[st
     return [("all", list(registry)), *((n, [f for f in registry if f.name != n]) for n in studied), ("none", [])]
 
 
-def train_set(tables: Tables, tiles: pa.Table, params: Params, registry: list[Filter]) -> pa.Table:
-    """The train split that the manifest stage would write if the filter stage ran ``registry``."""
+def train_set(tables: Tables, tiles: pa.Table, params: Params, registry: list[Filter], split: str = "train"
+              ) -> pa.Table:
+    """The ``split`` manifest that the manifest stage would write if the filter stage ran ``registry``."""
     decisions, _ = run_filters(tables, params.filter, registry)
-    rows = [r for r in manifest_rows(tables, tiles, decisions, params) if r["split"] == "train"]
+    rows = [r for r in manifest_rows(tables, tiles, decisions, params) if r["split"] == split]
     return table_from_rows(rows, MANIFEST)
 
 
@@ -85,8 +86,9 @@ def cached_run(params: Params, table: pa.Table, val: str, test: str, seed: int, 
     """Train + evaluate on ``table``, or read the result of an identical earlier run from ``cache``."""
     with tempfile.TemporaryDirectory(prefix="crossview-filters-") as tmp:
         path = write_manifest(table, Path(tmp) / "train.parquet")
+        test_sha = sha256_file(test)
         key = hashlib.sha256(json.dumps({
-            "train": sha256_file(path), "val": sha256_file(val), "test": sha256_file(test), "seed": seed,
+            "train": sha256_file(path), "val": sha256_file(val), "test": test_sha, "seed": seed,
             "train_params": study_train_params(params, seed).model_dump(mode="json"),
             "evaluate": params.evaluate.model_dump(mode="json"), "code": _code_hash(),
         }, sort_keys=True).encode()).hexdigest()[:20]
@@ -95,7 +97,7 @@ def cached_run(params: Params, table: pa.Table, val: str, test: str, seed: int, 
             log.info("cached: %s (%d pairs, seed %d)", out.name, table.num_rows, seed)
             return json.loads(out.read_text())["metrics"]
         metrics = train_and_evaluate(params, path, val, test, seed)
-    write_json({"size": table.num_rows, "seed": seed, "metrics": metrics}, out, sort_keys=True)
+    write_json({"size": table.num_rows, "seed": seed, "test_sha256": test_sha, "metrics": metrics}, out, sort_keys=True)
     return metrics
 
 
