@@ -325,6 +325,7 @@ class StudyFiltersParams(_Section):
     """Section ``study.filters``: what each filter of ``filters.REGISTRY`` is worth."""
 
     only: list[str] = []  # filter names to study; empty: every filter of the registry
+    min_change: float = Field(0.01, ge=0)  # train a variant only when it changes more than this fraction of the pairs
     match_min_change: float = Field(0.02, ge=0)  # train a size-matched control when sizes differ by more than this
 
 

@@ -63,11 +63,21 @@ def _size_panel(ax, results: dict, metric: str) -> None:
         xs_h = np.geomspace(lo, 1.0, 60)
         ax.plot(xs_h * full, curve(xs_h, h["a"], h["b"], h["c"]), "--", color="C2", lw=1,
                 label=f"fit without the largest: predicts {hold['predicted']:.3g} (measured {hold['measured']:.3g})")
+    chance = _chance(metric, results["test_pairs"])
+    if chance is not None:
+        ax.axhline(chance, color="0.5", ls="-.", lw=0.8, label=f"chance ({chance:.3g})")
     ax.set_xscale("log")
     ax.set_xlabel("training pairs (log scale)")
     ax.set_ylabel(LABELS.get(metric, metric))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="best")
+
+
+def _chance(metric: str, n: int | None) -> float | None:
+    """A random ranking's expected value of ``metric`` over ``n`` test pairs (WITW's conventions)."""
+    if not n:
+        return None
+    return {"mean_rank": (n + 1) / 2, "recall_at_10": min(10, n) / n, "recall_at_1pct": (n // 100) / n}.get(metric)
 
 
 def size_png(results: dict, metrics: tuple[str, ...], path: str | Path) -> None:

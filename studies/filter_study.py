@@ -6,8 +6,9 @@ minus the filter, so the curator override and the density limit (a thinning filt
 survivors) are recomputed on the new set, and the manifest stage's core
 (:func:`pipeline.manifest.manifest_rows`) keeps what has a paired, ok chip (a dropped photo with no
 chip cannot come back). Also "none" (every filter off) and "all" (the dataset's own train set,
-checked against ``manifests/train.parquet``). A variant whose train set equals all-filters' is not
-trained (the filter dropped nothing that could pair). Every variant is evaluated on the all-filters
+checked against ``manifests/train.parquet``). A variant whose train set differs from all-filters' by at most
+``study.filters.min_change`` of its pairs is not trained (said so in its row): nothing, or too little
+to resolve with a training run, came back. Every variant is evaluated on the all-filters
 test manifest. Size matters on its own, so where a variant's size differs from all-filters' by more
 than ``study.filters.match_min_change``, a size-matched control is trained too: the larger of the
 two sets downsampled (nested seeded subset) to the smaller one's size.
@@ -120,7 +121,8 @@ def study(params: Params, sets: dict[str, pa.Table], val: str, test: str, cache:
     for name, table in sets.items():
         ids = set(column(table, "id"))
         row = {"variant": name, "filters_off": _filters_off(name), "train_size": table.num_rows,
-               "added": len(ids - base_ids), "removed": len(base_ids - ids), "trained": name == "all" or ids != base_ids}
+               "added": len(ids - base_ids), "removed": len(base_ids - ids)}
+        row["trained"], row["note"] = _worth_training(params, name, row, base.num_rows)
         runs = base_runs if not row["trained"] or name == "all" else [
             cached_run(params, table, val, test, s, cache) for s in seeds]
         row["metrics"] = {m: _stats([r[m] for r in runs]) for m in METRICS}
@@ -130,6 +132,19 @@ def study(params: Params, sets: dict[str, pa.Table], val: str, test: str, cache:
             None, None)
         rows.append(row)
     return rows
+
+
+def _worth_training(params: Params, name: str, row: dict, base_size: int) -> tuple[bool, str]:
+    """Whether a variant is trained, and why not: the same set as all filters, or too small a change to resolve."""
+    changed = row["added"] + row["removed"]
+    if name == "all":
+        return True, "every filter, as the dataset's train manifest"
+    if not changed:
+        return False, "the same train set as all filters: nothing this filter dropped has a chip in train"
+    if changed <= params.study.filters.min_change * base_size:
+        return False, (f"changes {changed} of {base_size} pairs (study.filters.min_change "
+                       f"{params.study.filters.min_change:.0%}): below what a training run resolves; not trained")
+    return True, ""
 
 
 def _filters_off(name: str) -> list[str]:
@@ -167,7 +182,7 @@ def markdown(rows: list[dict], metric: str = "recall_at_10") -> str:
                      f"{r['metrics'][metric]['mean']:.3f} | {r['metrics']['mean_rank']['mean']:.1f} | "
                      + (" | ".join(fmt(r[k], m) for k in ("delta_vs_all", "delta_vs_size_matched")
                                    for m in (metric, "mean_rank")) if r["trained"] and r["variant"] != "all"
-                        else "not trained: same train set as all filters | | | ") + " |")
+                        else f"{r['note']} | | | ") + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -142,8 +142,8 @@ def test_every_variant_is_trained_and_evaluated_on_the_same_test_manifest(tmp_pa
                         ((20, "train", 0), (6, "val", 1), (8, "test", 2)))
     full = read_table(train, MANIFEST)
     params = Params(train=TINY.model_copy(update={"epochs": 1}), evaluate={"loader_workers": 0},
-                    study={"epochs": 1, "filters": {"match_min_change": 0.0}})
-    sets = {"all": full.slice(0, 14), "more": full, "same": full.slice(0, 14), "none": full}
+                    study={"epochs": 1, "filters": {"match_min_change": 0.0, "min_change": 0.1}})
+    sets = {"all": full.slice(0, 14), "more": full, "same": full.slice(0, 14), "one": full.slice(0, 15), "none": full}
     cache = tmp_path / "runs"
     cache.mkdir()
     rows = {r["variant"]: r for r in study(params, sets, str(val), str(test), cache)}
@@ -154,6 +154,7 @@ def test_every_variant_is_trained_and_evaluated_on_the_same_test_manifest(tmp_pa
     assert {r["test_sha256"] for r in runs} == {sha}
     assert {r["metrics"]["pairs"] for r in runs} == {8}
     assert rows["same"]["trained"] is False and rows["same"]["delta_vs_all"] is None
+    assert rows["one"]["trained"] is False and "min_change" in rows["one"]["note"]  # 1 of 14 pairs: not resolvable
     assert rows["more"]["added"] == 6 and rows["more"]["size_matched"].startswith("more-off set downsampled")
     before = sorted(p.name for p in cache.iterdir())
     study(params, sets, str(val), str(test), cache)  # a rerun trains nothing: every run is cached
@@ -176,6 +177,8 @@ def test_dvc_repro_runs_both_studies_and_is_incremental(demo_repo):
         assert size["budget"]["rule"] == "fixed epochs" and "recall_at_1pct" in size["fit"]
         filters = json.loads((demo_repo / "reports/studies/filters/results.json").read_text())
         assert [r["variant"] for r in filters["variants"]] == ["all", "deny_list", "indoor", "none"]
+        trained = {r["variant"]: r["trained"] for r in filters["variants"]}
+        assert trained == {"all": True, "deny_list": False, "indoor": True, "none": True}  # 1 denied photo: < 1 %
         assert (demo_repo / "reports/studies/filters/filters.png").stat().st_size > 1000
         before = digests(demo_repo, ("reports/studies/**/*.json",))
         again = sh(["dvc", "repro", "studies/dvc.yaml"], demo_repo)
