@@ -31,6 +31,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "review": ("pipeline.review", "serve the curator review page on 127.0.0.1; verdicts feed the next dvc repro"),
     "catalog": ("pipeline.catalog_check", "check that the SpaceNet catalog's S3 keys exist"),
     "picture": ("pipeline.picture", "draw a PNG of a few pairs (photo beside chip) from a manifest"),
+    "study-size": ("studies.size_study", "training-set size study: train on nested subsets, fit y = a - b / x^c"),
+    "study-filters": ("studies.filter_study", "what each filter is worth: train with it off, against a size-matched set"),
 }
 
 

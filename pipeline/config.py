@@ -327,6 +327,37 @@ class AuditParams(_Section):
         return v
 
 
+class StudySizeParams(_Section):
+    """Section ``study.size``: the training-set size study (the seed's Figure 6)."""
+
+    fractions: list[float] = [0.0625, 0.125, 0.25, 0.5, 1.0]  # of the train manifest; nested seeded subsets
+    fit_holdout: bool = True  # also fit the smaller sizes only and check that fit against the largest
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if not v or any(not 0 < f <= 1 for f in v) or len(set(v)) != len(v):
+            raise ValueError("distinct fractions in (0, 1] are required, e.g. [0.0625, 0.125, 0.25, 0.5, 1.0]")
+        return v
+
+
+class StudyFiltersParams(_Section):
+    """Section ``study.filters``: what each filter of ``filters.REGISTRY`` is worth."""
+
+    only: list[str] = []  # filter names to study; empty: every filter of the registry
+    min_change: float = Field(0.01, ge=0)  # train a variant only when it changes more than this fraction of the pairs
+    match_min_change: float = Field(0.02, ge=0)  # train a size-matched control when sizes differ by more than this
+
+
+class StudyParams(_Section):
+    """Section ``study``: what the studies (``studies/dvc.yaml``) vary; everything else comes from ``train``/``evaluate``."""
+
+    seeds: list[int] = [0]  # one subset draw + training seed per repeat; more seeds give error bars
+    epochs: int | None = Field(6, ge=1)  # every variant's budget (fixed epochs); None: train.epochs
+    size: StudySizeParams = StudySizeParams()
+    filters: StudyFiltersParams = StudyFiltersParams()
+
+
 class Params(_Section):
     """Everything params.yaml may hold."""
 
@@ -350,6 +381,7 @@ class Params(_Section):
     evaluate: EvaluateParams = EvaluateParams()
     heatmap: HeatmapParams = HeatmapParams()
     audit: AuditParams = AuditParams()
+    study: StudyParams = StudyParams()
 
 
 # Keys an older params.yaml may still hold, and where they went.
