@@ -29,6 +29,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "review": ("pipeline.review", "serve the curator review page on 127.0.0.1; verdicts feed the next dvc repro"),
     "catalog": ("pipeline.catalog_check", "check that the SpaceNet catalog's S3 keys exist"),
     "picture": ("pipeline.picture", "draw a PNG of a few pairs (photo beside chip) from a manifest"),
+    "panoramas": ("pipeline.panoramas", "a CVUSA-format folder (or the demo's rendered panoramas) -> panorama manifests"),
+    "simulation": ("studies.simulation", "train and evaluate one panorama-to-photo step (the seed's Figure 4)"),
+    "simulation-report": ("studies.simulation", "the simulation study's results.json and plot, over its steps"),
 }
 
 

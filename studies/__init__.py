@@ -1,0 +1,1 @@
+"""Studies: analyses that train many variants of the model (studies/dvc.yaml)."""
