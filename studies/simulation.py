@@ -33,11 +33,12 @@ SEED_POINTS = {
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``simulation`` (one variant) and ``simulation-report`` (the aggregate)."""
-    parser.add_argument("--manifests", default="manifests/panoramas", help="folder with train.parquet, test.parquet")
+    parser.add_argument("--manifests", default="data/panorama_manifests", help="folder with train.parquet, test.parquet")
     parser.add_argument("--step", choices=PANORAMA_STEPS, help="simulation: the step to train and evaluate")
     parser.add_argument("--models", default=None, help="simulation: checkpoint folder of this step")
+    parser.add_argument("--steps", default=None, help="simulation-report: folder of the steps' report folders")
     parser.add_argument("--out", required=True, help="simulation: this step's report folder; "
-                        "simulation-report: the study's report folder (holds <step>/eval_metrics.json)")
+                        "simulation-report: where results.json and simulation.png go")
 
 
 def variant_params(params: Params, step: str) -> TrainParams:
@@ -58,11 +59,11 @@ def run_step(params: Params, step: str, manifests: str | Path, models: str | Pat
                           str(out / "eval_metrics.json"), str(out / "eval_pairs.parquet"), str(out / "recall_at_k.csv"))
 
 
-def result_rows(out: str | Path, steps: list[str]) -> list[dict]:
-    """One row per step from its ``eval_metrics.json``, in the seed's order."""
+def result_rows(steps_dir: str | Path, steps: list[str]) -> list[dict]:
+    """One row per step from ``steps_dir/<step>/eval_metrics.json``, in the seed's order."""
     rows = []
     for step in sorted(steps, key=PANORAMA_STEPS.index):
-        path = Path(out) / step / "eval_metrics.json"
+        path = Path(steps_dir) / step / "eval_metrics.json"
         if not path.exists():
             raise StageInputError(f"{path} is missing: run `dvc repro studies/dvc.yaml:simulation` (step {step})")
         m = json.loads(path.read_text())
@@ -104,10 +105,11 @@ def plot(rows: list[dict], path: str | Path, title: str) -> None:
     plt.close(fig)
 
 
-def report(params: Params, out: str | Path) -> list[dict]:
-    """results.json and simulation.png in ``out`` from the steps' evaluation metrics."""
+def report(params: Params, steps_dir: str | Path, out: str | Path) -> list[dict]:
+    """results.json and simulation.png in ``out`` from the steps' evaluation metrics under ``steps_dir``."""
     out = Path(out)
-    rows = result_rows(out, params.simulation.steps)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = result_rows(steps_dir, params.simulation.steps)
     n = rows[0]["pairs"] if rows else 0
     write_json({"steps": rows, "seed_points": SEED_POINTS, "epochs": params.simulation.epochs,
                 "model": params.train.model}, out / "results.json", sort_keys=True)
@@ -119,7 +121,7 @@ def report(params: Params, out: str | Path) -> list[dict]:
 def main(params: Params, args: argparse.Namespace) -> int:
     """``simulation``: one step; ``simulation-report``: the aggregate."""
     if args.command == "simulation-report":
-        report(params, args.out)
+        report(params, args.steps or Path(args.out) / "steps", args.out)
         return 0
     if args.step is None:
         raise StageInputError("crossview simulation: give --step (one of the seed's Figure-4 steps)")
