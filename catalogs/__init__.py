@@ -49,6 +49,24 @@ class Licence:
 
 
 @dataclass(frozen=True)
+class FrameLayout:
+    """One photo layout of the photo-frame catalog: name, aspect (height / width) and probability."""
+
+    name: str
+    aspect: float
+    p: float
+
+
+@dataclass(frozen=True)
+class PhotoFrames:
+    """The photo-like crop distribution (catalogs/photo_frames.yaml): angle of view, layouts, tilt."""
+
+    hfov_deg: tuple[float, float]
+    layouts: tuple[FrameLayout, ...]
+    tilt: float = 0.5
+
+
+@dataclass(frozen=True)
 class DenyList:
     ids: frozenset[str] = frozenset()
     owners: frozenset[str] = frozenset()
@@ -255,3 +273,23 @@ def load_deny_list(path: str | Path) -> DenyList:
                            if not (isinstance(item, dict) and "file" in item)),
         polygon_files=tuple(_resolve_uri(str(item["file"]), path.parent) for item in files),
     )
+
+
+def load_photo_frames(path: str | Path | None = None) -> PhotoFrames:
+    """The photo-frame distribution: ``path``, or the bundled catalogs/photo_frames.yaml (WITW's numbers)."""
+    path = Path(path) if path else HERE / "photo_frames.yaml"
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise CatalogError(f"{path}: photo-frame catalog not found (train.photo_frames in params.yaml)") from None
+    try:
+        low, high = (float(v) for v in data["hfov_deg"])
+        layouts = tuple(FrameLayout(str(r["name"]), float(r["aspect"]), float(r["p"])) for r in data["layouts"])
+        tilt = float(data.get("tilt", 0.5))
+    except (KeyError, TypeError, ValueError) as err:
+        raise CatalogError(f"{path}: needs hfov_deg [low, high] and layouts of name/aspect/p ({err})") from None
+    total = sum(r.p for r in layouts)
+    if not 0 < low <= high <= 360 or not layouts or abs(total - 1) > 1e-6 or min(r.p for r in layouts) < 0:
+        raise CatalogError(f"{path}: hfov_deg must be 0 < low <= high <= 360 and layout p's non-negative, "
+                           f"summing to 1 (they sum to {total:g})")
+    return PhotoFrames((low, high), layouts, tilt)

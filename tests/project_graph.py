@@ -341,4 +341,19 @@ def is_code(path: Path) -> bool:
 
 
 def load_stages(dvc_path: Path) -> dict[str, dict]:
-    return (yaml.safe_load(dvc_path.read_text()) or {}).get("stages", {})
+    """The stages of a dvc.yaml; a ``foreach`` stage becomes one stage per item (``name@item``), as DVC expands it.
+
+    Items that are ``${...}`` references (to params) are checked as one placeholder item: the code deps
+    of a ``foreach`` stage do not depend on the item.
+    """
+    stages = (yaml.safe_load(dvc_path.read_text()) or {}).get("stages", {})
+    out = {}
+    for name, stage in stages.items():
+        if "foreach" not in stage:
+            out[name] = stage
+            continue
+        items = stage["foreach"] if isinstance(stage["foreach"], list) else ["item"]
+        for item in items:
+            text = yaml.safe_dump(stage["do"]).replace("${item}", str(item))
+            out[f"{name}@{item}"] = yaml.safe_load(text)
+    return out

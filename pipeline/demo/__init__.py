@@ -34,19 +34,18 @@ from catalogs import load_demo
 from pipeline import executor
 from pipeline.config import DemoParams, Params
 from pipeline.demo import flickr_json
-from pipeline.demo.layout import City, build_cities, union_m
+from pipeline.demo.layout import City, build_cities, city_worlds
 from pipeline.demo.photos import Camera, encode, random_camera, render
 from pipeline.demo.placement import Shot, choose_patches, plan_city, split_cases
 from pipeline.demo.rasters import write_tile
 from pipeline.demo.scenes import SCENES, render_scene
-from pipeline.demo.world import Sun, World, build_world
+from pipeline.demo.world import Sun, World
 from pipeline.stac_publish import publish as publish_stac
 from pipeline.store import write_json
 
 log = logging.getLogger(__name__)
 
 TRUTH_COLUMNS = ("id", "aoi", "city", "case", "lat", "lon", "true_lat", "true_lon", "bearing_deg", "expected")
-WORLD_MARGIN_M = 900.0
 
 
 @dataclass(frozen=True)
@@ -70,14 +69,6 @@ def main(params: Params, args: argparse.Namespace) -> int:
     return 0
 
 
-def _worlds(cities: list[City], seed: int) -> list[World]:
-    """One procedural city per demo city, big enough for photos outside the tiles and their views."""
-    worlds = []
-    for city in cities:
-        aoi = union_m(city)
-        half = max(abs(v) for v in aoi) + WORLD_MARGIN_M
-        worlds.append(build_world(seed * 1000 + city.index, aoi, ("river", "lake")[city.index % 2], half))
-    return worlds
 
 
 def _suns(cities: list[City], rng: np.random.Generator) -> list[Sun]:
@@ -136,7 +127,7 @@ def plan_demo(cfg: dict, demo: DemoParams) -> tuple[list[City], list[World], lis
     """Cities (tiles with nodata), worlds, suns and every photo (placed, with metadata), from the seed; no files."""
     rng = np.random.default_rng([demo.seed, 0xDE70])
     cities = build_cities(cfg, demo.n_photos, rng)
-    worlds = _worlds(cities, demo.seed)
+    worlds = city_worlds(cities, demo.seed)
     cities = [choose_patches(c, w, rng) for c, w in zip(cities, worlds)]
     per_city = split_cases(dict(cfg.get("cases") or {}), cities, dict(cfg.get("rates") or {}))
     shots: list[Shot] = []

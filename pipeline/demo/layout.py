@@ -16,6 +16,7 @@ import numpy as np
 import shapely
 from affine import Affine
 
+from pipeline.demo.world import World, build_world
 from pipeline.errors import ConfigError
 
 CORNERS = ("sw", "se", "nw", "ne")
@@ -207,3 +208,16 @@ def union_m(city: City) -> tuple[float, float, float, float]:
     """The bounding box of all the city's tiles in its frame (x0, y0, x1, y1)."""
     rects = np.array([rect_m(city, t) for t in city.tiles])
     return float(rects[:, 0].min()), float(rects[:, 1].min()), float(rects[:, 2].max()), float(rects[:, 3].max())
+
+
+WORLD_MARGIN_M = 900.0
+
+
+def city_worlds(cities: list[City], seed: int) -> list[World]:
+    """One procedural city per demo city, big enough for photos outside the tiles and their views."""
+    worlds = []
+    for city in cities:
+        aoi = union_m(city)
+        half = max(abs(v) for v in aoi) + WORLD_MARGIN_M
+        worlds.append(build_world(seed * 1000 + city.index, aoi, ("river", "lake")[city.index % 2], half))
+    return worlds

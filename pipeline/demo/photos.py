@@ -49,10 +49,13 @@ class Camera:
     pitch_deg: float = 2.0
     sky: int = 0  # index into SKIES
     exposure: float = 2.4
+    panoramic: bool = False  # a cylindrical 360 degree panorama: column 0 starts at bearing_deg, no vignette
 
     @property
     def focal_px(self) -> float:
-        """Focal length in pixels."""
+        """Focal length in pixels (a panorama's: its width over 2 pi)."""
+        if self.panoramic:
+            return self.width / (2 * math.pi)
         return (self.width / 2) / math.tan(math.radians(self.hfov_deg) / 2)
 
 
@@ -181,18 +184,22 @@ def _tree(rays: Rays, slot: dict, t: np.ndarray, cv: _Canvas) -> None:
 
 def render(world: World, cam: Camera, sun: Sun) -> np.ndarray:
     """The photo (height, width, 3) uint8 seen by ``cam`` in ``world`` under ``sun``."""
-    rays = march(world, cam.x, cam.y, cam.bearing_deg, cam.width, cam.hfov_deg)
+    rays = march(world, cam.x, cam.y, cam.bearing_deg, cam.width, cam.hfov_deg, cam.panoramic)
     f = cam.focal_px
     horizon = cam.height / 2 + f * math.tan(math.radians(cam.pitch_deg))
     t = (horizon - (np.arange(cam.height) + 0.5)) / f  # tangent of each row's elevation
-    az = math.radians(cam.bearing_deg) + np.arctan((np.arange(cam.width) + 0.5 - cam.width / 2) / f)
+    if cam.panoramic:
+        az = math.radians(cam.bearing_deg) + (np.arange(cam.width) + 0.5) * (2 * math.pi / cam.width)
+    else:
+        az = math.radians(cam.bearing_deg) + np.arctan((np.arange(cam.width) + 0.5 - cam.width / 2) / f)
     cv = _Canvas(cam, t, az)
     _skyline(world, rays, t, az, cv)
     _ground(world, rays, t, cv)
     _facades(rays, t, sun, cv)
     _trees(rays, t, cv)
     fog = np.where(np.isfinite(cv.depth), 1 - np.exp(-np.minimum(cv.depth, 1e4) / 420.0), 0).astype(np.float32)
-    gain = _vignette(cam.height, cam.width) * np.float32(cam.exposure * 4095)
+    lens = np.float32(1.0) if cam.panoramic else _vignette(cam.height, cam.width)
+    gain = lens * np.float32(cam.exposure * 4095)
     img = cv.palette[cv.index] * (cv.shade * (1 - fog) * gain)[..., None] + cv.haze * (fog * gain)[..., None]
     return _GAMMA[np.clip(img, 0, 4095).astype(np.int32)]
 

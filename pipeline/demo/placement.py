@@ -92,7 +92,7 @@ def split_cases(cases: dict[str, int], cities: list[City], rates: dict[str, floa
     return out
 
 
-def _outdoors(world: World, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def outdoors(world: World, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """True where a person can stand: street-level open ground with no wall within 4 m."""
     ok = np.isin(sample(world, x, y, detail=False).cover, STANDING)
     for a in np.arange(8) * (math.pi / 4):
@@ -123,7 +123,7 @@ def choose_patches(city: City, world: World, rng: np.random.Generator) -> City:
         x0, y0, x1, y1 = rect_m(city, tile)
         x, y = rng.uniform(x0, x1, 4000), rng.uniform(y0, y1, 4000)
         ok = fits([outer_polygon(city, tile)], x, y, FIT_HALF_M + 45.0) & ~fits(others, x, y, NO_FIT_HALF_M)
-        ok[ok] = _outdoors(world, x[ok], y[ok])
+        ok[ok] = outdoors(world, x[ok], y[ok])
         if not ok.any():
             raise ConfigError(f"demo tile {tile.name}: too small for an interior nodata block with a chip around it")
         i = int(np.argmax(ok))
@@ -163,7 +163,7 @@ class _Placer:
         """Places where an ordinary photo's full chip fits in one tile's valid data."""
         x, y = self._candidates(max(60 * n, 4000))
         ok = fits(self.valid, x, y, FIT_HALF_M)
-        ok[ok] = _outdoors(self.world, x[ok], y[ok])
+        ok[ok] = outdoors(self.world, x[ok], y[ok])
         return self._take(x, y, ok, n, "ordinary")
 
     def near_edge(self, n: int) -> list[tuple[float, float]]:
@@ -174,7 +174,7 @@ class _Placer:
         for poly in self.valid:
             ok |= shapely.within(pts, poly)
         ok &= ~fits(self.outer, x, y, NO_FIT_HALF_M)
-        ok[ok] = _outdoors(self.world, x[ok], y[ok])
+        ok[ok] = outdoors(self.world, x[ok], y[ok])
         return self._take(x, y, ok, n, "near_tile_edge")
 
     def outside(self, n: int) -> list[tuple[float, float]]:
@@ -182,7 +182,7 @@ class _Placer:
         x, y = self._candidates(8000, pad=500.0)
         rects = shapely.union_all([shapely.box(*rect_m(self.city, t)).buffer(40.0) for t in self.city.tiles])
         ok = ~shapely.intersects(shapely.points(x, y), rects)
-        ok[ok] = _outdoors(self.world, x[ok], y[ok])
+        ok[ok] = outdoors(self.world, x[ok], y[ok])
         return self._take(x, y, ok, n, "outside_tiles")
 
     def over_patch(self, n: int) -> list[tuple[float, float]]:
@@ -197,7 +197,7 @@ class _Placer:
             ok = (frac >= 0.09) & fits([outer_polygon(self.city, tile)], x, y, FIT_HALF_M)
             others = [p for t, p in zip(self.city.tiles, self.outer) if t is not tile]
             ok &= ~fits(others, x, y, NO_FIT_HALF_M)
-            ok[ok] = _outdoors(self.world, x[ok], y[ok])
+            ok[ok] = outdoors(self.world, x[ok], y[ok])
             found += self._take(x, y, ok, want, "nodata_chip")
         return found
 
@@ -213,7 +213,7 @@ class _Placer:
         """A spot 2-8 m from (x, y) where a person can stand (a near duplicate)."""
         r, a = self.rng.uniform(2.5, 7.5, 200), self.rng.uniform(0, 2 * math.pi, 200)
         px, py = x + r * np.sin(a), y + r * np.cos(a)
-        ok = _outdoors(self.world, px, py) & fits(self.valid, px, py, CHIP_M / 2 + 5.0)
+        ok = outdoors(self.world, px, py) & fits(self.valid, px, py, CHIP_M / 2 + 5.0)
         if not ok.any():
             raise ConfigError(f"demo city {self.city.name}: no room for a near duplicate beside ({x:.0f}, {y:.0f})")
         i = int(np.argmax(ok))

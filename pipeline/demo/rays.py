@@ -50,11 +50,20 @@ class Rays:
         return np.where(dist <= STEPS[-1], cover, 0)
 
 
-def march(world: World, x: float, y: float, bearing_deg: float, width: int, hfov_deg: float) -> Rays:
-    """Cast one ray per image column from (x, y) and record what each meets."""
-    f = (width / 2) / math.tan(math.radians(hfov_deg) / 2)
-    off = np.arctan((np.arange(width) + 0.5 - width / 2) / f)
-    az = math.radians(bearing_deg) + off
+def march(world: World, x: float, y: float, bearing_deg: float, width: int, hfov_deg: float,
+          panoramic: bool = False) -> Rays:
+    """Cast one ray per image column from (x, y) and record what each meets.
+
+    ``panoramic``: a cylindrical 360 degree image instead of a perspective one; column ``j`` looks
+    along ``bearing_deg + (j + 0.5) * 360 / width`` and is its own optical axis.
+    """
+    if panoramic:
+        off = np.zeros(width)
+        az = math.radians(bearing_deg) + (np.arange(width) + 0.5) * (2 * math.pi / width)
+    else:
+        f = (width / 2) / math.tan(math.radians(hfov_deg) / 2)
+        off = np.arctan((np.arange(width) + 0.5 - width / 2) / f)
+        az = math.radians(bearing_deg) + off
     dx, dy = np.sin(az), np.cos(az)
     k_all = len(STEPS)
     cover = np.zeros((k_all, width), np.uint8)

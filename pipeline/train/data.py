@@ -19,14 +19,33 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from catalogs import PhotoFrames, load_photo_frames
 from pipeline.config import S3Params, TrainParams
 from pipeline.errors import StageInputError
 from pipeline.store import read_bytes
+from pipeline.train.pano_views import SWAP_RATE, overhead_view, photo_view, swap_map
 from pipeline.train.polar import polar_transform
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
 COLUMNS = ("id", "photo_uri", "chip_uri")
+PANORAMA = "panorama"  # optional manifest column: true for a north-aligned 360 degree panorama row
+
+
+@dataclass(frozen=True)
+class PanoramaChain:
+    """The Figure-4 chain applied to panorama rows: up to ``step``, per-image draws seeded by ``seed``."""
+
+    step: str
+    frames: PhotoFrames
+    seed: int = 0
+
+
+def panorama_chain(params: TrainParams) -> PanoramaChain | None:
+    """The chain ``train.panorama_step`` asks for (None: panoramas are used as they are)."""
+    if params.panorama_step is None:
+        return None
+    return PanoramaChain(params.panorama_step, load_photo_frames(params.photo_frames), params.seed)
 
 
 @dataclass(frozen=True)
@@ -111,15 +130,25 @@ class ManifestPairs(Dataset):
     """
 
     def __init__(self, path: str, spec: ViewSpec, s3: S3Params | None = None, seed: int = 0,
-                 cache_mb: int = 0) -> None:
+                 cache_mb: int = 0, chain: PanoramaChain | None = None) -> None:
         try:
-            table = pq.read_table(path, columns=list(COLUMNS), memory_map=True)
+            names = pq.read_schema(path).names
+            table = pq.read_table(path, columns=list(COLUMNS) + [PANORAMA] * (PANORAMA in names), memory_map=True)
         except FileNotFoundError:
             raise StageInputError(f"{path} does not exist: run the manifest stage first (`dvc repro`)") from None
         except KeyError as err:
             raise StageInputError(f"{path} is not a manifest (missing column {err}); rerun `dvc repro`") from None
         self.path, self.spec, self.s3, self.seed = str(path), spec, s3 or S3Params(), seed
         self.ids, self.photos, self.chips = (table.column(c).combine_chunks() for c in COLUMNS)
+        pano = table.column(PANORAMA).to_numpy(zero_copy_only=False) if PANORAMA in table.column_names else None
+        self.chain = chain
+        self.is_pano = (np.zeros(len(self.ids), bool) if pano is None or chain is None
+                        else np.array([bool(v) for v in pano], bool))
+        swapped = chain is not None and chain.step == "swapped"
+        self.chip_of = swap_map(len(self.ids), SWAP_RATE, chain.seed) if swapped else np.arange(len(self.ids))
+        self.chip_of = np.where(self.is_pano, self.chip_of, np.arange(len(self.ids)))
+        if swapped:  # only a panorama row's overhead goes to (and comes from) another panorama row
+            self.chip_of = np.where(self.is_pano[self.chip_of], self.chip_of, np.arange(len(self.ids)))
         chip_hw = spec.polar or (spec.chip_px, spec.chip_px)
         self.cache_items = cache_mb * 2**20 // (3 * (spec.photo_height * spec.photo_width + chip_hw[0] * chip_hw[1]))
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -132,16 +161,31 @@ class ManifestPairs(Dataset):
         return self.ids[i].as_py()
 
     def pixels(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Photo and chip pixels of row ``i`` (from the cache when there)."""
+        """Photo and chip pixels of row ``i`` (from the cache when there); a panorama row's as decoded."""
         if i in self._cache:
             return self._cache[i]
         spec = self.spec
-        photo = decode(read_bytes(self.photos[i].as_py(), self.s3), (spec.photo_width, spec.photo_height))
-        chip = decode(read_bytes(self.chips[i].as_py(), self.s3), (spec.chip_px, spec.chip_px))
-        out = photo_pixels(photo, spec), chip_pixels(chip, spec)
+        if self.is_pano[i]:
+            photo = decode(read_bytes(self.photos[i].as_py(), self.s3), (1 << 16, 1 << 16))
+            chip = decode(read_bytes(self.chips[i].as_py(), self.s3), (1 << 16, 1 << 16))
+            out = np.asarray(photo), np.asarray(chip)
+        else:
+            photo = decode(read_bytes(self.photos[i].as_py(), self.s3), (spec.photo_width, spec.photo_height))
+            chip = decode(read_bytes(self.chips[i].as_py(), self.s3), (spec.chip_px, spec.chip_px))
+            out = photo_pixels(photo, spec), chip_pixels(chip, spec)
         if len(self._cache) < self.cache_items:
             self._cache[i] = out
         return out
+
+    def panorama_pixels(self, epoch: int, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """A panorama row's photo and chip after the chain (photo from row ``i``, overhead maybe swapped)."""
+        chain, spec, image_id = self.chain, self.spec, self.id(i)
+        rng = np.random.default_rng([self.seed, epoch, i, 0xF4])
+        view = photo_view(self.pixels(i)[0], chain.step, image_id, chain.seed, rng, chain.frames)
+        j = int(self.chip_of[i])
+        overhead = overhead_view(self.pixels(j)[1], chain.step, self.id(j), chain.seed)
+        photo = photo_pixels(Image.fromarray(np.ascontiguousarray(view)), spec)
+        return photo, chip_pixels(Image.fromarray(np.ascontiguousarray(overhead)), spec)
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[int, torch.Tensor, torch.Tensor]:
         epoch, i = key if isinstance(key, tuple) else (0, key)
@@ -151,7 +195,7 @@ class ManifestPairs(Dataset):
             rng = np.random.default_rng([self.seed, epoch, i])
             mirror = spec.mirror and bool(rng.integers(2))
             turns = int(rng.integers(4)) if spec.quarter_turns else 0
-        photo, chip = self.pixels(i)
+        photo, chip = self.panorama_pixels(epoch, i) if self.is_pano[i] else self.pixels(i)
         return i, photo_tensor(photo, mirror), chip_tensor(chip, spec, mirror, turns)
 
 

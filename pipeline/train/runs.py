@@ -22,7 +22,7 @@ from pipeline.device import resolve_device
 from pipeline.errors import StageInputError
 from pipeline.schemas import EVAL_PAIRS, table_from_rows, write_table
 from pipeline.store import write_json, write_text_atomic
-from pipeline.train.data import ManifestPairs, view_spec
+from pipeline.train.data import ManifestPairs, panorama_chain, view_spec
 from pipeline.train.loop import History, best_epoch, evaluate_model, fingerprint, fit, load_model
 from pipeline.train.metrics import Retrieval, recall_curve, summary
 
@@ -62,15 +62,15 @@ def epoch_rows(history: History) -> list[dict]:
 def run_training(params: TrainParams, s3: S3Params, train_path: str, val_path: str | None, models_dir: str,
                  metrics_path: str, loss_csv: str, epochs_csv: str, on_step=None) -> History:
     """Train on ``train_path`` (validating on ``val_path``); write checkpoints, metrics and curves each epoch."""
-    spec = view_spec(params)
+    spec, chain = view_spec(params), panorama_chain(params)
     train = ManifestPairs(train_path, spec.training(params.augmentation), s3, seed=params.seed,
-                          cache_mb=params.cache_mb)
+                          cache_mb=params.cache_mb, chain=chain)
     if len(train) < 2:
         raise StageInputError(
             f"{train_path} has {len(train)} pairs; training needs at least 2: reports/funnel.json and "
             "manifests/DATASET_CARD.md say why photos were dropped (add photos, or loosen filter.* / split.* params)"
         )
-    val = ManifestPairs(val_path, spec, s3, cache_mb=params.cache_mb) if val_path else None
+    val = ManifestPairs(val_path, spec, s3, cache_mb=params.cache_mb, chain=chain) if val_path else None
     if val is not None and len(val) < 2:
         log.warning("%s has %d pairs: no validation", val_path, len(val))
     fp = fingerprint(params, *(p for p in (train_path, val_path) if p))
@@ -103,7 +103,7 @@ def run_evaluation(params: EvaluateParams, s3: S3Params, manifest: str, model_pa
     if device == "cpu":
         torch.set_num_threads(params.threads)
     model, train_params = load_model(model_path, device)
-    ds = ManifestPairs(manifest, model.spec, s3)
+    ds = ManifestPairs(manifest, model.spec, s3, chain=panorama_chain(train_params))
     splits = pq.read_table(manifest, columns=["split"]).column("split").to_pylist()
     ids = [ds.id(i) for i in range(len(ds))]
     if len(ds) == 0:
