@@ -180,6 +180,7 @@ def stage(cwd: Path, name: str, args: list[str] | None = None) -> tuple[float, f
     wall = time.perf_counter() - start
     if status != 0:
         raise SystemExit(f"{name} failed in {cwd}:\n{(cwd / 'stage.log').read_text()[-3000:]}")
+    log.info("  %s %-8s %7.1f s %6.0f MB (load %s)", cwd.name, name, wall, usage.ru_maxrss / 1024, load())
     return wall, usage.ru_maxrss / 1024
 
 
