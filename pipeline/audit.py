@@ -133,8 +133,10 @@ def grid_distances(model, pairs: list[Pair], tiles: list[Tile], p: AuditParams, 
             todo = np.array([k for k, t in enumerate(owners) if t is tile])
             batches = [todo[b0 : b0 + p.batch_size] for b0 in range(0, len(todo), p.batch_size)]
 
-            def cut(src, batch: np.ndarray, tile: Tile = tile):
-                return heatmap_score.chip_inputs(src, tile, xs[batch], ys[batch], edge_m, model.spec)
+            def cut(src, batch: np.ndarray, tile: Tile = tile):  # pair by pair: its chips overlap, read once
+                groups = np.split(batch, np.flatnonzero(np.diff(batch // n)) + 1)
+                return torch.cat([heatmap_score.chip_inputs(src, tile, xs[g], ys[g], edge_m, model.spec)
+                                  for g in groups])
 
             with rasterio_env(s3), ExitStack() as stack:  # chips are cut on every core while the model embeds
                 handles = [stack.enter_context(rasterio.open(gdal_path(tile.uri))) for _ in range(cpu_threads())]
