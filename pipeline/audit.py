@@ -12,14 +12,16 @@ the review page queues suspects for a curator, whose ``drop_wrong_location`` ver
 at the next ``dvc repro`` (the filter stage's curator rule).
 
 The model work is batched across pairs: photos are embedded in batches, then every grid chip of
-every pair, tile by tile, in batches of ``audit.batch_size``. Points whose chip does not lie
-wholly inside a tile's valid footprint get no score (NaN), as in the heat map.
+every pair, tile by tile, in batches of ``audit.batch_size`` (cut on every core while the model
+embeds). Points whose chip does not lie wholly inside a tile's valid footprint get no score (NaN),
+as in the heat map.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,6 +113,7 @@ def grid_distances(model, pairs: list[Pair], tiles: list[Tile], p: AuditParams, 
     import torch
 
     from pipeline.store import gdal_path, rasterio_env
+    from pipeline.threads import cpu_threads, ordered_map
 
     s3, n = s3 or S3Params(), p.grid_size**2
     xs, ys = np.zeros(len(pairs) * n), np.zeros(len(pairs) * n)
@@ -128,11 +131,17 @@ def grid_distances(model, pairs: list[Pair], tiles: list[Tile], p: AuditParams, 
         photos = _photo_embeddings(model, pairs, p.batch_size, s3, device)
         for tile in sorted({t for t in owners if t is not None}, key=lambda t: t.tile_id):
             todo = np.array([k for k, t in enumerate(owners) if t is tile])
-            with rasterio_env(s3), rasterio.open(gdal_path(tile.uri)) as src:
-                for b0 in range(0, len(todo), p.batch_size):
-                    batch = todo[b0 : b0 + p.batch_size]
-                    chips = model.embed_chip(heatmap_score.chip_inputs(src, tile, xs[batch], ys[batch], edge_m,
-                                                                       model.spec).to(device))
+            batches = [todo[b0 : b0 + p.batch_size] for b0 in range(0, len(todo), p.batch_size)]
+
+            def cut(src, batch: np.ndarray, tile: Tile = tile):  # pair by pair: its chips overlap, read once
+                groups = np.split(batch, np.flatnonzero(np.diff(batch // n)) + 1)
+                return torch.cat([heatmap_score.chip_inputs(src, tile, xs[g], ys[g], edge_m, model.spec)
+                                  for g in groups])
+
+            with rasterio_env(s3), ExitStack() as stack:  # chips are cut on every core while the model embeds
+                handles = [stack.enter_context(rasterio.open(gdal_path(tile.uri))) for _ in range(cpu_threads())]
+                for batch, inputs in zip(batches, ordered_map(cut, batches, handles), strict=True):
+                    chips = model.embed_chip(inputs.to(device))
                     owner_pair = batch // n
                     for i in np.unique(owner_pair):
                         mine = owner_pair == i

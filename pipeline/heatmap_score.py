@@ -163,11 +163,22 @@ def chip_inputs(src, tile: Tile, x: np.ndarray, y: np.ndarray, edge_m: float, sp
     from pipeline.raster import read_chip
     from pipeline.train.data import chip_pixels, chip_tensor
 
+    windows = [chipgeom.pixel_window(chipgeom.ChipSquare(float(cx), float(cy), edge_m, tile.epsg), src.transform,
+                                     tile.gsd_m) for cx, cy in zip(x, y, strict=True)]
+    c0, r0 = min(w.col_off for w in windows), min(w.row_off for w in windows)
+    union = chipgeom.PixelWindow(c0, r0, max(w.col_off + w.width for w in windows) - c0,
+                                 max(w.row_off + w.height for w in windows) - r0)
+    # Overlapping chips (a small grid, a row of points): one read of their union, then each chip's
+    # pixels sliced from it -- the same pixels as one read per chip (a plain windowed read, nodata 0).
+    whole = read_chip(src, union)[0] if union.width * union.height <= sum(w.width * w.height for w in windows) else None
     chips = []
-    for cx, cy in zip(x, y, strict=True):
-        square = chipgeom.ChipSquare(float(cx), float(cy), edge_m, tile.epsg)
-        data, _ = read_chip(src, chipgeom.pixel_window(square, src.transform, tile.gsd_m))
-        chips.append(chip_tensor(chip_pixels(Image.fromarray(data.transpose(1, 2, 0)), spec), spec))
+    for w in windows:
+        if whole is not None:
+            data = whole[:, w.row_off - r0 : w.row_off - r0 + w.height, w.col_off - c0 : w.col_off - c0 + w.width]
+        else:
+            data = read_chip(src, w)[0]
+        chips.append(chip_tensor(chip_pixels(Image.fromarray(np.ascontiguousarray(data.transpose(1, 2, 0))), spec),
+                                 spec))
     return torch.stack(chips)
 
 

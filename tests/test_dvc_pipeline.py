@@ -18,7 +18,8 @@ import yaml
 
 from tests.conftest import digests, sh
 
-STAGES = ["demo", "search", "download", "tiles", "pair", "chip", "classify", "relevance", "filter", "manifest", "train", "evaluate"]
+STAGES = ["demo", "search", "download", "tiles", "pair", "chip", "classify", "relevance", "filter", "manifest", "train", "evaluate",
+          "audit"]
 OUTPUTS = ("tables/*.parquet", "manifests/*", "reports/*.json", "data/store/tiles/*.tif", "data/store/chips/*/*")
 
 

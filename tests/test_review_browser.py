@@ -325,3 +325,25 @@ def _screenshot(browser, shot: Path) -> None:
     target = os.environ.get("CROSSVIEW_SCREENSHOT")
     if target:
         shutil.copyfile(shot, REPO / target)
+
+
+def test_the_suspect_location_queue_shows_the_audit_and_4_drops_a_pair(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    from tests.test_audit import make_audit_review_data
+
+    order = make_audit_review_data(tmp_path)
+    (tmp_path / "params.yaml").write_text("{}\n")
+    with review_server(tmp_path, "erin", tmp_path / "server.log") as url:
+        ids = open_queue(browser, url, "queue=suspect_location&per_page=100")
+        assert ids == order
+        card = browser.find_element(By.CSS_SELECTOR, f'.card[data-id="{ids[0]}"]')
+        images = {img.get_attribute("alt").rsplit(" ", 1)[0]: img for img in card.find_elements(By.TAG_NAME, "img")}
+        assert set(images) == {"photo", "overhead chip", "chip at the best point", "audit heat map"}
+        for name, img in images.items():  # every image loaded (the best-point chip is cut from the tile)
+            wait_until(browser, lambda d, img=img: d.execute_script(
+                "return arguments[0].complete && arguments[0].naturalWidth > 0", img), f"the {name} image")
+        assert "best point 159 m SW of the geotag" in card.text
+        verdict_on(browser, ids[1], ids, "4", "Drop: wrong location")
+    rows = _verdict_rows(tmp_path / "review/verdicts.csv")
+    assert [(r["id"], r["verdict"], r["curator"]) for r in rows] == [(ids[1], "drop_wrong_location", "erin")]
