@@ -107,7 +107,9 @@ def filters_png(rows: list[dict], metric: str, path: str | Path) -> None:
         errs = [(r[key][metric]["sd"] or 0.0) if r[key] else 0.0 for r in shown]
         ax.barh(y + (k - 0.5) * 0.38, vals, height=0.36, xerr=errs if any(errs) else None, color=colour,
                 label=label, capsize=2)
-    ax.set_yticks(y, [f"{r['variant']} off (+{r['added']}/-{r['removed']}, n={r['train_size']})" for r in shown])
+    names = {"none": "every filter off"}
+    ax.set_yticks(y, [f"{names.get(r['variant'], r['variant'] + ' off')} (+{r['added']}/-{r['removed']}, "
+                      f"n={r['train_size']})" for r in shown])
     ax.axvline(0, color="k", lw=0.8)
     better = "lower is better" if metric.endswith("rank") else "higher is better"
     ax.set_xlabel(f"change in {LABELS.get(metric, metric)} when the filter is off ({better})")

@@ -161,7 +161,8 @@ def _matched(params: Params, name: str, table: pa.Table, base: pa.Table, runs: l
             _deltas(runs, base_runs)
     if n > nb:
         small = [cached_run(params, nested_subset(table, nb, s), val, test, s, cache) for s in seeds]
-        return f"{name}-off set downsampled to all-filters' {nb} pairs, against all filters", _deltas(small, base_runs)
+        label = "every-filter-off" if name == "none" else f"{name}-off"
+        return f"{label} set downsampled to all-filters' {nb} pairs, against all filters", _deltas(small, base_runs)
     small = [cached_run(params, nested_subset(base, n, s), val, test, s, cache) for s in seeds]
     return f"all-filters set downsampled to this variant's {n} pairs", _deltas(runs, small)
 

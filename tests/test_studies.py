@@ -162,6 +162,7 @@ def test_every_variant_is_trained_and_evaluated_on_the_same_test_manifest(tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # the demo's own dvc repro first, then both studies
 def test_dvc_repro_runs_both_studies_and_is_incremental(demo_repo):
     """After the demo's `dvc repro`: the studies with tiny params, a no-op rerun, one changed size."""
     params_path = demo_repo / "params.yaml"
