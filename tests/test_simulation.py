@@ -87,4 +87,4 @@ def test_dvc_repro_runs_the_simulation_from_a_fresh_clone_and_is_incremental(tmp
     assert "Running stage 'studies/dvc.yaml:simulation_step@unmodified'" not in more  # cached per variant
     assert "Running stage 'studies/dvc.yaml:simulation_data'" not in more
     results = json.loads((root / "reports/studies/simulation/results.json").read_text())
-    assert [r["step"] for r in results["steps"]] == ["unmodified", "fov70", "fov90", "swapped"]
+    assert [r["step"] for r in results["steps"]] == ["unmodified", "fov90", "fov70", "swapped"]  # the seed's order
