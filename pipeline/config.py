@@ -384,7 +384,7 @@ class SimulationParams(_Section):
     """Section ``simulation``: the panorama-to-photo study (Figure 4); ``train`` params for everything else."""
 
     steps: list[PanoramaStep] = list(PANORAMA_STEPS)
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(6, ge=1)
     seed: int = 0
 
 

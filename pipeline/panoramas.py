@@ -42,7 +42,7 @@ def _split_lines(path: Path) -> list[tuple[str, str]]:
     """(overhead, panorama) relative paths of a CVUSA split CSV."""
     if not path.exists():
         raise StageInputError(f"{path} not found: a CVUSA-format folder has splits/{path.name} "
-                              "(or {path.name} beside bingmap/ and streetview/)")
+                              f"(or {path.name} beside bingmap/ and streetview/)")
     out = []
     with path.open(newline="") as fh:
         for n, row in enumerate(csv.reader(fh), start=1):

@@ -86,20 +86,24 @@ def plot(rows: list[dict], path: str | Path, title: str) -> None:
     ax.plot(x, [100 * r["top1"] for r in rows], "s-", color="tab:orange", label="top-1 (this run)")
     if rows:
         ax.plot(x, [100 * r["chance_top1_pct"] for r in rows], ":", color="tab:blue", lw=1, label="top-1 % by chance")
-    end = len(rows)
-    for k, (name, pts) in enumerate(SEED_POINTS.items()):
-        at = end - 1 if k == 0 and rows and rows[-1]["step"] == "swapped" else end + k
+    labels = [r["label"] for r in rows]
+    for name, pts in SEED_POINTS.items():
+        if name.startswith("Fully") and rows and rows[-1]["step"] == "swapped":
+            at = len(rows) - 1  # beside this run's fully-modified step
+        else:
+            at = len(labels)
+            labels.append(name)
         for key, colour, marker in (("recall_at_1pct", "tab:blue", "*"), ("recall_at_1", "tab:orange", "*")):
             ax.plot([at], [100 * pts[key]], marker, color=colour, ms=14, mec="black")
         ax.annotate(f"{name}\n{100 * pts['recall_at_1pct']:.2f} % / {100 * pts['recall_at_1']:.2f} %",
                     (at, 100 * pts["recall_at_1pct"]), textcoords="offset points", xytext=(0, 12), ha="center",
                     fontsize=7)
-    labels = [r["label"] for r in rows] + ["WITW subset (seed)"]
+    ax.set_ylim(0, max([12.5] + [110 * r["top1_pct"] for r in rows]) * 1.15)
     ax.set_xticks(list(range(len(labels))), labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("recall (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="upper center")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -12,8 +12,10 @@ the demo's rasters, in RGB) centred on it. Written as CVUSA is distributed: ``bi
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 
 SUN = Sun(150.0, 58.0)
 SPLITS = {"train": "train-19zl.csv", "test": "val-19zl.csv"}
+KEY_FILE = "render_key.json"  # the params the images were rendered with; finished images are reused only under the same
 
 
 @dataclass(frozen=True)
@@ -93,8 +96,12 @@ def write_cvusa(out: str | Path, p: PanoramasParams, demo: DemoParams, workers: 
     cities = build_cities(load_demo(), demo.n_photos, np.random.default_rng([demo.seed, 0xDE70]))
     worlds = city_worlds(cities, demo.seed)
     places = plan_places(worlds, [union_m(c) for c in cities], p)
+    key = json.dumps({"panoramas": p.model_dump(), "demo_seed": demo.seed, "n_photos": demo.n_photos}, sort_keys=True)
+    if (out / KEY_FILE).exists() and (out / KEY_FILE).read_text() != key:
+        shutil.rmtree(out)  # other places or sizes: nothing rendered before can be reused
     for sub in ("bingmap/19", "streetview/panos", "splits"):
         (out / sub).mkdir(parents=True, exist_ok=True)
+    (out / KEY_FILE).write_text(key)
 
     def one(q: Place) -> None:
         pano, chip = out / f"streetview/panos/{q.number}.jpg", out / f"bingmap/19/{q.number}.jpg"

@@ -152,6 +152,7 @@ class ManifestPairs(Dataset):
         chip_hw = spec.polar or (spec.chip_px, spec.chip_px)
         self.cache_items = cache_mb * 2**20 // (3 * (spec.photo_height * spec.photo_width + chip_hw[0] * chip_hw[1]))
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._cache_bytes_left = cache_mb * 2**20  # panorama rows are cached as decoded, at their own size
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -173,8 +174,10 @@ class ManifestPairs(Dataset):
             photo = decode(read_bytes(self.photos[i].as_py(), self.s3), (spec.photo_width, spec.photo_height))
             chip = decode(read_bytes(self.chips[i].as_py(), self.s3), (spec.chip_px, spec.chip_px))
             out = photo_pixels(photo, spec), chip_pixels(chip, spec)
-        if len(self._cache) < self.cache_items:
+        size = out[0].nbytes + out[1].nbytes
+        if len(self._cache) < self.cache_items and size <= self._cache_bytes_left:
             self._cache[i] = out
+            self._cache_bytes_left -= size
         return out
 
     def panorama_pixels(self, epoch: int, i: int) -> tuple[np.ndarray, np.ndarray]:
