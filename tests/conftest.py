@@ -85,3 +85,11 @@ def demo_repo(tmp_path_factory) -> Path:
     root = repo_copy(tmp_path_factory.mktemp("repo"))
     (root / "first_repro.log").write_text(sh(["dvc", "repro"], root))
     return root
+
+
+def pytest_collection_modifyitems(items):
+    """A test that uses the shared demo repo may be the one that pays for its first `dvc repro` (the whole
+    demo: every stage, training and the geotag audit included), so it gets sh()'s limit, not the default 600 s."""
+    for item in items:
+        if "demo_repo" in getattr(item, "fixturenames", ()) and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(1800))
