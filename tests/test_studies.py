@@ -170,6 +170,9 @@ def test_dvc_repro_runs_both_studies_and_is_incremental(demo_repo):
     data = yaml.safe_load(original)
     data["study"] = {"seeds": [0], "epochs": 1, "size": {"fractions": [0.25, 0.5, 1.0], "fit_holdout": True},
                      "filters": {"only": ["deny_list", "indoor"], "match_min_change": 0.02}}
+    # studies/dvc.yaml also holds the simulation study: a dozen small panoramas, three steps, one epoch
+    data["panoramas"] |= {"count": 12, "width": 64, "height": 16, "overhead_px": 32, "test_fraction": 0.5}
+    data["simulation"] |= {"epochs": 1, "steps": ["unmodified", "fov70", "swapped"]}
     try:
         params_path.write_text(yaml.safe_dump(data, sort_keys=False))
         sh(["dvc", "repro", "studies/dvc.yaml"], demo_repo)
