@@ -37,6 +37,7 @@ REGISTRY: list[Filter] = [
     Filter("licence", photo_rules.licence, "rule"),
     Filter("coordinates", location_rules.coordinates, "rule"),
     Filter("accuracy", photo_rules.accuracy, "rule"),
+    Filter("date_taken", photo_rules.date_taken, "rule"),
     Filter("deny_list", location_rules.deny_list, "rule"),
     Filter("pairing", location_rules.pairing, "rule"),
     Filter("split_buffer", location_rules.split_buffer, "rule"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 from collections import Counter
 
 import pyarrow as pa
@@ -176,3 +178,53 @@ def accuracy(tables: Tables, params: FilterParams) -> pa.Table:
         else:
             out.append((i, True, "", float(value)))
     return decisions_table("accuracy", out)
+
+
+DATE = re.compile(r"(\d{4})(?:[-:](\d\d)(?:[-:](\d\d))?)?(?:[ T].*)?")
+UPLOAD_SLACK = dt.timedelta(days=1)  # date_taken is local time, the upload is UTC: up to 14 h apart
+
+
+def parse_date(text: str) -> dt.date | None:
+    """``"2016-05-01 12:00:00"``, ``"2016-05"``, ``"2016"`` (month/day default to 1) → a date; else None."""
+    m = DATE.fullmatch(text.strip())
+    if m is None:
+        return None
+    try:
+        return dt.date(int(m[1]), int(m[2] or 1), int(m[3] or 1))
+    except ValueError:  # month 13, day 0, year 0 (Flickr's "0000-00-00")
+        return None
+
+
+def _date_problem(taken: str, upload_unix: int | None, params: FilterParams) -> str:
+    """What is implausible about one photo's ``date_taken`` ("" when nothing)."""
+    date = parse_date(taken)
+    if date is None:
+        return f"{taken!r} is not a date (YYYY-MM-DD[ HH:MM:SS])"
+    if date < dt.date.fromisoformat(params.earliest_date_taken):
+        return f"{taken} is before filter.earliest_date_taken {params.earliest_date_taken} (the first photograph)"
+    if date > dt.date.fromisoformat(params.latest_date_taken):
+        return f"{taken} is after filter.latest_date_taken {params.latest_date_taken} (a wrong camera clock?)"
+    if upload_unix is not None:
+        upload = dt.datetime.fromtimestamp(upload_unix, dt.UTC).date()
+        if date > upload + UPLOAD_SLACK:
+            return f"{taken} is after the photo's upload on {upload.isoformat()} (UTC)"
+    return ""
+
+
+def date_taken(tables: Tables, params: FilterParams) -> pa.Table:
+    """Photos whose ``date_taken`` is implausible (not a date, before the first photograph, after the run's
+    reference date ``latest_date_taken`` or after the photo's own upload): kept with the reason noted
+    (``implausible_date: keep``: the image and its position are still good) or dropped. Judges only those.
+
+    The reference is a param, never the clock, so the same inputs give the same decisions on any day.
+    """
+    out = []
+    for i, r in by_id(tables.photos, ["date_taken", "date_upload_unix"]).items():
+        problem = _date_problem(r["date_taken"], r["date_upload_unix"], params) if r["date_taken"] else ""
+        if not problem:
+            continue
+        if params.implausible_date == "drop":
+            out.append((i, False, f"date_taken: {problem}: fix the date at the source or leave it empty", None))
+        else:
+            out.append((i, True, f"date_taken: {problem}; kept, the date is unreliable (filter.implausible_date)", None))
+    return decisions_table("date_taken", out)

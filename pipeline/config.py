@@ -114,6 +114,21 @@ class FilterParams(_Section):
     density_m: float = Field(10.0, ge=0)  # WITW: at most one photo per 10 m, chosen among those every other rule kept
     density_seed: int = 0  # the seeded order in which the density limit keeps photos
     placeholder_copies: int = Field(3, ge=2)  # bytes shared by this many photos or more: a CDN placeholder
+    # date_taken before the first photograph, after latest_date_taken or after the photo's own upload: noted or dropped
+    implausible_date: Literal["keep", "drop"] = "keep"
+    earliest_date_taken: str = Field("1826-01-01", pattern=r"^\d{4}-\d\d-\d\d$")  # Niépce's first photograph
+    latest_date_taken: str = Field("2030-12-31", pattern=r"^\d{4}-\d\d-\d\d$")  # a param, never the clock
+
+    @field_validator("earliest_date_taken", "latest_date_taken")
+    @classmethod
+    def _a_date(cls, v: str) -> str:
+        import datetime
+
+        try:
+            datetime.date.fromisoformat(v)
+        except ValueError:
+            raise ValueError("must be a date YYYY-MM-DD") from None
+        return v
 
 
 class FlickrParams(_Section):

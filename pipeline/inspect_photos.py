@@ -28,7 +28,9 @@ from pipeline.errors import StageInputError
 
 log = logging.getLogger(__name__)
 
-PHOTO_RULES = ("download", "single_band", "too_small", "duplicate_image")  # registry filters that judge the file
+# The registry's filters that judge the file itself (run as the filter stage runs them, with the same params):
+# a CDN placeholder among the files given (filter.placeholder_copies copies of one sha256) drops every copy.
+PHOTO_RULES = ("download", "single_band", "colour_mode", "too_small", "placeholder_image", "duplicate_image")
 COLUMNS = ("file", "kept", "reasons", "indoor_score", "relevance_score", "top_categories")
 
 

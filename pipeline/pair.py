@@ -31,6 +31,8 @@ from pipeline.schemas import DOWNLOADS, PAIRS, PHOTOS, TILES, read_table, write_
 log = logging.getLogger(__name__)
 
 SPLIT_PRIORITY = ("test", "val", "train")  # an overlap between splits keeps the earlier one
+SWAPPED = "lat and lon look swapped"
+SWAP_FIX = "swap the lat and lon columns of the photo table (lat is north-south, lon east-west)"
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,11 @@ def coordinate_problems(photos: pa.Table) -> dict[int, str]:
             what = "is null" if null[i] else "is NaN" if np.isnan(val[i]) else f"{float(val[i])!r} is outside [-{limit:g}, {limit:g}]"
             problems[i] = f"{problems[i]}; " if i in problems else ""
             problems[i] += f"{name} {what}"
+    lat, lon = (photos[c].to_numpy(zero_copy_only=False).astype(float) for c in ("lat", "lon"))
+    with np.errstate(invalid="ignore"):
+        swapped = (np.abs(lat) > 90) & (np.abs(lat) <= 180) & (np.abs(lon) <= 90)
+    for i in np.flatnonzero(swapped):
+        problems[i] += f"; {SWAPPED} (lat {float(lon[i])!r}, lon {float(lat[i])!r} would be valid): {SWAP_FIX}"
     return problems
 
 
@@ -195,6 +202,21 @@ def _label_unmatched(rows: np.ndarray, inside: np.ndarray, ts: TileSet, edge_m: 
             status[i], reason[i] = "outside_tiles", "position is inside no tile footprint"
 
 
+def _hint_swaps(rows: np.ndarray, lon: np.ndarray, lat: np.ndarray, ts: TileSet, edge_m: float, reason) -> None:
+    """Add a swap hint to the reason of each photo in ``rows`` (outside every tile) that lies inside a tile
+    footprint once its lat and lon are swapped, and warn once for the run."""
+    if not len(rows) or not len(ts.tile_id):
+        return
+    hit = match_tiles(lat, lon, ts, edge_m).inside  # lon and lat exchanged
+    for i, t, y, x in zip(rows[hit >= 0], hit[hit >= 0], lat[hit >= 0], lon[hit >= 0]):
+        reason[i] += f"; with lat {float(x)!r}, lon {float(y)!r} it lies inside tile {ts.tile_id[t]}: {SWAPPED}, {SWAP_FIX}"
+    if (hit >= 0).any():
+        log.warning(
+            "%d of %d photos outside every tile lie inside one with lat and lon swapped: %s", int((hit >= 0).sum()),
+            len(rows), SWAP_FIX,
+        )
+
+
 def _apply_splits(ids: list[str], rows, city, epsg, x, y, params: Params, status, reason, split) -> None:
     """Assign splits to ``rows`` and drop chips overlapping a higher-priority split's chips."""
     s = assign_splits(city[rows], epsg[rows], x[rows], y[rows], params.split)
@@ -231,6 +253,8 @@ def pair_photos(photos: pa.Table, downloads: pa.Table, tiles: pa.Table, params: 
     tile, inside, x, y = np.full(n, -1), np.full(n, -1), np.full(n, np.nan), np.full(n, np.nan)
     tile[todo], inside[todo], x[todo], y[todo] = m.tile, m.inside, m.x, m.y
     _label_unmatched(todo[m.tile < 0], m.inside[m.tile < 0], ts, edge_m, status, reason)
+    out = (m.tile < 0) & (m.inside < 0)
+    _hint_swaps(todo[out], lon[out], lat[out], ts, edge_m, reason)
     has_tile = tile >= 0
     epsg = np.where(has_tile, ts.epsg[np.maximum(tile, 0)], 0) if len(ts.epsg) else np.zeros(n, np.int64)
     src = np.where(has_tile, tile, inside)

@@ -269,26 +269,9 @@ def rows_from_table(path: str | Path) -> list[dict]:
     records = _read_table_rows(path)
     ids = [_table_id(r.get("id")) for r in records]
     _check_ids(ids, path)
-    rows = [_custom_row(r, i, path.parent) for r, i in zip(records, ids, strict=True)]
-    _check_dates(rows, path)
-    return rows
-
-
-def _check_dates(rows: list[dict], path: Path) -> None:
-    """Raise CatalogError naming the rows whose ``date_taken`` (ISO 8601) lies in the future."""
-    from datetime import UTC, datetime
-
-    today = datetime.now(UTC).date().isoformat()
-    future = [
-        (k + 1, r["date_taken"]) for k, r in enumerate(rows)
-        if r["date_taken"] and re.match(r"\d{4}-\d\d-\d\d", r["date_taken"]) and r["date_taken"][:10] > today
-    ]
-    if future:
-        shown = ", ".join(f"row {k} ({d})" for k, d in future[:10]) + (" ..." if len(future) > 10 else "")
-        raise CatalogError(
-            f"{path}: column date_taken is in the future in {shown} (rows count from 1, header excluded): "
-            "fix the dates (YYYY-MM-DD[ HH:MM:SS]) or leave them empty"
-        )
+    # Implausible dates (in the future, before 1826) are the filter stage's ``date_taken`` rule: judged against
+    # params, never the clock, so the same table gives the same photos table on any day.
+    return [_custom_row(r, i, path.parent) for r, i in zip(records, ids, strict=True)]
 
 
 # ---------------------------------------------------------------- custom folder of geotagged images

@@ -8,6 +8,7 @@ error naming the file, row, column or key and what to do; the other tiles/rows g
 from __future__ import annotations
 
 import csv
+import dataclasses
 import subprocess
 import sys
 import typing
@@ -15,18 +16,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import rasterio
+import shapely
 from affine import Affine
 from pydantic import BaseModel
 from rasterio.transform import from_origin
 
 from catalogs import RasterSource
-from pipeline.config import Params, parse_params
+from filters.base import Tables
+from filters.photo_rules import date_taken
+from pipeline.config import FilterParams, Params, parse_params
 from pipeline.errors import CatalogError, ConfigError
-from pipeline.pair import coordinate_problems
+from pipeline.geo import transformer
+from pipeline.pair import coordinate_problems, pair_photos
 from pipeline.photos_io import custom_rows
-from pipeline.schemas import PHOTOS, table_from_rows
+from pipeline.schemas import CHIPS, DOWNLOADS, PAIRS, PHOTOS, TILES, table_from_rows
 from pipeline.tiles import build_tiles
 from tests.test_bad_photos import matches
 
@@ -140,7 +146,9 @@ class TableCase:
     rows: list  # data rows (lists) or raw bytes for the whole file
     outcome: str
     error_has: tuple[str, ...] = ()  # CatalogError naming these
-    reason: str = ""  # or: the pair stage's coordinate reason for row 2
+    reason: str = ""  # or: the recorded reason for row 2 (after `check`)
+    check: str = "coordinates"  # coordinates: the pair stage's coordinate check; pair: the pair stage on one
+    # tile over Rotterdam; date_taken: the filter stage's date rule (default params)
 
 
 def _row(i: str, lat="48.85", lon="2.35", date="2016-05-01 12:00:00") -> list[str]:
@@ -165,11 +173,32 @@ TABLES = [
               "pairing reason `lat -inf is outside [-90, 90]`", reason="lat -inf is outside [-90, 90]"),
     TableCase("swapped_lat_lon", "lat/lon swapped (Sydney: lat 151.2, lon -33.9)",
               [_row("a"), _row("b", lat="151.2", lon="-33.9")],
-              "pairing reason `lat 151.2 is outside [-90, 90]` (swaps inside both ranges pair as `outside_tiles`)",
-              reason="lat 151.2 is outside [-90, 90]"),
-    TableCase("future_date", "`date_taken` 2099-01-01", [_row("a"), _row("b", date="2099-01-01 10:00:00")],
-              "error: `…: column date_taken is in the future in row 2 (2099-01-01 10:00:00) …: fix the dates …`",
-              ("date_taken", "row 2")),
+              "pairing reason `lat 151.2 is outside [-90, 90]; lat and lon look swapped (lat -33.9, lon 151.2 would "
+              "be valid): swap the lat and lon columns of the photo table …`",
+              reason="lat 151.2 is outside [-90, 90]; lat and lon look swapped (lat -33.9, lon 151.2 would be valid): "
+              "swap the lat and lon columns of the photo table (lat is north-south, lon east-west)"),
+    TableCase("swapped_in_range", "lat/lon swapped, both in range (Rotterdam: lat 4.47, lon 51.92)",
+              [_row("a", lat="51.92", lon="4.47"), _row("b", lat="4.47", lon="51.92")],
+              "pairing reason `position is inside no tile footprint; with lat 51.92, lon 4.47 it lies inside tile …: "
+              "lat and lon look swapped, swap the lat and lon columns of the photo table …` (and a run warning)",
+              reason="position is inside no tile footprint; with lat 51.92, lon 4.47 it lies inside tile rdam_0: "
+              "lat and lon look swapped, swap the lat and lon columns of the photo table (lat is north-south, "
+              "lon east-west)", check="pair"),
+    TableCase("future_date", "`date_taken` 2099-01-01 (table column; EXIF and Flickr dates alike)",
+              [_row("a"), _row("b", date="2099-01-01 10:00:00")],
+              "kept with filter reason `date_taken: 2099-01-01 10:00:00 is after filter.latest_date_taken 2030-12-31 "
+              "(a wrong camera clock?); kept, the date is unreliable …` (`filter.implausible_date: drop` drops it)",
+              reason="date_taken: 2099-01-01 10:00:00 is after filter.latest_date_taken 2030-12-31 (a wrong camera "
+              "clock?); kept, the date is unreliable (filter.implausible_date)", check="date_taken"),
+    TableCase("date_before_1826", "`date_taken` 1800-06-01", [_row("a"), _row("b", date="1800-06-01")],
+              "kept with filter reason `date_taken: 1800-06-01 is before filter.earliest_date_taken 1826-01-01 "
+              "(the first photograph); kept, …`",
+              reason="date_taken: 1800-06-01 is before filter.earliest_date_taken 1826-01-01 (the first photograph); "
+              "kept, the date is unreliable (filter.implausible_date)", check="date_taken"),
+    TableCase("date_not_a_date", "`date_taken` `31/12/2015`", [_row("a"), _row("b", date="31/12/2015")],
+              "kept with filter reason `date_taken: '31/12/2015' is not a date (YYYY-MM-DD[ HH:MM:SS]); kept, …`",
+              reason="date_taken: '31/12/2015' is not a date (YYYY-MM-DD[ HH:MM:SS]); kept, the date is unreliable "
+              "(filter.implausible_date)", check="date_taken"),
 ]
 
 
@@ -198,9 +227,76 @@ def test_each_bad_photo_table_gets_a_one_line_error_or_a_recorded_reason(case, t
         return
     rows = custom_rows(path)
     assert [r["id"] for r in rows] == ["a", "b"]
-    problems = coordinate_problems(table_from_rows(rows, PHOTOS))
+    problems = RECORDED[case.check](table_from_rows(rows, PHOTOS))
     assert problems == {1: case.reason}  # the bad row gets the reason, the good row none
     assert matches(case.outcome, case.reason)
+
+
+ROTTERDAM_UTM = 32631
+
+
+def _rotterdam_tiles() -> pa.Table:
+    x, y = transformer(4326, ROTTERDAM_UTM).transform(4.47, 51.92)
+    footprint = shapely.box(x - 1000, y - 1000, x + 1000, y + 1000)
+    return table_from_rows([{"tile_id": "rdam_0", "aoi": "rdam", "city": "Rotterdam", "epsg": ROTTERDAM_UTM,
+                             "footprint_wkb": shapely.to_wkb(footprint), "status": "ok"}], TILES)
+
+
+def _pair_problems(photos: pa.Table) -> dict[int, str]:
+    """Row index -> the pair stage's reason, for photos it did not pair (all downloads ok, one tile)."""
+    downloads = table_from_rows([{"id": i, "status": "ok"} for i in photos["id"].to_pylist()], DOWNLOADS)
+    pairs = pair_photos(photos, downloads, _rotterdam_tiles(), Params()).to_pylist()
+    return {k: r["reason"] for k, r in enumerate(pairs) if r["status"] != "paired"}
+
+
+def _date_problems(photos: pa.Table, params: FilterParams | None = None) -> dict[int, str]:
+    """Row index -> the filter stage's date_taken reason."""
+    tables = Tables(photos, DOWNLOADS.empty_table(), PAIRS.empty_table(), CHIPS.empty_table())
+    ids = photos["id"].to_pylist()
+    return {ids.index(r["id"]): r["reason"] for r in date_taken(tables, params or FilterParams()).to_pylist()}
+
+
+RECORDED = {"coordinates": coordinate_problems, "pair": _pair_problems, "date_taken": _date_problems}
+
+
+def test_a_table_with_every_row_swapped_warns_once_for_the_run(tmp_path, caplog):
+    case = next(c for c in TABLES if c.name == "swapped_in_range")
+    rows = [_row(str(k), lat=f"4.47{k}", lon=f"51.92{k}") for k in range(5)]
+    _write_table(tmp_path / "all.csv", dataclasses.replace(case, rows=rows))
+    problems = _pair_problems(table_from_rows(custom_rows(tmp_path / "all.csv"), PHOTOS))
+    assert len(problems) == 5 and all("look swapped" in why for why in problems.values()), problems
+    warnings = [r.getMessage() for r in caplog.records if "swapped" in r.getMessage()]
+    assert warnings == ["5 of 5 photos outside every tile lie inside one with lat and lon swapped: swap the lat and "
+                        "lon columns of the photo table (lat is north-south, lon east-west)"], warnings
+
+
+def test_a_photo_outside_every_tile_either_way_gets_no_swap_hint():
+    photos = table_from_rows([{"id": "far", "lat": 10.0, "lon": 20.0}], PHOTOS)
+    assert _pair_problems(photos) == {0: "position is inside no tile footprint"}
+
+
+def test_implausible_dates_are_judged_against_params_and_the_upload_never_the_clock():
+    photos = table_from_rows([
+        {"id": "a", "date_taken": "2029-06-01 10:00:00"},
+        {"id": "b", "date_taken": "2015-06-05 09:00:00", "date_upload_unix": 1433203200},  # uploaded 2015-06-02
+        {"id": "c", "date_taken": "2015-06-03 09:00:00", "date_upload_unix": 1433203200},  # local time: a day ahead
+        {"id": "d", "date_taken": "2099"},
+        {"id": "e", "date_taken": None},
+    ], PHOTOS)
+    default = _date_problems(photos)
+    assert sorted(default) == [1, 3], default  # 2029 is before the default reference date 2030-12-31
+    assert default[1].startswith("date_taken: 2015-06-05 09:00:00 is after the photo's upload on 2015-06-02 (UTC)")
+    strict = FilterParams(latest_date_taken="2028-12-31", implausible_date="drop")
+    tables = Tables(photos, DOWNLOADS.empty_table(), PAIRS.empty_table(), CHIPS.empty_table())
+    dropped = {r["id"]: r for r in date_taken(tables, strict).to_pylist()}
+    assert sorted(dropped) == ["a", "b", "d"] and not any(r["kept"] for r in dropped.values())
+    assert dropped["a"]["reason"] == ("date_taken: 2029-06-01 10:00:00 is after filter.latest_date_taken 2028-12-31 "
+                                      "(a wrong camera clock?): fix the date at the source or leave it empty")
+
+
+def test_the_reference_date_must_be_a_date():
+    with pytest.raises(ConfigError, match="filter.latest_date_taken"):
+        parse_params({"filter": {"latest_date_taken": "2030-02-31"}})
 
 
 def test_the_cli_reports_a_bad_table_in_one_line_without_a_traceback(tmp_path):

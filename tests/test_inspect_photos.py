@@ -108,3 +108,19 @@ def test_folders_are_searched_recursively_listing_every_file_but_hidden_ones(rea
     assert inspect_cmd.image_files([str(tmp_path / "a")]) == [str(tmp_path / "a" / n) for n in ("notes.txt", "park.JPG")]
     with pytest.raises(StageInputError, match="no such file or folder"):
         inspect_cmd.image_files([str(tmp_path / "missing")])
+
+
+def test_copies_of_a_cdn_placeholder_are_all_reported_as_the_filter_stage_drops_them(realdata, tmp_path):
+    for k in range(PARAMS.filter.placeholder_copies):  # "photo unavailable": one image for many deleted photos
+        shutil.copy(realdata / "photos" / "outdoor_street_01.jpg", tmp_path / f"gone_{k}.jpg")
+    shutil.copy(realdata / "photos" / "outdoor_park_01.jpg", tmp_path / "park.jpg")
+    shutil.copy(realdata / "photos" / "outdoor_park_01.jpg", tmp_path / "park_copy.jpg")  # two copies: a duplicate
+    files = inspect_cmd.image_files([str(tmp_path)])
+    rows = {Path(r["file"]).name: r for r in inspect_cmd.inspect_files(files, PARAMS, None)}
+    for k in range(PARAMS.filter.placeholder_copies):
+        row = rows[f"gone_{k}.jpg"]
+        assert not row["kept"] and row["reasons"].startswith(
+            f"placeholder_image: {PARAMS.filter.placeholder_copies} photos have these exact bytes"
+        ), row
+    assert rows["park.jpg"]["kept"] and rows["park.jpg"]["reasons"] == "", rows["park.jpg"]
+    assert rows["park_copy.jpg"]["reasons"] == "duplicate_image: same bytes as photo f000003", rows["park_copy.jpg"]
