@@ -1,5 +1,5 @@
-"""Bad rasters (through the tiles stage), bad custom photo tables (through ``custom.photos`` and the pair
-stage's coordinate checks) and params with every wrong type: each gets a recorded error row or a one-line
+"""Bad rasters (through the tiles stage), bad custom photo tables (through ``custom.photos``, the pair
+stage's coordinate checks and tile matching, and the filter stage's ``date_taken`` rule) and params with every wrong type: each gets a recorded error row or a one-line
 error naming the file, row, column or key and what to do; the other tiles/rows go on.
 
 :func:`table_rows` feeds the README's "Bad input → outcome" table (``python -m tests.test_bad_photos``).
@@ -266,8 +266,9 @@ def test_a_table_with_every_row_swapped_warns_once_for_the_run(tmp_path, caplog)
     problems = _pair_problems(table_from_rows(custom_rows(tmp_path / "all.csv"), PHOTOS))
     assert len(problems) == 5 and all("look swapped" in why for why in problems.values()), problems
     warnings = [r.getMessage() for r in caplog.records if "swapped" in r.getMessage()]
-    assert warnings == ["5 of 5 photos outside every tile lie inside one with lat and lon swapped: swap the lat and "
-                        "lon columns of the photo table (lat is north-south, lon east-west)"], warnings
+    expected = ("5 of 5 photos outside every tile lie inside one with lat and lon swapped: swap the lat and lon "
+                "columns of the photo table (lat is north-south, lon east-west)")
+    assert warnings == [expected], warnings
 
 
 def test_a_photo_outside_every_tile_either_way_gets_no_swap_hint():

@@ -30,9 +30,12 @@ import pytest
 from PIL import ExifTags, Image
 from PIL.TiffImagePlugin import IFDRational
 
-from pipeline.config import Params
+from filters.base import Tables
+from filters.photo_rules import date_taken
+from pipeline.config import FilterParams, Params
 from pipeline.download import download
 from pipeline.photos_io import rows_from_folder
+from pipeline.schemas import CHIPS, DOWNLOADS, PAIRS, PHOTOS, table_from_rows
 
 REPO = Path(__file__).resolve().parents[1]
 REALDATA = REPO.parent / "shared" / "realdata" / "photos"
@@ -80,6 +83,12 @@ def _oriented(n: int) -> bytes:
 def _gps(lat, lon) -> bytes:
     exif = Image.Exif()
     exif.get_ifd(ExifTags.IFD.GPSInfo).update({1: "N", 2: (lat, 0.0, 0.0), 3: "E", 4: (lon, 0.0, 0.0)})
+    return _jpeg(exif=exif.tobytes())
+
+
+def _taken(stamp: str) -> bytes:
+    exif = Image.Exif()
+    exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.DateTimeOriginal] = stamp
     return _jpeg(exif=exif.tobytes())
 
 
@@ -171,6 +180,12 @@ CASES: list[Case] = [
          "ok; in a bring-your-own folder its position is NaN, so pairing records `lat is NaN`", stored=(64, 48)),
     Case("exif_gps_out_of_range", "JPEG whose EXIF GPS latitude is 95°", lambda: _gps(95.0, 10.0), "ok",
          "ok; in a bring-your-own folder its position is NaN, so pairing records `lat is NaN`", stored=(64, 48)),
+    Case("exif_date_future", "JPEG whose EXIF DateTimeOriginal is 2099:01:01", lambda: _taken("2099:01:01 12:00:00"),
+         "ok", "ok; in a bring-your-own folder the filter keeps it noting `date_taken: 2099-01-01 12:00:00 is after "
+         "filter.latest_date_taken 2030-12-31 (a wrong camera clock?); kept, …`", stored=(64, 48)),
+    Case("exif_date_1800", "JPEG whose EXIF DateTimeOriginal is 1800:01:01", lambda: _taken("1800:01:01 12:00:00"),
+         "ok", "ok; in a bring-your-own folder the filter keeps it noting `date_taken: 1800-01-01 12:00:00 is before "
+         "filter.earliest_date_taken 1826-01-01 (the first photograph); kept, …`", stored=(64, 48)),
     Case("real_truncated", "`realdata/photos/bad_truncated_01.jpg`", _real("bad_truncated_01.jpg"), "corrupt",
          "`corrupt: …`"),
     Case("real_empty", "`realdata/photos/bad_empty_01.jpg`", _real("bad_empty_01.jpg"), "empty", "`empty: 0 bytes`"),
@@ -301,6 +316,17 @@ def test_a_bring_your_own_folder_takes_images_by_content_and_drops_bad_gps(corpu
     assert set(rows) == {_filename(c) for c in CASES} - {"notes.txt"}
     for name in ("exif_gps_nan.jpg", "exif_gps_out_of_range.jpg"):
         assert math.isnan(rows[name]["lat"]) and math.isnan(rows[name]["lon"]), rows[name]
+
+
+def test_a_bring_your_own_folder_notes_implausible_exif_dates(corpus):
+    photos = table_from_rows(rows_from_folder(corpus), PHOTOS)
+    tables = Tables(photos, DOWNLOADS.empty_table(), PAIRS.empty_table(), CHIPS.empty_table())
+    titles = dict(zip(photos["id"].to_pylist(), photos["title"].to_pylist(), strict=True))
+    noted = {titles[r["id"]]: r for r in date_taken(tables, FilterParams()).to_pylist()}
+    assert sorted(noted) == ["exif_date_1800.jpg", "exif_date_future.jpg"], noted  # no other file is judged
+    for name, row in noted.items():
+        assert row["kept"], row
+        assert matches(BY_NAME[name.removesuffix(".jpg")].outcome, row["reason"]), row
 
 
 def test_inspect_lists_every_file_with_a_reason_and_no_traceback(corpus):
