@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 SPLIT_PRIORITY = ("test", "val", "train")  # an overlap between splits keeps the earlier one
 SWAPPED = "lat and lon look swapped"
-SWAP_FIX = "swap the lat and lon columns of the photo table (lat is north-south, lon east-west)"
+SWAP_FIX = "where a photo table has them swapped, swap its lat and lon columns (lat is north-south, lon east-west)"
 
 
 @dataclass(frozen=True)
@@ -209,7 +209,7 @@ def _hint_swaps(rows: np.ndarray, lon: np.ndarray, lat: np.ndarray, ts: TileSet,
         return
     hit = match_tiles(lat, lon, ts, edge_m).inside  # lon and lat exchanged
     for i, t, y, x in zip(rows[hit >= 0], hit[hit >= 0], lat[hit >= 0], lon[hit >= 0]):
-        reason[i] += f"; with lat {float(x)!r}, lon {float(y)!r} it lies inside tile {ts.tile_id[t]}: {SWAPPED}, {SWAP_FIX}"
+        reason[i] += f"; with lat {float(x)!r}, lon {float(y)!r} it lies inside tile {ts.tile_id[t]}: {SWAPPED}; {SWAP_FIX}"
     if (hit >= 0).any():
         log.warning(
             "%d of %d photos outside every tile lie inside one with lat and lon swapped: %s", int((hit >= 0).sum()),

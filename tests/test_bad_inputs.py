@@ -174,16 +174,17 @@ TABLES = [
     TableCase("swapped_lat_lon", "lat/lon swapped (Sydney: lat 151.2, lon -33.9)",
               [_row("a"), _row("b", lat="151.2", lon="-33.9")],
               "pairing reason `lat 151.2 is outside [-90, 90]; lat and lon look swapped (lat -33.9, lon 151.2 would "
-              "be valid): swap the lat and lon columns of the photo table …`",
+              "be valid): where a photo table has them swapped, swap its lat and lon columns …`",
               reason="lat 151.2 is outside [-90, 90]; lat and lon look swapped (lat -33.9, lon 151.2 would be valid): "
-              "swap the lat and lon columns of the photo table (lat is north-south, lon east-west)"),
+              "where a photo table has them swapped, swap its lat and lon columns (lat is north-south, lon east-west)"),
     TableCase("swapped_in_range", "lat/lon swapped, both in range (Rotterdam: lat 4.47, lon 51.92)",
               [_row("a", lat="51.92", lon="4.47"), _row("b", lat="4.47", lon="51.92")],
               "pairing reason `position is inside no tile footprint; with lat 51.92, lon 4.47 it lies inside tile …: "
-              "lat and lon look swapped, swap the lat and lon columns of the photo table …` (and a run warning)",
+              "lat and lon look swapped; where a photo table has them swapped, swap its lat and lon columns …` "
+              "(and one warning for the run)",
               reason="position is inside no tile footprint; with lat 51.92, lon 4.47 it lies inside tile rdam_0: "
-              "lat and lon look swapped, swap the lat and lon columns of the photo table (lat is north-south, "
-              "lon east-west)", check="pair"),
+              "lat and lon look swapped; where a photo table has them swapped, swap its lat and lon columns "
+              "(lat is north-south, lon east-west)", check="pair"),
     TableCase("future_date", "`date_taken` 2099-01-01 (table column; EXIF and Flickr dates alike)",
               [_row("a"), _row("b", date="2099-01-01 10:00:00")],
               "kept with filter reason `date_taken: 2099-01-01 10:00:00 is after filter.latest_date_taken 2030-12-31 "
@@ -266,8 +267,8 @@ def test_a_table_with_every_row_swapped_warns_once_for_the_run(tmp_path, caplog)
     problems = _pair_problems(table_from_rows(custom_rows(tmp_path / "all.csv"), PHOTOS))
     assert len(problems) == 5 and all("look swapped" in why for why in problems.values()), problems
     warnings = [r.getMessage() for r in caplog.records if "swapped" in r.getMessage()]
-    expected = ("5 of 5 photos outside every tile lie inside one with lat and lon swapped: swap the lat and lon "
-                "columns of the photo table (lat is north-south, lon east-west)")
+    expected = ("5 of 5 photos outside every tile lie inside one with lat and lon swapped: where a photo table has "
+                "them swapped, swap its lat and lon columns (lat is north-south, lon east-west)")
     assert warnings == [expected], warnings
 
 
