@@ -198,17 +198,20 @@ def _cut_many(src, task: ChipTask, todo: list[int], store: Store, chip: ChipPara
             region, r0, c0 = _read_union(src, [windows[k] for k in group])
         except Exception:  # noqa: BLE001 - the chips go one by one below, each recording its own error
             continue
+        flat, stride = region.base.reshape(-1), 3 * region.shape[1]  # the buffer, spare row included
         for k in group:
             w = windows[k]
-            rs = slice(w.row_off - r0, w.row_off - r0 + w.height)
-            cs = slice(w.col_off - c0, w.col_off - c0 + w.width)
+            row, col = w.row_off - r0, w.col_off - c0
+            rgb = region[row : row + w.height, col : col + w.width]  # a view: rows of the region, no copy
             try:  # nodata is 0 in every band, as read_chip has it
-                rgb = _interleaved(region[:, rs, cs])
-                # One histogram of the interleaved bytes: the bands' histograms summed, all _moments needs.
-                hist = Image.frombuffer("L", (3 * w.width, w.height), rgb, "raw", "L", 0, 1).histogram()
+                # One histogram of the chip's interleaved bytes (the bands' histograms summed: all _moments
+                # needs), read in place: Pillow maps the region's buffer from the chip's first byte, a row
+                # of the region apart (the spare row keeps the mapping inside the buffer).
+                start = memoryview(flat)[row * stride + 3 * col :]
+                hist = Image.frombuffer("L", (3 * w.width, w.height), start, "raw", "L", stride, 1).histogram()
                 n_valid = w.width * w.height  # no 0 in any band: every pixel is valid, no mask needed
                 if hist[0]:
-                    n_valid = int(np.count_nonzero(region[0, rs, cs] | region[1, rs, cs] | region[2, rs, cs]))
+                    n_valid = int(np.count_nonzero(rgb.any(axis=2)))
                 nodata, std = _moments(hist, 3, n_valid, w.width * w.height)
                 rows[k] = _write(task, k, w, _encode_rgb(rgb, chip), nodata, std, store, chip)
             except Exception as err:  # noqa: BLE001 - recorded as data; the rest go on
@@ -241,11 +244,18 @@ def _groups(ks: list[int], windows: dict, limit: int) -> list[list[int]]:
 
 
 def _read_union(src, windows: list) -> tuple[np.ndarray, int, int]:
-    """Bands 1-3 of the window around ``windows`` and its top-left (row, col)."""
+    """Bands 1-3 of the window around ``windows``, pixel-interleaved (rows, cols, 3), and its top-left (row, col).
+
+    GDAL interleaves the bands as it copies them out of its block cache (cheaper than numpy's strided
+    copies); the array is a view of a buffer one spare row longer (its ``base``), see :func:`_cut_many`.
+    """
     r0, c0 = min(w.row_off for w in windows), min(w.col_off for w in windows)
     r1 = max(w.row_off + w.height for w in windows)
     c1 = max(w.col_off + w.width for w in windows)
-    return src.read((1, 2, 3), window=Window(c0, r0, c1 - c0, r1 - r0)), r0, c0
+    buf = np.empty((r1 - r0 + 1, c1 - c0, 3), np.uint8)
+    region = buf[:-1]
+    src.read((1, 2, 3), window=Window(c0, r0, c1 - c0, r1 - r0), out=region.transpose(2, 0, 1))
+    return region, r0, c0
 
 
 def process_task(task: ChipTask, store_root: str, s3: S3Params, chip: ChipParams) -> list[dict]:
