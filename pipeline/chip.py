@@ -127,7 +127,7 @@ def _encode_rgb(rgb: np.ndarray, params: ChipParams) -> bytes:
     JPEG: libjpeg-turbo through simplejpeg, 4:2:0 chroma subsampling and the accurate DCT (what Pillow's
     encoder does by default), straight from the array. simplejpeg releases the GIL while it encodes;
     Pillow's JPEG encoder holds it, so with Pillow the workers' threads took turns encoding (encoding is
-    most of a chip's CPU). Deterministic: the same pixels give the same bytes, on any thread.
+    the largest part of a chip's CPU). Deterministic: the same pixels give the same bytes, on any thread.
     """
     if params.format == "jpeg":
         return simplejpeg.encode_jpeg(rgb, quality=params.jpeg_quality, colorspace="RGB", colorsubsampling="420",
