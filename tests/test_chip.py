@@ -245,7 +245,7 @@ def test_real_rasters_chip_exactly_and_a_truncated_geotiff_is_an_error_row(reald
 
 
 def test_chips_cut_from_a_shared_read_are_the_chips_cut_one_by_one(tile_dir, tmp_path):
-    """The grouped path (one read per group of neighbours) against read_chip + chip_stats + encode per chip."""
+    """The cells path (chips copied out of the tile decoded in cells of blocks) against read_chip + chip_stats + encode per chip."""
     rng = np.random.default_rng(3)
     patchy = tile_dir / "patchy.tif"  # nodata quarter, flat half, pattern between
     points = {f"c{k:03d}": ("patchy", *at_pixel(rng.uniform(0, 2000), rng.uniform(0, 1000))) for k in range(60)}
