@@ -294,21 +294,24 @@ def textured(width: int, height: int, seed: int = 0) -> np.ndarray:
 
 
 def test_jpeg_chips_are_byte_identical_across_runs_and_worker_counts(tmp_path):
-    """Same tile and positions -> the same chip files, byte for byte, whatever the number of workers."""
+    """Same tile and positions -> the same chip files, byte for byte, whatever the number of workers
+    (1, 2 and 3 tasks of 100 px chips, cut on that many threads at once)."""
     tile = write_cog(tmp_path / "tex.tif", textured(1200, 1100))
     rng = np.random.default_rng(11)
-    points = {f"d{k:02d}": ("tex", *at_pixel(rng.uniform(380, 820), rng.uniform(380, 720))) for k in range(24)}
-    points["edge"] = ("tex", *at_pixel(100, 100))  # reaches past the tile: the one-by-one path
+    points = {f"d{k:03d}": ("tex", *at_pixel(rng.uniform(60, 1140), rng.uniform(60, 1040))) for k in range(600)}
+    points["edge"] = ("tex", *at_pixel(10, 10))  # reaches past the tile: the one-by-one path
     tiles = tiles_table(("tex", str(tile)))
     found = []
     for run, workers in enumerate((1, 2, 4, 2)):
         cfg = parse_params({"store": str(tmp_path / f"store{run}"), "workers": workers,
-                            "chip": {"edge_m": 225, "format": "jpeg", "jpeg_quality": 90}})
+                            "chip": {"edge_m": 30, "format": "jpeg", "jpeg_quality": 90}})
+        tasks, _ = chip.plan_tasks(pairs_table(points), tiles, cfg.chip, workers=workers)
+        assert len(tasks) == {1: 1, 2: 2, 4: 3}[workers]
         rows = chip.chip_pairs(pairs_table(points), tiles, cfg).to_pylist()
-        assert {r["status"] for r in rows} == {"ok"}
+        assert {r["status"] for r in rows} == {"ok"} and {r["width"] for r in rows} == {100}
         found.append({r["id"]: (Path(r["uri"]).read_bytes(), r["nodata_fraction"], r["std"]) for r in rows})
     assert all(f == found[0] for f in found[1:])
-    assert found[0]["edge"][1] > 0.2 and found[0]["d00"][1] == 0.0
+    assert found[0]["edge"][1] > 0.2 and found[0]["d000"][1] == 0.0
 
 
 def test_jpeg_chips_match_pillows_encoding_within_encoder_noise(tmp_path):
