@@ -195,7 +195,8 @@ def _cut_many(src, task: ChipTask, todo: list[int], store: Store, chip: ChipPara
     plain = src.count >= 3 and src.dtypes[0] == "uint8" and not ({MaskFlags.per_dataset, MaskFlags.alpha} & set(flags))
     inside = [k for k in todo if plain and windows[k].clip(src.width, src.height) == windows[k]]
     rows: dict[int, dict] = {}
-    cells = _Cells(src, CELL_CACHE_BYTES) if inside else None
+    # Cells of whole blocks, at least min(CELL_MIN_PX, a chip's side) a side: a lone chip reads little more than its blocks.
+    cells = _Cells(src, CELL_CACHE_BYTES, min(CELL_MIN_PX, windows[inside[0]].height)) if inside else None
     for k in inside:  # in the task's Z-order: neighbours follow each other and find their cells decoded
         w = windows[k]
         try:
@@ -226,18 +227,18 @@ def _cut_many(src, task: ChipTask, todo: list[int], store: Store, chip: ChipPara
 class _Cells:
     """The tile's bands 1-3 decoded in cells, pixel-interleaved, the least recently used dropped past a size.
 
-    A cell is a whole number of the tile's blocks (at least CELL_MIN_PX a side, so strip-organised
+    A cell is a whole number of the tile's blocks (at least ``min_px`` a side, so strip-organised
     files read in few calls), so each block is decoded once while its cell is kept, and copied out
     of GDAL's cache once, interleaved; a chip is then row copies out of the cells under it. Reading
     the union of neighbouring chips instead copied ~1.5 chips' pixels per chip through GDAL's
     strided interleaving, and a chip read on its own costs more still.
     """
 
-    def __init__(self, src, limit_bytes: int) -> None:
+    def __init__(self, src, limit_bytes: int, min_px: int = CELL_MIN_PX) -> None:
         self.src, self.limit = src, limit_bytes
         bh, bw = src.block_shapes[0]
-        self.ch = min(src.height, bh * -(-CELL_MIN_PX // bh))
-        self.cw = min(src.width, bw * -(-CELL_MIN_PX // bw))
+        self.ch = min(src.height, bh * -(-min_px // bh))
+        self.cw = min(src.width, bw * -(-min_px // bw))
         self.kept: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self.size = 0
 
