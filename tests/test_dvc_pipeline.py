@@ -89,6 +89,7 @@ def test_density_change_reruns_the_filter_and_downstream_only(repo):
     assert "Running stage 'train'" not in out, "the manifests are back to the trained ones"
 
 
+@pytest.mark.slow  # ~3-4 min (every stage up to the manifests from nothing): CI's slow pass runs it
 def test_from_scratch_rerun_is_byte_identical(repo):
     """Every table, manifest, tile and chip rebuilt from nothing has the same bytes.
 
