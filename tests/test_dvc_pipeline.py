@@ -89,22 +89,13 @@ def test_density_change_reruns_the_filter_and_downstream_only(repo):
     assert "Running stage 'train'" not in out, "the manifests are back to the trained ones"
 
 
-@pytest.mark.slow  # ~3-4 min (every stage up to the manifests from nothing): CI's slow pass runs it
+@pytest.mark.slow  # ~5 min (the whole demo, model stages included, from nothing): CI's slow pass runs it
 def test_from_scratch_rerun_is_byte_identical(repo):
-    """Every table, manifest, tile and chip rebuilt from nothing has the same bytes.
-
-    Up to the manifests: the model stages after them (train, evaluate, audit) would add minutes to the
-    default suite and only reread these bytes; a later plain ``dvc repro`` then finds nothing to do."""
-    tables = OUTPUTS[:2] + OUTPUTS[3:]
-    before = digests(repo, tables)
-    for rel in ("data", "manifests"):
+    before = digests(repo, OUTPUTS)
+    for rel in ("data", "tables", "manifests", "reports"):
         shutil.rmtree(repo / rel, ignore_errors=True)
-    for table in (repo / "tables").glob("*.parquet"):
-        if table.name != "geotag_audit.parquet":  # the audit's, after the manifests: kept, and rerun by no one
-            table.unlink()
-    sh(["dvc", "repro", "--force", "manifest"], repo)
-    assert digests(repo, tables) == before
-    assert "Running stage" not in sh(["dvc", "repro"], repo)
+    sh(["dvc", "repro", "--force"], repo)
+    assert digests(repo, OUTPUTS) == before
 
 
 def test_each_planted_case_is_dropped_for_its_reason(repo):
