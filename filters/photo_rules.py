@@ -195,14 +195,14 @@ def parse_date(text: str) -> dt.date | None:
         return None
 
 
-def _date_problem(taken: str, upload_unix: int | None, params: FilterParams) -> str:
-    """What is implausible about one photo's ``date_taken`` ("" when nothing)."""
+def _date_problem(taken: str, upload_unix: int | None, params: FilterParams, earliest: dt.date, latest: dt.date) -> str:
+    """What is implausible about one photo's ``date_taken`` ("" when nothing); ``earliest``/``latest``: the params' dates."""
     date = parse_date(taken)
     if date is None:
         return f"{taken!r} is not a date (YYYY-MM-DD[ HH:MM:SS])"
-    if date < dt.date.fromisoformat(params.earliest_date_taken):
+    if date < earliest:
         return f"{taken} is before filter.earliest_date_taken {params.earliest_date_taken} (the first photograph)"
-    if date > dt.date.fromisoformat(params.latest_date_taken):
+    if date > latest:
         return f"{taken} is after filter.latest_date_taken {params.latest_date_taken} (a wrong camera clock?)"
     if upload_unix is not None:
         upload = dt.datetime.fromtimestamp(upload_unix, dt.UTC).date()
@@ -219,8 +219,9 @@ def date_taken(tables: Tables, params: FilterParams) -> pa.Table:
     The reference is a param, never the clock, so the same inputs give the same decisions on any day.
     """
     out = []
+    bounds = dt.date.fromisoformat(params.earliest_date_taken), dt.date.fromisoformat(params.latest_date_taken)
     for i, r in by_id(tables.photos, ["date_taken", "date_upload_unix"]).items():
-        problem = _date_problem(r["date_taken"], r["date_upload_unix"], params) if r["date_taken"] else ""
+        problem = _date_problem(r["date_taken"], r["date_upload_unix"], params, *bounds) if r["date_taken"] else ""
         if not problem:
             continue
         if params.implausible_date == "drop":
