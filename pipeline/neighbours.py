@@ -5,7 +5,9 @@ Points closer than ``d`` lie in the same or adjacent cells of a grid of side (sl
 neighbours (the other four are the same pairs seen from the other side) finds every close pair
 exactly, with about three candidate pairs per true pair. For a million Flickr-like positions this
 is about 3x faster than building a KD-tree and querying its pairs; both are quadratic in the points
-of one dense spot, which is why duplicate positions are collapsed first (:func:`distinct`).
+of one dense spot, which is why duplicate positions are collapsed first (:func:`distinct`) and why
+:func:`greedy_keep` thins dense spots (thousands of distinct positions within ``d`` of each other, as
+at a landmark) before it lists pairs: time and memory stay linear in the photos however they cluster.
 """
 
 from __future__ import annotations
@@ -19,16 +21,26 @@ _CELL_SLACK = 1 + 1e-9  # a pair just under d apart must not land two cells apar
 _HASH_BITS = 24  # low bits of the sort key that hash the exact position inside its cell
 
 
-def _cells(x: np.ndarray, y: np.ndarray, d: float) -> tuple[np.ndarray, int]:
-    """Integer cell key of each point (column-major, one spare row each side) and the number of rows."""
+def _grid_frame(x: np.ndarray, y: np.ndarray, d: float) -> tuple[float, float, float, int]:
+    """(x0, y0, cell side, rows) of a grid of side >= d over the points, one spare row each side."""
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
         raise ValueError("positions must be finite: NaN or infinite x/y given")
     extent = max(float(x.max() - x.min()), float(y.max() - y.min()))
     cell = max(d * _CELL_SLACK, extent / 2**30)  # cells of side >= d stay exact; at most 2^30 a side: no overflow
-    cx = ((x - x.min()) / cell).astype(np.int64)
-    cy = ((y - y.min()) / cell).astype(np.int64)
-    rows = int(cy.max()) + 3
-    return cx * rows + cy + 1, rows
+    x0, y0 = float(x.min()), float(y.min())
+    return x0, y0, cell, int((float(y.max()) - y0) / cell) + 3
+
+
+def _keys(x: np.ndarray, y: np.ndarray, frame: tuple[float, float, float, int]) -> np.ndarray:
+    """Integer cell key of each point in ``frame`` (column-major)."""
+    x0, y0, cell, rows = frame
+    return ((x - x0) / cell).astype(np.int64) * rows + ((y - y0) / cell).astype(np.int64) + 1
+
+
+def _cells(x: np.ndarray, y: np.ndarray, d: float) -> tuple[np.ndarray, int]:
+    """Integer cell key of each point (column-major, one spare row each side) and the number of rows."""
+    frame = _grid_frame(x, y, d)
+    return _keys(x, y, frame), frame[3]
 
 
 def _mix(h: np.ndarray) -> np.ndarray:
@@ -77,45 +89,78 @@ def _distinct_lexsort(x: np.ndarray, y: np.ndarray, cells: np.ndarray) -> tuple[
     return order[new], group
 
 
-def close_pairs(x: np.ndarray, y: np.ndarray, d: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every pair of points less than ``d`` apart, once each: (i, j, Euclidean distance), i != j."""
-    n = len(x)
-    if n < 2:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
-    cells, rows = _cells(x, y, d)
-    order = np.argsort(cells)
-    skey = cells[order]
-    new = np.r_[True, skey[1:] != skey[:-1]]
-    starts = np.flatnonzero(new)
-    ends = np.r_[starts[1:], n]
-    occupied = skey[starts]
-    cell_of = np.cumsum(new) - 1
+class _Grid:
+    """Points sorted by grid cell (keys from :func:`_keys`, ``rows`` per column).
+
+    ``order`` sorts the points; ``starts``/``ends`` bound each occupied cell's points in that order;
+    ``cell_of`` is each sorted point's occupied-cell index.
+    """
+
+    def __init__(self, keys: np.ndarray, rows: int):
+        self.order = np.argsort(keys)
+        skey = keys[self.order]
+        new = np.r_[True, skey[1:] != skey[:-1]]
+        self.starts = np.flatnonzero(new)
+        self.ends = np.r_[self.starts[1:], len(keys)]
+        self.occupied = skey[self.starts]
+        self.cell_of = np.cumsum(new) - 1
+        self._find = _cell_finder(self.occupied, pad=rows + 1)  # offsets reach one column back
+        self._starts, self._ends = np.r_[self.starts, 0], np.r_[self.ends, 0]  # index -1: an empty range
+
+    def find(self, keys: np.ndarray) -> np.ndarray:
+        """Occupied-cell index of each key, or -1."""
+        return self._find(keys)
+
+    def ranges(self, keys: np.ndarray, offsets) -> tuple[np.ndarray, np.ndarray]:
+        """[low, high) in sorted order of the points in the cells ``keys + offset``, one column per offset."""
+        at = np.column_stack([self._find(keys + off) for off in offsets])
+        return self._starts[at], self._ends[at]
+
+
+def _expand(low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every (row, position) with low[row, k] <= position < high[row, k], row by row."""
+    count = high - low
+    owner = np.repeat(np.arange(len(low)), count.sum(axis=1))
+    low, count = low.ravel(), count.ravel()
+    return owner, np.arange(int(count.sum())) + np.repeat(low - (np.cumsum(count) - count), count)
+
+
+def _half_ranges(g: _Grid, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each occupied cell's ranges in the 4 neighbour cells that, with itself, see each adjacent pair once."""
+    return g.ranges(g.occupied, [dx * rows + dy for dx, dy in _HALF_NEIGHBOURHOOD])
+
+
+def _grid_pairs(g: _Grid, x: np.ndarray, y: np.ndarray, d: float, low: np.ndarray, high: np.ndarray):
+    """:func:`close_pairs` on a built grid and its :func:`_half_ranges`."""
+    n = len(g.order)
     # Candidates of each (cell-sorted) point: the later points of its cell, then all points of 4 neighbour cells.
-    find = _cell_finder(occupied)
-    lows, highs = [np.arange(1, n + 1)], [ends[cell_of]]
-    for dx, dy in _HALF_NEIGHBOURHOOD:
-        at = find(occupied + (dx * rows + dy))
-        hit = at >= 0
-        lows.append(np.where(hit, starts[at], 0)[cell_of])
-        highs.append(np.where(hit, ends[at], 0)[cell_of])
-    low, count = np.stack(lows, axis=1).ravel(), (np.stack(highs, axis=1) - np.stack(lows, axis=1)).ravel()
-    i = np.repeat(np.arange(n), count.reshape(n, -1).sum(axis=1))
-    j = np.arange(len(i)) + np.repeat(low - (np.cumsum(count) - count), count)
-    sx, sy = np.asarray(x, np.float64)[order], np.asarray(y, np.float64)[order]
+    i, j = _expand(np.column_stack([np.arange(1, n + 1), low[g.cell_of]]),
+                   np.column_stack([g.ends[g.cell_of], high[g.cell_of]]))  # fmt: skip
+    sx, sy = x[g.order], y[g.order]
     dx, dy = sx[i] - sx[j], sy[i] - sy[j]
     near = np.flatnonzero(dx * dx + dy * dy < d * d * _CELL_SLACK)  # cheap, generous; hypot decides below
     i, j, dist = i[near], j[near], np.hypot(dx[near], dy[near])
     close = dist < d
-    return order[i[close]], order[j[close]], dist[close]
+    return g.order[i[close]], g.order[j[close]], dist[close]
 
 
-def _cell_finder(occupied: np.ndarray):
-    """A function mapping cell keys to their index in the sorted ``occupied`` keys, or -1 (a table when small)."""
+def close_pairs(x: np.ndarray, y: np.ndarray, d: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair of points less than ``d`` apart, once each: (i, j, Euclidean distance), i != j."""
+    if len(x) < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    frame = _grid_frame(x, y, d)
+    g = _Grid(_keys(x, y, frame), frame[3])
+    return _grid_pairs(g, x, y, d, *_half_ranges(g, frame[3]))
+
+
+def _cell_finder(occupied: np.ndarray, pad: int = 0):
+    """A function mapping cell keys (>= -pad) to their index in the sorted ``occupied`` keys, or -1."""
     span = int(occupied[-1]) + 2
     if span <= 16 * len(occupied) + 1024:  # a dense table: one gather instead of a binary search per lookup
-        table = np.full(span, -1, np.int64)
-        table[occupied] = np.arange(len(occupied))
-        return lambda keys: table[np.minimum(keys, span - 1)]
+        table = np.full(span + pad, -1, np.int64)
+        table[occupied + pad] = np.arange(len(occupied))
+        return lambda keys: table[np.minimum(keys + pad, span + pad - 1)]
 
     def search(keys: np.ndarray) -> np.ndarray:
         at = np.minimum(np.searchsorted(occupied, keys), len(occupied) - 1)
@@ -124,38 +169,134 @@ def _cell_finder(occupied: np.ndarray):
     return search
 
 
+# --- WITW's rule on distinct positions: dense spots thinned first, then the exact rounds ----------
+
+_PAIRS_PER_POINT = 16  # more candidate pairs than this per point (a dense spot): thin before listing pairs
+_MAX_THINNING_ROUNDS = 64
+
+
+def _neighbourhood(rows: int) -> list[int]:
+    """Key offsets of a cell and its 8 neighbours."""
+    return [dx * rows + dy for dx in (-1, 0, 1) for dy in (-1, 0, 1)]
+
+
+def _candidates(g: _Grid, low: np.ndarray, high: np.ndarray) -> int:
+    """How many candidate pairs listing the close pairs would test."""
+    count = g.ends - g.starts
+    return int((count * (count - 1) // 2).sum() + (count[:, None] * (high - low)).sum())
+
+
+def _thin(
+    g: _Grid, x: np.ndarray, y: np.ndarray, rank: np.ndarray, d: float, rows: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One thinning round on undecided points: (kept, dropped) as indices into them.
+
+    Keeps every point whose rank is the lowest of all undecided points in its 3 x 3 cells (a superset
+    of its d-disk, so no earlier photo can knock it out: WITW's rule keeps it) and drops every point
+    within ``d`` of one of those (an earlier kept photo is that close). Listing costs the kept points'
+    neighbourhoods, not the pairs of a dense spot, which are quadratic in its points.
+    """
+    sorted_rank = rank[g.order]
+    lowest = np.minimum.reduceat(sorted_rank, g.starts)  # per occupied cell
+    lowest_ext = np.r_[lowest, np.iinfo(np.int64).max]  # index -1: no cell
+    around = np.column_stack([lowest_ext[g.find(g.occupied + off)] for off in _neighbourhood(rows)]).min(axis=1)
+    leaders = np.flatnonzero(sorted_rank == around[g.cell_of])  # sorted positions
+    owner, pos = _expand(*g.ranges(g.occupied[g.cell_of[leaders]], _neighbourhood(rows)))
+    k, q = g.order[leaders[owner]], g.order[pos]
+    near = (np.hypot(x[k] - x[q], y[k] - y[q]) < d) & (k != q)
+    return g.order[leaders], np.unique(q[near])
+
+
+def _lowest_kept_within(
+    x, y, rank, kept: np.ndarray, query: np.ndarray, d: float, frame
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each ``query`` point, the lowest-ranked ``kept`` point less than ``d`` away and its distance.
+
+    Kept points are at least ``d`` apart, so a cell holds a handful of them: linear in the queries.
+    """
+    g = _Grid(_keys(x[kept], y[kept], frame), frame[3])
+    owner, pos = _expand(*g.ranges(_keys(x[query], y[query], frame), _neighbourhood(frame[3])))
+    k, q = kept[g.order[pos]], query[owner]
+    dist = np.hypot(x[k] - x[q], y[k] - y[q])
+    near = dist < d
+    owner, k, dist = owner[near], k[near], dist[near]
+    o = np.argsort(owner * (np.int64(rank.max()) + 1) + rank[k])
+    first = o[np.r_[True, owner[o][1:] != owner[o][:-1]]]
+    if len(first) != len(query):
+        raise AssertionError("a dropped photo has no kept photo within the limit")
+    return k[first], dist[first]
+
+
+def greedy_keep(x: np.ndarray, y: np.ndarray, rank: np.ndarray, d: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """WITW's rule on points at distinct positions: keep in ``rank`` order unless a kept point is < ``d`` away.
+
+    Returns (kept, for each dropped point its lowest-ranked kept point within ``d``, their distance).
+    Dense spots (many points within ``d`` of each other) are thinned in rounds (:func:`_thin`) until
+    listing the remaining close pairs is cheap; the rest is solved exactly by :func:`greedy_rounds`.
+    Time and memory stay linear in the points however they cluster.
+    """
+    n = len(x)
+    kept, cause, cause_d = np.zeros(n, bool), np.full(n, -1), np.full(n, np.nan)
+    if n == 0:
+        return kept, cause, cause_d
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    frame = _grid_frame(x, y, d)
+    live, thinned = np.arange(n), []
+    for round_ in range(_MAX_THINNING_ROUNDS + 1):
+        lx, ly = x[live], y[live]
+        g = _Grid(_keys(lx, ly, frame), frame[3])
+        low, high = _half_ranges(g, frame[3])
+        if round_ == _MAX_THINNING_ROUNDS or _candidates(g, low, high) <= _PAIRS_PER_POINT * len(live) + 100_000:
+            break
+        leaders, dropped = _thin(g, lx, ly, rank[live], d, frame[3])
+        kept[live[leaders]] = True
+        thinned.append(live[dropped])
+        undecided = np.ones(len(live), bool)
+        undecided[leaders], undecided[dropped] = False, False
+        live = live[undecided]
+        if not len(live):
+            break
+    if len(live):
+        i, j, dist = _grid_pairs(g, lx, ly, d, low, high)
+        k, c, cd = greedy_rounds(rank[live], i, j, dist)
+        kept[live], cause_d[live] = k, cd
+        cause[live] = np.where(c >= 0, live[np.maximum(c, 0)], -1)
+    if thinned:
+        q = np.concatenate(thinned)
+        cause[q], cause_d[q] = _lowest_kept_within(x, y, rank, np.flatnonzero(kept), q, d, frame)
+    return kept, cause, cause_d
+
+
 def greedy_rounds(
     rank: np.ndarray, i: np.ndarray, j: np.ndarray, d: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Keep nodes in rank order unless a kept node shares an edge (i, j, d): the greedy, in parallel rounds.
 
-    Returns (kept, for each dropped node a kept neighbour ranked before it or -1, the d of that edge);
-    that neighbour is the lowest-ranked of those kept in the round that dropped the node.
+    Returns (kept, for each dropped node its lowest-ranked kept neighbour, the d of that edge).
     Each round keeps every undecided node with no undecided lower-ranked neighbour and drops their
     neighbours; it yields the lexicographically-first independent set, as the one-by-one loop does.
     """
     n = len(rank)
     state = np.zeros(n, np.int8)  # 0 undecided, 1 kept, 2 dropped
-    cause, cause_d = np.full(n, -1), np.full(n, np.nan)
     swap = rank[i] > rank[j]
-    lo, hi = np.where(swap, j, i), np.where(swap, i, j)
-    span = np.int64(rank.max(initial=0)) + 1
-    while True:
+    lo0, hi0 = np.where(swap, j, i), np.where(swap, i, j)
+    lo, hi, dd = lo0, hi0, d
+    while (state == 0).any():
         has_lower = np.zeros(n, bool)
         has_lower[hi] = True
         newly = (state == 0) & ~has_lower
         state[newly] = 1
-        hit = newly[lo]  # hi is undecided (edges keep only undecided ends), so it is dropped
-        if hit.any():
-            h, l, dd = hi[hit], lo[hit], d[hit]
-            o = np.argsort(h * span + rank[l])  # by dropped node, then by its kept neighbours' rank
-            hs = h[o]
-            first = o[np.r_[True, hs[1:] != hs[:-1]]]  # lowest-ranked kept neighbour
-            state[h[first]], cause[h[first]], cause_d[h[first]] = 2, l[first], dd[first]
+        state[hi[newly[lo]]] = 2  # hi is undecided (edges keep only undecided ends), so it is dropped
         live = (state[lo] == 0) & (state[hi] == 0)
-        lo, hi, d = lo[live], hi[live], d[live]
-        if not (state == 0).any():
-            return state == 1, cause, cause_d
+        lo, hi, dd = lo[live], hi[live], dd[live]
+    kept = state == 1
+    cause, cause_d = np.full(n, -1), np.full(n, np.nan)
+    by = kept[lo0] & ~kept[hi0]
+    h, l, dd = hi0[by], lo0[by], d[by]
+    o = np.argsort(h * (np.int64(rank.max(initial=0)) + 1) + rank[l])  # by dropped node, then kept neighbour's rank
+    first = o[np.r_[True, h[o][1:] != h[o][:-1]]] if len(o) else o
+    cause[h[first]], cause_d[h[first]] = l[first], dd[first]
+    return kept, cause, cause_d
 
 
 # --- seeded order (vectorised, platform-independent) ----------------------------------------------
@@ -205,10 +346,13 @@ def seeded_order(ids: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
 # --- the density limit (WITW's limit_density) -----------------------------------------------------
 
 
-def density_limit(ids: pa.Array, x: np.ndarray, y: np.ndarray, density_m: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def density_limit(
+    ids: pa.Array, x: np.ndarray, y: np.ndarray, density_m: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """WITW's limit_density with a seeded order: keep a photo unless an earlier kept one is < density_m away.
 
-    Returns (kept, index of the kept neighbour that dropped it or -1, its distance in metres).
+    Returns (kept, index of the earliest kept photo within density_m of a dropped one or -1, its
+    distance in metres).
     """
     n = len(x)
     if n == 0 or density_m <= 0:
@@ -217,8 +361,7 @@ def density_limit(ids: pa.Array, x: np.ndarray, y: np.ndarray, density_m: float,
     xs, ys = np.asarray(x, np.float64)[order], np.asarray(y, np.float64)[order]
     # Photos at identical positions stand or fall with the earliest of them: solve on distinct positions.
     first, group = distinct(xs, ys, density_m)
-    i, j, dist = close_pairs(xs[first], ys[first], density_m)
-    keep_u, cause_u, d_u = greedy_rounds(first, i, j, dist)
+    keep_u, cause_u, d_u = greedy_keep(xs[first], ys[first], first, density_m)
     rep = first[group]  # rank of the earliest photo at each photo's position
     kept_r = (rep == np.arange(n)) & keep_u[group]
     cause_r = np.where(cause_u[group] >= 0, first[np.maximum(cause_u[group], 0)], -1)

@@ -100,8 +100,52 @@ def test_greedy_rounds_equals_the_one_by_one_loop():
         if not adj[v] & loop_kept:
             loop_kept.add(int(v))
     assert set(np.flatnonzero(kept).tolist()) == loop_kept
-    for v in np.flatnonzero(~kept):  # dropped by a kept neighbour ranked before it
-        assert cause[v] in adj[v] & loop_kept and rank[cause[v]] < rank[v]
+    for v in np.flatnonzero(~kept):  # named: the lowest-ranked of its kept neighbours (ranked before it)
+        assert cause[v] == min(adj[v] & loop_kept, key=lambda k: rank[k]) and rank[cause[v]] < rank[v]
+
+
+def sequential_rule(x, y, rank, d):
+    """WITW's loop: each point in rank order against every kept point; the first one too close is named."""
+    kept, cause = np.zeros(len(x), bool), np.full(len(x), -1)
+    chosen = []
+    for v in np.argsort(rank):
+        cause[v] = next((k for k in chosen if math.hypot(x[v] - x[k], y[v] - y[k]) < d), -1)
+        if cause[v] < 0:
+            kept[v] = True
+            chosen.append(v)
+    return kept, cause
+
+
+@pytest.mark.parametrize("pairs_per_point", [0, 2, 16])  # 0: thin whatever the density; 16: the default
+@pytest.mark.parametrize("seed", range(12))
+def test_greedy_keep_thinning_dense_spots_equals_the_sequential_rule(monkeypatch, pairs_per_point, seed):
+    monkeypatch.setattr(neighbours, "_PAIRS_PER_POINT", pairs_per_point)
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 400))
+    spot = np.c_[rng.uniform(0, 30, n), rng.uniform(0, 25, n)]  # a landmark: most points within d of many
+    spread = rng.uniform(-100, 130, (n // 2, 2))
+    pts = np.unique(np.round(np.r_[spot, spread], int(rng.integers(0, 3))), axis=0)  # distinct positions
+    x, y, rank = pts[:, 0], pts[:, 1], rng.permutation(len(pts))
+    kept, cause, dist = neighbours.greedy_keep(x, y, rank, 10.0)
+    want_kept, want_cause = sequential_rule(x, y, rank, 10.0)
+    assert (kept == want_kept).all()
+    assert (cause == want_cause).all()
+    dropped = ~kept
+    assert np.allclose(dist[dropped], np.hypot(x[dropped] - x[cause[dropped]], y[dropped] - y[cause[dropped]]))
+
+
+def test_a_dense_spot_is_thinned_without_listing_its_pairs(monkeypatch):
+    """40,000 distinct positions in a 15 x 22 m square: 800 million pairs if listed; thinned, a few rounds."""
+    listed = []
+    real = neighbours.close_pairs
+    monkeypatch.setattr(neighbours, "close_pairs", lambda x, y, d: listed.append(len(x)) or real(x, y, d))
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(0, 15, 40_000), rng.uniform(0, 22, 40_000)
+    rank = rng.permutation(40_000)
+    kept, cause, _ = neighbours.greedy_keep(x, y, rank, 10.0)
+    assert sum(listed) < 1_000  # the exact rounds see only what thinning left
+    want_kept, want_cause = sequential_rule(x, y, rank, 10.0)  # cheap here: a handful of kept points
+    assert (kept == want_kept).all() and (cause == want_cause).all()
 
 
 def test_non_finite_positions_are_a_clear_error():
