@@ -171,7 +171,7 @@ def test_cli_error_and_crash_output_never_holds_the_key(path, photos, tmp_path):
     keys = {"FAKEKEY-someone-else": FAKE_SECRET} if path == "invalid_key" else {FAKE_KEY: FAKE_SECRET}
     with flickr_server(photos, keys) as srv:
         srv.state.always = {"5xx_until_retries_run_out": Fault("http", status=503),
-                            "interrupted": Fault("slow", delay_s=0.5)}.get(path)
+                            "interrupted": Fault("slow", delay_s=5.0)}.get(path)  # wide: a loaded machine
         rest_url = _closed_port_url() if path == "unreachable" else srv.rest_url
         # crash: the state folder is a file named after the key, so the OS error (not a CrossviewError: a
         # traceback) quotes the key; the CLI must print it masked
@@ -187,7 +187,8 @@ def test_cli_error_and_crash_output_never_holds_the_key(path, photos, tmp_path):
             while not srv.state.received and time.monotonic() < deadline:
                 time.sleep(0.05)
             time.sleep(0.3)
-            proc.send_signal(signal.SIGINT)  # Ctrl-C mid-request
+            assert proc.poll() is None, "the search ended before it could be interrupted"
+            proc.send_signal(signal.SIGINT)  # Ctrl-C mid-request (each call takes 5 s)
         out, err = proc.communicate(timeout=300)
     expected = {"interrupted": 130, "crash": 1}.get(path, 2)
     assert proc.returncode == expected, (proc.returncode, err[-3000:])
