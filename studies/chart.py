@@ -107,12 +107,14 @@ def filters_png(rows: list[dict], metric: str, path: str | Path) -> None:
         errs = [(r[key][metric]["sd"] or 0.0) if r[key] else 0.0 for r in shown]
         ax.barh(y + (k - 0.5) * 0.38, vals, height=0.36, xerr=errs if any(errs) else None, color=colour,
                 label=label, capsize=2)
-    names = {"none": "every filter off"}
-    ax.set_yticks(y, [f"{names.get(r['variant'], r['variant'] + ' off')} (+{r['added']}/-{r['removed']}, "
+    def name(v: str) -> str:
+        return "every filter off" if v == "none" else f"{v} (demo truth)" if v.startswith("perfect ") else f"{v} off"
+
+    ax.set_yticks(y, [f"{name(r['variant'])} (+{r['added']}/-{r['removed']}, "
                       f"n={r['train_size']})" for r in shown])
     ax.axvline(0, color="k", lw=0.8)
     better = "lower is better" if metric.endswith("rank") else "higher is better"
-    ax.set_xlabel(f"change in {LABELS.get(metric, metric)} when the filter is off ({better})")
+    ax.set_xlabel(f"change in {LABELS.get(metric, metric)}: a filter off, or a perfect one on ({better})")
     ax.invert_yaxis()
     ax.legend(fontsize=7)
     ax.grid(True, axis="x", alpha=0.3)

@@ -13,6 +13,12 @@ test manifest. Size matters on its own, so where a variant's size differs from a
 than ``study.filters.match_min_change``, a size-matched control is trained too: the larger of the
 two sets downsampled (nested seeded subset) to the smaller one's size.
 
+On the demo, whose ``truth.csv`` says what each planted photo is and which filter should drop it
+(``expected``), the study also trains "perfect <filter>" variants: the all-filters train set minus
+the photos the truth says that filter should have dropped (what a perfect wrong-geotag or
+relevance filter would be worth), each with its size-matched control (not when ``study.filters.only``
+narrows the study). Real data has no truth: the file is optional.
+
 Each training run is cached in the variants folder under a key of everything it depends on (its
 train set's bytes, the val and test manifests, the train/evaluate/study params, the seed and the
 training code), so a rerun retrains only what changed. A tool rather than a stage: it composes the
@@ -22,6 +28,7 @@ filter and manifest stages' cores, so dvc.yaml runs it as ``python -m studies.fi
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import json
 import logging
@@ -73,6 +80,21 @@ def build_variants(tables: Tables, tiles: pa.Table, params: Params, registry: li
     """``{variant: train set}`` for :func:`variant_registries`."""
     return {name: train_set(tables, tiles, params, reg)
             for name, reg in variant_registries(registry, params.study.filters.only)}
+
+
+PERFECT = "perfect "  # prefix of the demo-truth variants
+NOT_A_FILTER = {"ok", "density_pair"}  # truth.csv's expected values that no filter should drop
+
+
+def perfect_variants(base: pa.Table, truth: str | None) -> dict[str, pa.Table]:
+    """``{"perfect X": base minus the photos truth.csv expects filter X to drop}`` (the demo's truth), or {}."""
+    if not truth or not Path(truth).is_file():
+        return {}
+    with open(truth, newline="", encoding="utf-8") as f:
+        expected = {r["id"]: r["expected"] for r in csv.DictReader(f)}
+    ids = column(base, "id")
+    kinds = sorted({expected[i] for i in ids if expected.get(i, "ok") not in NOT_A_FILTER})
+    return {PERFECT + k: base.filter(pa.array([expected.get(i) != k for i in ids])) for k in kinds}
 
 
 def _code_hash() -> str:
@@ -148,7 +170,16 @@ def _worth_training(params: Params, name: str, row: dict, base_size: int) -> tup
 
 
 def _filters_off(name: str) -> list[str]:
+    if name.startswith(PERFECT):
+        return []  # every filter on, and the truth's drops of one kind on top
     return {"all": [], "none": [f.name for f in REGISTRY]}.get(name, [name])
+
+
+def label(name: str) -> str:
+    """A variant's name in the table: "indoor off", "all", "none", "perfect relevance (demo truth)"."""
+    if name.startswith(PERFECT):
+        return f"{name} (demo truth)"
+    return name if name in ("all", "none") else f"{name} off"
 
 
 def _matched(params: Params, name: str, table: pa.Table, base: pa.Table, runs: list[dict], base_runs: list[dict],
@@ -161,8 +192,8 @@ def _matched(params: Params, name: str, table: pa.Table, base: pa.Table, runs: l
             _deltas(runs, base_runs)
     if n > nb:
         small = [cached_run(params, nested_subset(table, nb, s), val, test, s, cache) for s in seeds]
-        label = "every-filter-off" if name == "none" else f"{name}-off"
-        return f"{label} set downsampled to all-filters' {nb} pairs, against all filters", _deltas(small, base_runs)
+        what = "every-filter-off" if name == "none" else f"{name}-off"
+        return f"{what} set downsampled to all-filters' {nb} pairs, against all filters", _deltas(small, base_runs)
     small = [cached_run(params, nested_subset(base, n, s), val, test, s, cache) for s in seeds]
     return f"all-filters set downsampled to this variant's {n} pairs", _deltas(runs, small)
 
@@ -178,7 +209,7 @@ def markdown(rows: list[dict], metric: str = "recall_at_10") -> str:
             "Δ mean rank vs all | Δ recall@10 size-matched | Δ mean rank size-matched |")
     lines = [head, "|" + "---|" * 9]
     for r in rows:
-        lines.append(f"| {r['variant'] if r['variant'] in ('all', 'none') else r['variant'] + ' off'} | "
+        lines.append(f"| {label(r['variant'])} | "
                      f"{r['train_size']} | +{r['added']} / -{r['removed']} | "
                      f"{r['metrics'][metric]['mean']:.3f} | {r['metrics']['mean_rank']['mean']:.1f} | "
                      + (" | ".join(fmt(r[k], m) for k in ("delta_vs_all", "delta_vs_size_matched")
@@ -194,6 +225,8 @@ def run(params: Params, args: argparse.Namespace) -> dict:
     if set(column(sets["all"], "id")) != dataset:
         raise StageInputError(f"{args.train} is not the train set the filter and manifest stages give on these "
                               "tables: run `dvc repro` first, then the study")
+    if not params.study.filters.only:  # the whole study; a narrowed one (study.filters.only) trains only those
+        sets.update(perfect_variants(sets["all"], args.truth))
     cache = Path(args.variants)
     cache.mkdir(parents=True, exist_ok=True)
     rows = study(params, sets, args.val, args.test, cache)
@@ -218,6 +251,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot-csv", required=True, help="one row per variant (CSV, DVC plot)")
     parser.add_argument("--png", required=True, help="bar chart of the deltas (PNG)")
     parser.add_argument("--table", required=True, help="the filter table (Markdown)")
+    parser.add_argument("--truth", default=None, help="the demo's truth.csv: adds the perfect-filter variants "
+                        "(optional; a missing file adds none)")
 
 
 def main(params: Params, args: argparse.Namespace) -> int:

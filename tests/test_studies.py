@@ -122,6 +122,25 @@ def test_density_off_adds_back_its_drops_and_is_recomputed_when_another_filter_i
     assert val["none"] >= val["density"]
 
 
+def test_perfect_variants_drop_exactly_the_photos_the_truth_expects_a_filter_to_drop(tmp_path):
+    from studies.filter_study import perfect_variants
+
+    base = _manifest(12)
+    ids = column(base, "id")
+    truth = tmp_path / "truth.csv"
+    expected = ["ok", "wrong_location", "relevance", "ok", "density_pair", "relevance", "wrong_location", "ok",
+                "indoor", "ok", "relevance", "ok"]
+    lines = ["id,case,expected"] + [f"{i},x,{e}" for i, e in zip(ids, expected, strict=True)] + ["999,x,relevance"]
+    truth.write_text("\n".join(lines) + "\n")
+    sets = perfect_variants(base, str(truth))
+    assert sorted(sets) == ["perfect indoor", "perfect relevance", "perfect wrong_location"]  # not ok, density_pair
+    for kind, table in sets.items():
+        gone = set(ids) - set(column(table, "id"))
+        assert gone == {i for i, e in zip(ids, expected, strict=True) if e == kind.removeprefix("perfect ")}
+        assert column(table, "id") == [i for i in ids if i not in gone]  # order kept: the runs' cache keys
+    assert perfect_variants(base, str(tmp_path / "missing.csv")) == {} and perfect_variants(base, None) == {}
+
+
 def test_only_names_registry_filters():
     assert [n for n, _ in variant_registries(REGISTRY, ["indoor"])] == ["all", "indoor", "none"]
     with pytest.raises(ConfigError, match="nosuch"):
