@@ -114,7 +114,7 @@ def filters_png(rows: list[dict], metric: str, path: str | Path) -> None:
                       f"n={r['train_size']})" for r in shown])
     ax.axvline(0, color="k", lw=0.8)
     better = "lower is better" if metric.endswith("rank") else "higher is better"
-    ax.set_xlabel(f"change in {LABELS.get(metric, metric)}: a filter off, or a perfect one on ({better})")
+    ax.set_xlabel(f"change in {LABELS.get(metric, metric)} ({better})\nwith a filter off, or a perfect one on")
     ax.invert_yaxis()
     ax.legend(fontsize=7)
     ax.grid(True, axis="x", alpha=0.3)
