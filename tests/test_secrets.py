@@ -180,6 +180,11 @@ def test_cli_error_and_crash_output_never_holds_the_key(path, photos, tmp_path):
         if path == "crash":
             (root / state_dir).write_text("a file where a folder should be\n")
         cmd = [sys.executable, "-m", "pipeline.cli", "-v", "search", "--out", "tables/photos.parquet"]
+        if path == "interrupted":
+            # A shell's background job (`pytest ... &`) inherits SIGINT ignored, and Python then never raises
+            # KeyboardInterrupt: give the CLI the Ctrl-C handling a terminal user's process has.
+            cmd[1:3] = ["-c", ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                               "from pipeline.cli import main; sys.exit(main(sys.argv[1:]))")]
         proc = subprocess.Popen(cmd, cwd=root, env=_cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
         if path == "interrupted":
