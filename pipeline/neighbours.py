@@ -104,16 +104,13 @@ class _Grid:
         self.ends = np.r_[self.starts[1:], len(keys)]
         self.occupied = skey[self.starts]
         self.cell_of = np.cumsum(new) - 1
-        self._find = _cell_finder(self.occupied, pad=rows + 1)  # offsets reach one column back
+        # find(keys): each key's occupied-cell index, or -1 (keys + offsets reach one column back: the pad)
+        self.find = _cell_finder(self.occupied, pad=rows + 1)
         self._starts, self._ends = np.r_[self.starts, 0], np.r_[self.ends, 0]  # index -1: an empty range
-
-    def find(self, keys: np.ndarray) -> np.ndarray:
-        """Occupied-cell index of each key, or -1."""
-        return self._find(keys)
 
     def ranges(self, keys: np.ndarray, offsets) -> tuple[np.ndarray, np.ndarray]:
         """[low, high) in sorted order of the points in the cells ``keys + offset``, one column per offset."""
-        at = np.column_stack([self._find(keys + off) for off in offsets])
+        at = np.column_stack([self.find(keys + off) for off in offsets])
         return self._starts[at], self._ends[at]
 
 

@@ -95,6 +95,16 @@ def size_png(results: dict, metrics: tuple[str, ...], path: str | Path) -> None:
     plt.close(fig)
 
 
+PERFECT = "perfect "  # prefix of the filter study's demo-truth variants
+
+
+def variant_label(name: str, none: str = "none") -> str:
+    """A filter-study variant's name for people: "indoor off", "all", ``none``, "perfect relevance (demo truth)"."""
+    if name.startswith(PERFECT):
+        return f"{name} (demo truth)"
+    return {"all": "all", "none": none}.get(name, f"{name} off")
+
+
 def filters_png(rows: list[dict], metric: str, path: str | Path) -> None:
     """Bars per variant: the metric's change against all filters and against a size-matched random set."""
     plt = _pyplot()
@@ -107,10 +117,7 @@ def filters_png(rows: list[dict], metric: str, path: str | Path) -> None:
         errs = [(r[key][metric]["sd"] or 0.0) if r[key] else 0.0 for r in shown]
         ax.barh(y + (k - 0.5) * 0.38, vals, height=0.36, xerr=errs if any(errs) else None, color=colour,
                 label=label, capsize=2)
-    def name(v: str) -> str:
-        return "every filter off" if v == "none" else f"{v} (demo truth)" if v.startswith("perfect ") else f"{v} off"
-
-    ax.set_yticks(y, [f"{name(r['variant'])} (+{r['added']}/-{r['removed']}, "
+    ax.set_yticks(y, [f"{variant_label(r['variant'], none='every filter off')} (+{r['added']}/-{r['removed']}, "
                       f"n={r['train_size']})" for r in shown])
     ax.axvline(0, color="k", lw=0.8)
     better = "lower is better" if metric.endswith("rank") else "higher is better"

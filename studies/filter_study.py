@@ -82,7 +82,7 @@ def build_variants(tables: Tables, tiles: pa.Table, params: Params, registry: li
             for name, reg in variant_registries(registry, params.study.filters.only)}
 
 
-PERFECT = "perfect "  # prefix of the demo-truth variants
+PERFECT = chart.PERFECT
 NOT_A_FILTER = {"ok", "density_pair"}  # truth.csv's expected values that no filter should drop
 
 
@@ -175,13 +175,6 @@ def _filters_off(name: str) -> list[str]:
     return {"all": [], "none": [f.name for f in REGISTRY]}.get(name, [name])
 
 
-def label(name: str) -> str:
-    """A variant's name in the table: "indoor off", "all", "none", "perfect relevance (demo truth)"."""
-    if name.startswith(PERFECT):
-        return f"{name} (demo truth)"
-    return name if name in ("all", "none") else f"{name} off"
-
-
 def _matched(params: Params, name: str, table: pa.Table, base: pa.Table, runs: list[dict], base_runs: list[dict],
              val: str, test: str, cache: Path) -> tuple[str, dict]:
     """The size-matched comparison: the larger set downsampled to the smaller one's size (or none needed)."""
@@ -209,7 +202,7 @@ def markdown(rows: list[dict], metric: str = "recall_at_10") -> str:
             "Δ mean rank vs all | Δ recall@10 size-matched | Δ mean rank size-matched |")
     lines = [head, "|" + "---|" * 9]
     for r in rows:
-        lines.append(f"| {label(r['variant'])} | "
+        lines.append(f"| {chart.variant_label(r['variant'])} | "
                      f"{r['train_size']} | +{r['added']} / -{r['removed']} | "
                      f"{r['metrics'][metric]['mean']:.3f} | {r['metrics']['mean_rank']['mean']:.1f} | "
                      + (" | ".join(fmt(r[k], m) for k in ("delta_vs_all", "delta_vs_size_matched")
