@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -22,11 +22,17 @@ class Tables:
     chips: pa.Table
     scores: pa.Table | None = None  # classify stage (indoor vote); None: the indoor rule judges nothing
     relevance: pa.Table | None = None  # relevance stage (head trained on curator verdicts)
+    # {sha256: ok downloads with those bytes} over the whole run, for hashes more than one download has:
+    # the filter stage reads the tables in parts (pipeline/tablestream.py), so a count across photos
+    # comes from here; None: count within these tables
+    shared_bytes: Mapping[str, int] | None = None
 
 
 FilterFn = Callable[[Tables, FilterParams], pa.Table]
 # A thinning filter chooses among the photos every other filter kept (``candidates``), so it only
-# ever drops a photo in favour of one that is in the manifest; it judges the candidates only.
+# ever drops a photo in favour of one that is in the manifest; it judges the candidates only. It
+# runs once over the whole run and reads only ``tables.pairs`` columns id, epsg, x_m and y_m (the
+# filter stage keeps just those, for the candidates, while it reads the other tables in parts).
 ThinningFn = Callable[[Tables, FilterParams, Sequence[str]], pa.Table]
 
 

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,14 +23,6 @@ def curator(tables: Tables, params: FilterParams) -> pa.Table:
     """Apply curator verdicts: ``keep`` is recorded (it overrides model drops), ``drop_*`` drops."""
     verdicts = latest_verdicts(params.verdicts)
     photo_ids = set(column(tables.photos, "id"))
-    unknown = sorted(set(verdicts) - photo_ids)
-    if unknown:
-        log.warning(
-            "%s: %d verdict(s) for ids not in the photos table (ignored): %s",
-            params.verdicts,
-            len(unknown),
-            ", ".join(unknown[:10]) + (", ..." if len(unknown) > 10 else ""),
-        )
     out = []
     for i in sorted(set(verdicts) & photo_ids):
         v = verdicts[i]
@@ -39,6 +31,14 @@ def curator(tables: Tables, params: FilterParams) -> pa.Table:
         else:
             out.append((i, False, f"{v.verdict}: {v.note}" if v.note else v.verdict, None))
     return decisions_table(CURATOR, out)
+
+
+def warn_unknown_verdicts(path: str, unknown: Collection[str]) -> None:
+    """Warn once a run about verdicts for ids that are not in the photos table (they are ignored)."""
+    if unknown:
+        names = sorted(unknown)
+        log.warning("%s: %d verdict(s) for ids not in the photos table (ignored): %s", path, len(names),
+                    ", ".join(names[:10]) + (", ..." if len(names) > 10 else ""))  # fmt: skip
 
 
 def apply_curator_override(decisions: pa.Table, registry: Sequence[Filter]) -> tuple[pa.Table, int]:

@@ -40,21 +40,42 @@ def filter_order(registry: Sequence[Filter], decisions: pa.Table | None = None) 
     return names
 
 
+class NotesTally:
+    """What :func:`filter_notes` needs of each filter, gathered from decisions one part at a time (in id order)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[bool, str]] = {}  # {filter: (every row kept with its first row's reason, that reason)}
+
+    def add(self, decisions: pa.Table) -> None:
+        rows = decisions.select(["filter", "kept"]).append_column("reason", decisions["reason"].fill_null(""))
+        parts = rows.group_by("filter", use_threads=False).aggregate(
+            [("kept", "all"), ("reason", "first"), ("reason", "count_distinct")]
+        )
+        for n, k, r, distinct in zip(*(column(parts, c) for c in ("filter", "kept_all", "reason_first",
+                                                                    "reason_count_distinct")), strict=True):  # fmt: skip
+            same, first = self._seen.setdefault(n, (True, r))
+            self._seen[n] = (same and k and distinct == 1 and r == first, first)
+
+    def notes(self, registry: Sequence[Filter]) -> dict[str, str]:
+        """``{filter: note}`` for the filters that judged no photo or kept every photo with one note."""
+        notes: dict[str, str] = {}
+        for f in registry:
+            if f.name not in self._seen:
+                if f.kind == "model":
+                    notes[f.name] = "judged no photo (its input was not given or was empty)"
+                continue
+            same, first = self._seen[f.name]
+            if same and first.startswith(f"{f.name}: "):
+                notes[f.name] = first.removeprefix(f"{f.name}: ")
+        return notes
+
+
 def filter_notes(decisions: pa.Table, registry: Sequence[Filter]) -> dict[str, str]:
     """Filters that did not really run: judged no photo, or kept every photo with one note (e.g. a
     relevance head skipped for too few labels). ``{filter: note}``, so the funnel says so."""
-    notes: dict[str, str] = {}
-    names, kept, reasons = (column(decisions, c) for c in ("filter", "kept", "reason"))
-    by_filter: dict[str, list[tuple[bool, str]]] = {}  # one pass over the decisions, not one per filter
-    for n, k, r in zip(names, kept, reasons, strict=True):
-        by_filter.setdefault(n, []).append((k, r or ""))
-    for f in registry:
-        rows = by_filter.get(f.name, [])
-        if not rows and f.kind == "model":
-            notes[f.name] = "judged no photo (its input was not given or was empty)"
-        elif all(k for k, _ in rows) and len({r for _, r in rows}) == 1 and rows[0][1].startswith(f"{f.name}: "):
-            notes[f.name] = rows[0][1].removeprefix(f"{f.name}: ")
-    return notes
+    tally = NotesTally()
+    tally.add(decisions)
+    return tally.notes(registry)
 
 
 @dataclass(frozen=True)
@@ -85,3 +106,30 @@ def funnel_steps(ids: Sequence[str], decisions: pa.Table, order: Sequence[str]) 
         remaining[name] = left
     reasons = Counter(reason_code(reason) for _, reason in first.values())
     return Steps(len(ids), first, removed, remaining, len(ids) - len(first), {c: reasons[c] for c in sorted(reasons)})
+
+
+def no_steps(order: Sequence[str]) -> Steps:
+    """The funnel of no photos through the filters in ``order``: where a tally over parts starts."""
+    return Steps(0, {}, {n: 0 for n in order}, {n: 0 for n in order}, 0, {})
+
+
+def add_steps(a: Steps, b: Steps) -> Steps:
+    """The funnel of two disjoint sets of photos (``first``, per photo, is left empty)."""
+    removed = {n: a.removed.get(n, 0) + b.removed.get(n, 0) for n in dict.fromkeys([*a.removed, *b.removed])}
+    found, remaining = a.found + b.found, {}
+    left = found
+    for name, n in removed.items():
+        left -= n
+        remaining[name] = left
+    reasons = Counter(a.by_reason) + Counter(b.by_reason)
+    return Steps(found, {}, removed, remaining, a.kept + b.kept, {c: reasons[c] for c in sorted(reasons)})
+
+
+def reorder_steps(steps: Steps, order: Sequence[str]) -> Steps:
+    """``steps`` with its filters in ``order`` (every name it has must be there): removed and remaining recounted."""
+    removed, remaining, left = {}, {}, steps.found
+    for name in order:
+        removed[name] = steps.removed.get(name, 0)
+        left -= removed[name]
+        remaining[name] = left
+    return Steps(steps.found, steps.first, removed, remaining, steps.kept, steps.by_reason)

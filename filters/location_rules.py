@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import shapely
 
 from catalogs import load_deny_list
@@ -15,7 +16,7 @@ from filters.base import Tables, by_id, column, decisions_table
 from pipeline.config import FilterParams
 from pipeline.errors import CatalogError
 from pipeline.neighbours import density_by_epsg
-from pipeline.schemas import SPLITS
+from pipeline.schemas import DECISIONS, SPLITS
 from pipeline.vectors import read_polygons
 
 log = logging.getLogger(__name__)
@@ -40,24 +41,29 @@ def coordinates(tables: Tables, params: FilterParams) -> pa.Table:
     return _pair_status_rule(tables, "coordinates", "bad_coordinates")
 
 
-def density(tables: Tables, params: FilterParams, candidates: Sequence[str]) -> pa.Table:
+def density(tables: Tables, params: FilterParams, candidates: Sequence[str] | pa.Array) -> pa.Table:
     """WITW's density limit among ``candidates`` (the photos every other filter kept), per UTM zone.
 
     In a seeded order, a candidate is kept unless an earlier kept one is closer than
     ``filter.density_m``; the reason names that kept photo, which is therefore in the manifest.
     """
-    pairs = by_id(tables.pairs, ["epsg", "x_m", "y_m"])
-    ids = sorted(i for i in candidates if i in pairs and pairs[i]["x_m"] is not None)
-    epsg = np.array([pairs[i]["epsg"] for i in ids], np.int64)
-    x, y = (np.array([pairs[i][c] for i in ids], np.float64) for c in ("x_m", "y_m"))
-    id_arr = pa.array(ids, pa.string())
-    kept, neighbour, dist = density_by_epsg(id_arr, epsg, x, y, params.density_m, params.density_seed)
+    pairs = tables.pairs.select(["id", "epsg", "x_m", "y_m"])
+    wanted = candidates if isinstance(candidates, pa.Array) else pa.array(list(candidates), pa.string())
+    pairs = pairs.filter(pc.and_(pc.is_in(pairs["id"], value_set=wanted), pc.is_valid(pairs["x_m"])))
+    pairs = pairs.take(pc.sort_indices(pairs["id"])).combine_chunks()
+    ids = pairs["id"].chunk(0) if pairs.num_rows else pa.array([], pa.string())
+    epsg = pairs["epsg"].to_numpy(zero_copy_only=False).astype(np.int64)
+    x, y = (pairs[c].to_numpy(zero_copy_only=False).astype(np.float64) for c in ("x_m", "y_m"))
+    kept, neighbour, dist = density_by_epsg(ids, epsg, x, y, params.density_m, params.density_seed)
     limit = f"density limit {params.density_m:g} m"
-    return decisions_table("density", [
-        (i, True, "", None) if kept[k]
-        else (i, False, f"density: {dist[k]:.2f} m from kept photo {ids[neighbour[k]]} ({limit})", float(dist[k]))
-        for k, i in enumerate(ids)
-    ])
+    names = iter(ids.take(pa.array(neighbour[~kept])).to_pylist())
+    reasons = ["" if k else f"density: {d:.2f} m from kept photo {next(names)} ({limit})"
+               for k, d in zip(kept.tolist(), dist.tolist(), strict=True)]  # fmt: skip
+    return pa.table({
+        "id": ids, "filter": pa.array(np.full(len(ids), "density", object), pa.string()),
+        "kept": pa.array(kept, pa.bool_()), "reason": pa.array(reasons, pa.string()),
+        "score": pa.array(dist, pa.float64(), mask=kept),
+    }, schema=DECISIONS)  # fmt: skip
 
 
 def split_buffer(tables: Tables, params: FilterParams) -> pa.Table:

@@ -95,10 +95,12 @@ def placeholder_image(tables: Tables, params: FilterParams) -> pa.Table:
     same bytes: all of them are placeholders, none is the photo (``duplicate_image`` would keep one).
     """
     rows = _ok_downloads(tables, ["sha256"])
-    copies = Counter(r["sha256"] for _, r in rows if r["sha256"])
+    copies = tables.shared_bytes
+    if copies is None:
+        copies = Counter(r["sha256"] for _, r in rows if r["sha256"])
     out = []
     for i, r in rows:
-        n = copies.get(r["sha256"], 0)
+        n = copies.get(r["sha256"], 1) if r["sha256"] else 0
         if n >= params.placeholder_copies:
             detail = f"{n} photos have these exact bytes (sha256 {r['sha256'][:12]}), a CDN placeholder"
             out.append((i, False, f"placeholder_image: {detail}", float(n)))

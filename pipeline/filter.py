@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import tempfile
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from filters import REGISTRY
 from filters.base import Filter, Tables, column
-from filters.curator_rules import apply_curator_override
-from filters.funnel import filter_notes, filter_order, funnel_steps
+from filters.curator_rules import CURATOR, apply_curator_override, warn_unknown_verdicts
+from filters.funnel import NotesTally, add_steps, filter_order, funnel_steps, no_steps
 from pipeline import funnel_chart
 from pipeline.config import FilterParams, Params
 from pipeline.errors import SchemaError
@@ -34,9 +37,10 @@ from pipeline.schemas import (
     SORT_KEYS,
     SPLITS,
     read_table,
-    write_table,
 )
 from pipeline.store import write_json
+from pipeline.tablestream import Cursor, TableWriter, id_chunks
+from pipeline.verdicts import latest_verdicts
 
 log = logging.getLogger(__name__)
 
@@ -57,45 +61,111 @@ def _checked(f: Filter, table: pa.Table) -> pa.Table:
     return table
 
 
-def _logged(f: Filter, table: pa.Table) -> pa.Table:
-    log.info("%s: %d judged, %d dropped", f.name, table.num_rows, column(table, "kept").count(False))
-    return table
-
-
-def survivors(photos: pa.Table, decisions: pa.Table) -> list[str]:
+def survivors(photos: pa.Table, decisions: pa.Table) -> pa.Array:
     """Ids of the photos no decision drops, sorted."""
-    dropped = set(pc.filter(decisions["id"], pc.invert(decisions["kept"])).to_pylist()) if decisions.num_rows else set()
-    return sorted(i for i in column(photos, "id") if i not in dropped)
+    ids = photos["id"]
+    if decisions.num_rows:
+        dropped = pc.filter(decisions["id"], pc.invert(decisions["kept"]))
+        ids = pc.filter(ids, pc.invert(pc.is_in(ids, value_set=dropped.combine_chunks())))
+    return pc.take(ids, pc.array_sort_indices(ids)).combine_chunks()
+
+
+def _sorted(decisions: pa.Table) -> pa.Table:
+    if not decisions.num_rows:
+        return decisions
+    return decisions.take(pc.sort_indices(decisions, sort_keys=[(k, "ascending") for k in SORT_KEYS["decisions"]]))
+
+
+def judge(tables: Tables, params: FilterParams, registry: Sequence[Filter] = REGISTRY) -> tuple[pa.Table, int]:
+    """Every filter but the thinning ones, then the curator override: (decisions sorted by id and filter,
+    the override count). A photo's decisions depend only on its own rows, so parts of the tables give
+    parts of the decisions."""
+    parts = [_checked(f, f.fn(tables, params)) for f in registry if not f.thins]
+    decisions = pa.concat_tables(parts) if parts else DECISIONS.empty_table()
+    decisions, overrides = apply_curator_override(decisions, registry)
+    return _sorted(decisions), overrides
+
+
+def thin(tables: Tables, params: FilterParams, candidates: pa.Array, registry: Sequence[Filter] = REGISTRY) -> pa.Table:
+    """The thinning filters' decisions, each run on the ``candidates`` that every earlier one kept."""
+    parts = []
+    for f in (f for f in registry if f.thins):
+        table = _checked(f, f.fn(tables, params, candidates))
+        parts.append(table)
+        candidates = survivors(pa.table({"id": candidates}), table)
+    return pa.concat_tables(parts) if parts else DECISIONS.empty_table()
 
 
 def run_filters(tables: Tables, params: FilterParams, registry: Sequence[Filter] = REGISTRY) -> tuple[pa.Table, int]:
-    """Run every filter of ``registry``; return all decisions (sorted by id, filter) and the override count.
-
-    Thinning filters run last, each on the photos that every earlier decision kept (after the
-    curator override), so they only drop a photo in favour of one that stays.
-    """
-    parts = []
-    for f in (f for f in registry if not f.thins):
-        parts.append(_logged(f, _checked(f, f.fn(tables, params))))
-    decisions = pa.concat_tables(parts) if parts else DECISIONS.empty_table()
-    decisions, overrides = apply_curator_override(decisions, registry)
-    for f in (f for f in registry if f.thins):
-        table = _logged(f, _checked(f, f.fn(tables, params, survivors(tables.photos, decisions))))
-        decisions = pa.concat_tables([decisions, table])
-    if decisions.num_rows:
-        decisions = decisions.take(pc.sort_indices(decisions, sort_keys=[("id", "ascending"), ("filter", "ascending")]))
+    """Run every filter of ``registry`` on whole tables; return all decisions (sorted by id, filter) and the
+    override count. Thinning filters run last, on the photos every earlier decision kept (after the
+    curator override), so they only drop a photo in favour of one that stays."""
+    decisions, overrides = judge(tables, params, registry)
+    decisions = _sorted(pa.concat_tables([decisions, thin(tables, params, survivors(tables.photos, decisions), registry)]))
+    if any(f.name == CURATOR for f in registry):
+        warn_unknown_verdicts(params.verdicts, set(latest_verdicts(params.verdicts)) - set(column(tables.photos, "id")))
+    _log_counts(decisions)
     return decisions, overrides
 
 
-def _groups(ids: list[str], key: dict[str, str], removed: dict, first: Sequence[str] = ()) -> dict[str, dict[str, int]]:
-    """``{group: {found, removed, kept}}`` for photos grouped by ``key``: groups in ``first`` first, then by name."""
-    out: dict[str, dict[str, int]] = {}
+def _log_counts(decisions: pa.Table, order: Sequence[str] | None = None) -> None:
+    """One line a filter: photos judged and dropped."""
+    judged = Counter(column(decisions, "filter"))
+    dropped = Counter(pc.filter(decisions["filter"], pc.invert(decisions["kept"])).to_pylist())
+    for name in order or sorted(judged):
+        log.info("%s: %d judged, %d dropped", name, judged[name], dropped[name])
+
+
+def _add_groups(out: dict[str, dict[str, int]], ids: list[str], key: dict[str, str], removed: dict) -> None:
+    """Count photos ``ids`` into ``out`` ``{group: {found, removed, kept}}``, grouped by ``key``."""
     for i in ids:
         g = out.setdefault(key.get(i) or UNASSIGNED, {"found": 0, "removed": 0, "kept": 0})
         g["found"] += 1
         g["removed" if i in removed else "kept"] += 1
+
+
+def _ordered(groups: dict[str, dict[str, int]], first: Sequence[str] = ()) -> dict[str, dict[str, int]]:
+    """Groups in ``first`` first, then by name."""
     rank = {g: k for k, g in enumerate(first)}
-    return {g: out[g] for g in sorted(out, key=lambda g: (rank.get(g, len(rank)), g))}
+    return {g: groups[g] for g in sorted(groups, key=lambda g: (rank.get(g, len(rank)), g))}
+
+
+class FunnelTally:
+    """The funnel report, counted over the photos one part at a time (each part with its pairs and decisions)."""
+
+    def __init__(self, order: Sequence[str]) -> None:
+        self.order = list(order)
+        self.steps = no_steps(order)
+        self.drops: Counter = Counter()
+        self.by_city: dict[str, dict[str, int]] = {}
+        self.by_split: dict[str, dict[str, int]] = {}
+
+    def add(self, photos: pa.Table, pairs: pa.Table, decisions: pa.Table) -> None:
+        ids = column(photos, "id")
+        steps = funnel_steps(ids, decisions, self.order)
+        self.steps = add_steps(self.steps, steps)
+        self.drops.update(pc.filter(decisions["filter"], pc.invert(decisions["kept"])).to_pylist())
+        _add_groups(self.by_city, ids, dict(zip(ids, column(photos, "city"), strict=True)), steps.first)
+        _add_groups(self.by_split, ids, dict(zip(column(pairs, "id"), column(pairs, "split"), strict=True)), steps.first)
+
+    def report(self, overrides: int = 0, notes: dict[str, str] | None = None) -> dict:
+        """Photos found, newly removed by each filter in order, kept; drops by reason, city, split.
+
+        A photo dropped by several filters is counted once, under the first in the order, so
+        ``found == kept + sum(removed.values())``. ``dropped`` counts every drop of each filter.
+        """
+        return {
+            "found": self.steps.found,
+            "removed": self.steps.removed,
+            "remaining": self.steps.remaining,
+            "kept": self.steps.kept,
+            "dropped": {name: self.drops[name] for name in self.order},
+            "curator_overrides": overrides,
+            "not_run": dict(sorted((notes or {}).items())),
+            "by_reason": self.steps.by_reason,
+            "by_city": _ordered(self.by_city),
+            "by_split": _ordered(self.by_split, SPLITS),
+        }
 
 
 def funnel(
@@ -106,28 +176,10 @@ def funnel(
     overrides: int = 0,
     notes: dict[str, str] | None = None,
 ) -> dict:
-    """The funnel report: photos found, newly removed by each filter in ``order``, kept; drops by reason, city, split.
-
-    A photo dropped by several filters is counted once, under the first in ``order``, so
-    ``found == kept + sum(removed.values())``. ``dropped`` counts every drop of each filter.
-    """
-    ids = column(photos, "id")
-    steps = funnel_steps(ids, decisions, order)
-    all_drops = Counter(n for n, k in zip(column(decisions, "filter"), column(decisions, "kept"), strict=True) if not k)
-    return {
-        "found": steps.found,
-        "removed": steps.removed,
-        "remaining": steps.remaining,
-        "kept": steps.kept,
-        "dropped": {name: all_drops[name] for name in order},
-        "curator_overrides": overrides,
-        "not_run": dict(sorted((notes or {}).items())),
-        "by_reason": steps.by_reason,
-        "by_city": _groups(ids, dict(zip(ids, column(photos, "city"), strict=True)), steps.first),
-        "by_split": _groups(
-            ids, dict(zip(column(pairs, "id"), column(pairs, "split"), strict=True)), steps.first, SPLITS
-        ),
-    }
+    """The funnel report of whole tables (:meth:`FunnelTally.report`)."""
+    tally = FunnelTally(order)
+    tally.add(photos, pairs, decisions)
+    return tally.report(overrides, notes)
 
 
 def read_tables(args: argparse.Namespace) -> Tables:
@@ -154,12 +206,79 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--funnel-png", help="funnel bar chart (PNG)")
 
 
+def shared_bytes(path: str | Path) -> dict[str, int]:
+    """``{sha256: ok downloads with those bytes}`` for the hashes more than one ok download of the table has.
+
+    Read forward twice, keeping 8 bytes a photo: the first pass counts a 64-bit hash of each sha256,
+    the second counts exactly the sha256s whose hash came up more than once (few, unless the run is
+    full of placeholders).
+    """
+
+    def ok_hashes():
+        for part in Cursor(path, DOWNLOADS, ["id", "status", "sha256"]).parts():
+            yield pc.filter(part["sha256"], pc.and_(pc.equal(part["status"], "ok"), pc.not_equal(part["sha256"], "")))
+
+    keys = [np.fromiter((hash(h) for h in part.to_pylist()), np.int64, len(part)) for part in ok_hashes()]
+    values, counts = np.unique(np.concatenate(keys) if keys else np.empty(0, np.int64), return_counts=True)
+    suspects = set(values[counts > 1].tolist())
+    del keys, values, counts
+    copies: Counter = Counter(h for part in ok_hashes() for h in part.to_pylist() if hash(h) in suspects)
+    return {h: n for h, n in sorted(copies.items()) if n > 1}
+
+
+def _inputs(args: argparse.Namespace) -> dict[str, Cursor]:
+    """Cursors over every table but the photos, by ``Tables`` field."""
+    cursors = {name: Cursor(getattr(args, name), schema) for name, schema in (("downloads", DOWNLOADS), ("pairs", PAIRS),
+                                                                            ("chips", CHIPS))}  # fmt: skip
+    for name, schema in (("scores", SCORES), ("relevance", RELEVANCE)):
+        if getattr(args, name):
+            cursors[name] = Cursor(getattr(args, name), schema)
+    return cursors
+
+
+def _judge_all(params: FilterParams, args: argparse.Namespace, registry: Sequence[Filter], out: Path) -> tuple[pa.Table, int]:
+    """Judge the photos a part at a time into ``out``; (the survivors' pairs id/epsg/x_m/y_m, overrides)."""
+    copies, overrides, places = shared_bytes(args.downloads), 0, []
+    unknown = set(latest_verdicts(params.verdicts)) if any(f.name == CURATOR for f in registry) else set()
+    with TableWriter(out, DECISIONS) as writer:
+        for photos, rest in id_chunks(Cursor(args.photos, PHOTOS), _inputs(args)):
+            decisions, n = judge(Tables(photos=photos, **rest, shared_bytes=copies), params, registry)
+            writer.write(decisions)
+            overrides += n
+            unknown -= set(column(photos, "id"))
+            pairs = rest["pairs"].select(["id", "epsg", "x_m", "y_m"])
+            places.append(pairs.filter(pc.is_in(pairs["id"], value_set=survivors(photos, decisions))))
+    warn_unknown_verdicts(params.verdicts, unknown)
+    return pa.concat_tables(places).combine_chunks() if places else PAIRS.empty_table(), overrides
+
+
 def main(params: Params, args: argparse.Namespace, registry: Sequence[Filter] = REGISTRY) -> int:
-    tables = read_tables(args)
-    decisions, overrides = run_filters(tables, params.filter, registry)
-    write_table(decisions, args.out, DECISIONS, sort_by=SORT_KEYS["decisions"])
-    order = filter_order(registry, decisions)
-    report = funnel(tables.photos, tables.pairs, decisions, order, overrides, filter_notes(decisions, registry))
+    """Judge the photos a part at a time (pipeline/tablestream.py), thin the survivors once, then merge both
+    into the decisions table while counting the funnel: memory does not grow with the photos beyond the
+    survivors' places and the shared hashes."""
+    order = filter_order(registry)
+    tally, notes = FunnelTally(order), NotesTally()
+    with tempfile.TemporaryDirectory(prefix="crossview-filter-") as tmp:
+        judged, thinned = Path(tmp) / "judged.parquet", Path(tmp) / "thinned.parquet"
+        places, overrides = _judge_all(params.filter, args, registry, judged)
+        pa.default_memory_pool().release_unused()  # the parts are gone: give their pages back before thinning
+        empty = {name: schema.empty_table() for name, schema in (("photos", PHOTOS), ("downloads", DOWNLOADS),
+                                                                 ("chips", CHIPS))}  # fmt: skip
+        with TableWriter(thinned, DECISIONS) as writer:
+            writer.write(_sorted(thin(Tables(**empty, pairs=places), params.filter, places["id"].combine_chunks(),
+                                      registry)))  # fmt: skip
+        del places
+        parts = {"pairs": Cursor(args.pairs, PAIRS, ["id", "split"]), "judged": Cursor(judged, DECISIONS),
+                 "thinned": Cursor(thinned, DECISIONS)}  # fmt: skip
+        with TableWriter(args.out, DECISIONS) as writer:
+            for photos, rest in id_chunks(Cursor(args.photos, PHOTOS, ["id", "city"]), parts):
+                decisions = _sorted(pa.concat_tables([rest["judged"], rest["thinned"]]))
+                writer.write(decisions)
+                tally.add(photos, rest["pairs"], decisions)
+                notes.add(decisions)
+    for name in order:
+        log.info("%s: %d dropped", name, tally.drops[name])
+    report = tally.report(overrides, notes.notes(registry))
     write_json(report, args.funnel)
     if args.funnel_csv:
         funnel_chart.write_csv(report, args.funnel_csv)

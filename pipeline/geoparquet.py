@@ -151,16 +151,40 @@ def bbox_array(geoms: np.ndarray) -> pa.StructArray:
     return pa.StructArray.from_arrays(arrays, fields=list(BBOX_TYPE), mask=missing)
 
 
-def with_geometry(table: pa.Table, columns: tuple[GeoColumn, ...]) -> pa.Table:
-    """``table`` with the geometry columns appended (WKB + bbox covering) and only the ``geo`` schema metadata."""
-    meta = {"version": GEO_VERSION, "primary_column": columns[0].name, "columns": {}}
+def append_geometry(table: pa.Table, columns: tuple[GeoColumn, ...]) -> tuple[pa.Table, dict[str, dict]]:
+    """``table`` with the geometry columns appended (WKB + bbox covering), and each one's column metadata."""
+    metas = {}
     for column in columns:
         geoms = derive(table, column)
-        meta["columns"][column.name] = column_metadata(geoms)
+        metas[column.name] = column_metadata(geoms)
         wkb = shapely.to_wkb(geoms, output_dimension=2, byte_order=1, flavor="iso") if len(geoms) else []
         table = table.append_column(column.fields[0], pa.array(list(wkb), pa.binary()))
         if column.bbox:
-            meta["columns"][column.name]["covering"] = {"bbox": {k: [column.bbox, k] for k in BBOX_TYPE.names}}
             table = table.append_column(column.fields[1], bbox_array(geoms))
-    text = json.dumps(meta, sort_keys=True, separators=(",", ":"))
-    return table.replace_schema_metadata({"geo": text})
+    return table, metas
+
+
+def merge_metadata(a: dict, b: dict) -> dict:
+    """The column metadata of two parts of one column: the union of their types, the bbox around both."""
+    out = {**a, "geometry_types": sorted(set(a["geometry_types"]) | set(b["geometry_types"]))}
+    boxes = [m["bbox"] for m in (a, b) if "bbox" in m]
+    if boxes:
+        out["bbox"] = [min(x[0] for x in boxes), min(x[1] for x in boxes), max(x[2] for x in boxes),
+                       max(x[3] for x in boxes)]  # fmt: skip
+    return out
+
+
+def geo_text(columns: tuple[GeoColumn, ...], metas: dict[str, dict]) -> str:
+    """The ``geo`` schema metadata (GeoParquet 1.1) for ``columns`` with their column metadata."""
+    meta = {"version": GEO_VERSION, "primary_column": columns[0].name, "columns": {}}
+    for column in columns:
+        meta["columns"][column.name] = dict(metas[column.name])
+        if column.bbox:
+            meta["columns"][column.name]["covering"] = {"bbox": {k: [column.bbox, k] for k in BBOX_TYPE.names}}
+    return json.dumps(meta, sort_keys=True, separators=(",", ":"))
+
+
+def with_geometry(table: pa.Table, columns: tuple[GeoColumn, ...]) -> pa.Table:
+    """``table`` with the geometry columns appended (WKB + bbox covering) and only the ``geo`` schema metadata."""
+    table, metas = append_geometry(table, columns)
+    return table.replace_schema_metadata({"geo": geo_text(columns, metas)})

@@ -1,26 +1,25 @@
 """Write the train/val/test manifests, the dataset card and the counts (DVC metrics).
 
 A pair reaches a manifest only if it is ``paired``, has an ``ok`` chip and no decision drops it.
-Before writing, the stage checks that nothing was lost: every photo is in a manifest or has at
-least one dropping decision, and every row carries what redistribution needs (owner, licence
-name and URL, page URL, overhead licence, attribution and satellite).
+The stage checks that nothing was lost: every photo is in a manifest or has at least one dropping
+decision, and every row carries what redistribution needs (owner, licence name and URL, page URL,
+overhead licence, attribution and satellite); a broken check leaves no manifest written. It reads
+its tables a range of ids at a time (pipeline/tablestream.py), so its memory does not grow with them.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from catalogs import find_licence
-from filters import REGISTRY
 from filters.base import Tables, by_id, column
-from filters.funnel import Steps, filter_notes, filter_order, funnel_steps
+from pipeline.card import Summary, chip_geometry, counts, render_card
 from pipeline.config import Params
 from pipeline.errors import InvariantError
 from pipeline.schemas import (
@@ -34,9 +33,9 @@ from pipeline.schemas import (
     TILES,
     read_table,
     table_from_rows,
-    write_table,
 )  # fmt: skip
 from pipeline.store import write_json, write_text_atomic
+from pipeline.tablestream import Cursor, TableWriter, id_chunks
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +54,6 @@ PHOTO_COLUMNS = ["aoi", "city", "lat", "lon", "owner", "owner_name", "title", "d
                  "licence_id", "licence", "licence_url", "page_url"]  # fmt: skip
 TILE_COLUMNS = {"licence": "overhead_licence", "licence_url": "overhead_licence_url",
                 "attribution": "overhead_attribution", "satellite": "satellite"}  # fmt: skip
-
-
-def chip_geometry(params: Params) -> tuple[float, int, float]:
-    """(chip edge in metres, chip side in pixels, ground sample distance in metres) from params."""
-    return params.chip.edge_m, int(round(params.chip.edge_m / params.tiles.gsd_m)), params.tiles.gsd_m
 
 
 def dropped_ids(decisions: pa.Table) -> set[str]:
@@ -117,8 +111,9 @@ def manifest_rows(tables: Tables, tiles: pa.Table, decisions: pa.Table, params: 
     return rows
 
 
-def _name(ids: list[str], limit: int = 10) -> str:
-    return ", ".join(ids[:limit]) + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")
+def _name(ids: list[str], count: int, limit: int = 10) -> str:
+    """The first ``limit`` of ``ids`` (``count`` in all)."""
+    return ", ".join(ids[:limit]) + (f", ... ({count} in all)" if count > limit else "")
 
 
 def _required(column_name: str, row: dict) -> bool:
@@ -132,22 +127,50 @@ def _required(column_name: str, row: dict) -> bool:
     return True
 
 
+class Invariants:
+    """Checks that nothing was lost, a part at a time: every photo is in a manifest or dropped, and every row
+    carries its attribution. :meth:`raise_if_broken` names the first ids (in id order) and how many."""
+
+    def __init__(self) -> None:
+        self.lost: list[str] = []
+        self.lost_count = 0
+        self.bad: dict[str, tuple[list[str], int]] = {}  # column -> (first ids, count)
+        self.bad_split: tuple[list[str], int] = ([], 0)
+
+    @staticmethod
+    def _more(seen: tuple[list[str], int], ids: list[str]) -> tuple[list[str], int]:
+        return (seen[0] + ids[: max(0, 10 - len(seen[0]))], seen[1] + len(ids))
+
+    def add(self, photos: pa.Table, rows: list[dict], decisions: pa.Table) -> None:
+        in_manifest = {r["id"] for r in rows}
+        lost = sorted(set(column(photos, "id")) - in_manifest - dropped_ids(decisions))
+        self.lost, self.lost_count = self._more((self.lost, self.lost_count), lost)
+        for col in ATTRIBUTION:
+            bad = sorted(r["id"] for r in rows if not r[col] and _required(col, r))
+            if bad:
+                self.bad[col] = self._more(self.bad.get(col, ([], 0)), bad)
+        self.bad_split = self._more(self.bad_split, sorted(r["id"] for r in rows if r["split"] not in SPLITS))
+
+    def raise_if_broken(self) -> None:
+        if self.lost_count:
+            raise InvariantError(
+                f"{self.lost_count} photo(s) are in no manifest and have no dropping decision: "
+                f"{_name(self.lost, self.lost_count)}; rerun `crossview filter` on the current tables"
+            )
+        for col in ATTRIBUTION:
+            if col in self.bad:
+                raise InvariantError(
+                    f"manifest rows without {col}: {_name(*self.bad[col])}; fix the photos/tiles catalog and rerun"
+                )
+        if self.bad_split[1]:
+            raise InvariantError(f"manifest rows with a split other than {', '.join(SPLITS)}: {_name(*self.bad_split)}")
+
+
 def check_invariants(photos: pa.Table, rows: list[dict], decisions: pa.Table) -> None:
     """Raise InvariantError if a photo is neither in a manifest nor dropped, or a row lacks attribution."""
-    in_manifest = {r["id"] for r in rows}
-    lost = sorted(set(column(photos, "id")) - in_manifest - dropped_ids(decisions))
-    if lost:
-        raise InvariantError(
-            f"{len(lost)} photo(s) are in no manifest and have no dropping decision: {_name(lost)}; "
-            "rerun `crossview filter` on the current tables"
-        )
-    for col in ATTRIBUTION:
-        bad = sorted(r["id"] for r in rows if not r[col] and _required(col, r))
-        if bad:
-            raise InvariantError(f"manifest rows without {col}: {_name(bad)}; fix the photos/tiles catalog and rerun")
-    bad_split = sorted(r["id"] for r in rows if r["split"] not in SPLITS)
-    if bad_split:
-        raise InvariantError(f"manifest rows with a split other than {', '.join(SPLITS)}: {_name(bad_split)}")
+    check = Invariants()
+    check.add(photos, rows, decisions)
+    check.raise_if_broken()
 
 
 def split_tables(rows: list[dict]) -> dict[str, pa.Table]:
@@ -155,148 +178,16 @@ def split_tables(rows: list[dict]) -> dict[str, pa.Table]:
     return {s: table_from_rows([r for r in rows if r["split"] == s], MANIFEST) for s in SPLITS}
 
 
-def funnel(photos: pa.Table, decisions: pa.Table) -> Steps:
-    """The funnel of the photos through the registry's filters (as the filter stage's report counts it)."""
-    return funnel_steps(column(photos, "id"), decisions, filter_order(REGISTRY, decisions))
-
-
-def counts(photos: pa.Table, rows: list[dict], decisions: pa.Table) -> dict:
-    """The counts report (DVC metrics): rows per split and per city x split, photos found, drops per reason."""
-    per_split = Counter(r["split"] for r in rows)
-    per_city: dict[str, Counter] = {}
-    for r in rows:
-        per_city.setdefault(r["city"] or "unknown", Counter())[r["split"]] += 1
-    reasons = funnel(photos, decisions).by_reason
-    return {
-        "photos_found": photos.num_rows,
-        "rows": {**{s: per_split[s] for s in SPLITS}, "total": len(rows)},
-        "by_city": {c: {s: per_city[c][s] for s in SPLITS} for c in sorted(per_city)},
-        "dropped": sum(reasons.values()),
-        "dropped_by_reason": reasons,
-    }
-
-
-WITW = (
-    'D. Hogan, L. Tindall, R. Ashley, M. Gogia, A. Van Etten, "Where in the World" (WITW), IQT Labs, 2022: '
-    "<https://github.com/IQTLabs/WITW>, "
-    "<https://www.iqt.org/where-in-the-world-part-1-a-new-dataset-for-cross-view-image-geolocalization/>"
-)
-
-
-def _cell(value) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def _table(header: list[str], body: list[list]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(_cell(v) for v in row) + " |" for row in body]
-
-
-def _funnel_lines(photos: pa.Table, decisions: pa.Table) -> list[str]:
-    steps = funnel(photos, decisions)
-    body = [["found", "", steps.found]]
-    body += [[f"`{name}`", steps.removed[name], steps.remaining[name]] for name in steps.removed]
-    notes = filter_notes(decisions, REGISTRY)
-    return [
-        f"{steps.found} photos were found; each dropped photo is counted once, under the first filter that dropped it.",
-        "",
-        *_table(["step", "removed", "remaining"], body + [["kept", "", steps.kept]]),
-        "",
-        *_table(["reason", "photos"], [[f"`{code}`", n] for code, n in steps.by_reason.items()]),
-        *(["", "Filters that did not run:", ""] + [f"- `{n}`: {notes[n]}" for n in sorted(notes)] if notes else []),
-    ]
-
-
-def _licence_lines(rows: list[dict]) -> list[str]:
-    photo = Counter((r["photo_licence"], r["photo_licence_url"]) for r in rows)
-    keys = ("overhead_licence", "overhead_licence_url", "satellite", "overhead_attribution")
-    overhead = Counter(tuple(r[k] for k in keys) for r in rows)
-    return [
-        "### Photos",
-        "",
-        *_table(["licence", "URL", "rows"], [[n, u, photo[(n, u)]] for n, u in sorted(photo)]),
-        "",
-        "### Overhead imagery",
-        "",
-        *_table(["licence", "URL", "satellite", "attribution", "rows"], [[*k, overhead[k]] for k in sorted(overhead)]),
-    ]
-
-
-def _params_lines(params: Params) -> list[str]:
-    edge_m, chip_px, gsd_m = chip_geometry(params)
-    data = {
-        "chip": {"edge_m": edge_m, "px": chip_px, "gsd_m": gsd_m, "format": params.chip.format},
-        "filter": params.filter.model_dump(),
-        "split": params.split.model_dump(),
-        "source": params.source,
-    }
-    return ["```json", json.dumps(data, indent=2, sort_keys=True), "```"]
-
-
-def render_card(rows: list[dict], photos: pa.Table, decisions: pa.Table, params: Params) -> str:
-    """The dataset card (Markdown): what it is, counts, funnel, licences, attribution, params. No timestamps."""
-    edge_m, chip_px, gsd_m = chip_geometry(params)
-    per_split = Counter(r["split"] for r in rows)
-    cities = sorted({r["city"] or "unknown" for r in rows})
-    by_city = Counter((r["city"] or "unknown", r["split"]) for r in rows)
-    city_body = [[c, *(by_city[(c, s)] for s in SPLITS), sum(by_city[(c, s)] for s in SPLITS)] for c in cities]
-    lines = [
-        "# crossview dataset card",
-        "",
-        "Training data for cross-view image geolocalization: each row pairs a geotagged ground-level photo with a",
-        f"square of overhead satellite imagery centred on its geotag, {edge_m:g} m on a side ({chip_px} x {chip_px} px",
-        f"at {gsd_m:g} m per pixel, north up, UTM). Built by the crossview pipeline (source: `{params.source}`), a",
-        "rebuild of the IQT Labs Where in the World (WITW) dataset: Flickr photos paired with SpaceNet imagery.",
-        "",
-        "## Splits",
-        "",
-        *_table(
-            ["split", "file", "rows"], [[s, f"`{s}.parquet`", per_split[s]] for s in SPLITS] + [["all", "", len(rows)]]
-        ),
-        "",
-        *_table(["city", *SPLITS, "total"], city_body),
-        "",
-        "Columns: the `MANIFEST` schema (`pipeline/schemas.py`); `photo_uri` and `chip_uri` are image store URIs.",
-        "",
-        "## Filtering (the funnel)",
-        "",
-        "![the funnel](../reports/funnel.png)",
-        "",
-        *_funnel_lines(photos, decisions),
-        "",
-        "Every photo not in a manifest has at least one recorded reason in the decisions table (`filter` stage).",
-        "",
-        "## Licences",
-        "",
-        *_licence_lines(rows),
-        "",
-        "## How to attribute and cite",
-        "",
-        "- Photos: each photo keeps its own licence. Credit it per row: `owner_name` (`owner`), a link to `page_url`,",
-        "  and the licence `photo_licence` (`photo_licence_url`). Its terms (NonCommercial, NoDerivatives, ShareAlike)",
-        "  apply to that photo.",
-        "- Overhead imagery: chips are derived from the imagery credited in `overhead_attribution` under",
-        "  `overhead_licence` (`overhead_licence_url`); for SpaceNet that is SpaceNet (CosmiQ Works, IQT) and Maxar",
-        "  (DigitalGlobe) under CC BY-SA 4.0, so redistributed chips are shared alike.",
-        f"- The study this dataset rebuilds: {WITW}.",
-        "",
-        "## Parameters",
-        "",
-        *_params_lines(params),
-        "",
-    ]
-    return "\n".join(lines)
-
-
 def build(
     tables: Tables, tiles: pa.Table, decisions: pa.Table, params: Params
 ) -> tuple[dict[str, pa.Table], dict, str]:
-    """The pure core: (manifests per split, counts report, dataset card text); raises on a broken invariant."""
+    """The pure core on whole tables: (manifests per split, counts report, dataset card text); raises on a
+    broken invariant."""
     rows = manifest_rows(tables, tiles, decisions, params)
     check_invariants(tables.photos, rows, decisions)
-    report = counts(tables.photos, rows, decisions)
-    text = render_card(rows, tables.photos, decisions, params)
-    return split_tables(rows), report, text
+    summary = Summary()
+    summary.add(rows, tables.photos, decisions)
+    return split_tables(rows), counts(summary), render_card(summary, params)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -308,19 +199,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(params: Params, args: argparse.Namespace) -> int:
-    tables = Tables(
-        photos=read_table(args.photos, PHOTOS),
-        downloads=read_table(args.downloads, DOWNLOADS),
-        pairs=read_table(args.pairs, PAIRS),
-        chips=read_table(args.chips, CHIPS),
-    )
+    """:func:`build` a part of the photos at a time (pipeline/tablestream.py): each part's rows go straight to
+    the split files; the invariants, counts and card are totalled over the parts. A broken invariant
+    leaves no manifest written."""
     tiles = read_table(args.tiles, TILES)
-    decisions = read_table(args.decisions, DECISIONS)
-    manifests, report, text = build(tables, tiles, decisions, params)
-    out_dir = Path(args.out_dir)
-    for split, table in manifests.items():
-        write_table(table, out_dir / f"{split}.parquet", MANIFEST)
-    write_text_atomic(text, args.card)
+    parts = {name: Cursor(getattr(args, name), schema)
+             for name, schema in (("downloads", DOWNLOADS), ("pairs", PAIRS), ("chips", CHIPS), ("decisions", DECISIONS))}
+    summary, check, out_dir = Summary(), Invariants(), Path(args.out_dir)
+    with ExitStack() as stack:
+        writers = {s: stack.enter_context(TableWriter(out_dir / f"{s}.parquet", MANIFEST)) for s in SPLITS}
+        for photos, rest in id_chunks(Cursor(args.photos, PHOTOS), parts):
+            decisions = rest.pop("decisions")
+            rows = manifest_rows(Tables(photos=photos, **rest), tiles, decisions, params)
+            check.add(photos, rows, decisions)
+            summary.add(rows, photos, decisions)
+            for split, table in split_tables(rows).items():
+                writers[split].write(table)
+        check.raise_if_broken()
+    report = counts(summary)
+    write_text_atomic(render_card(summary, params), args.card)
     write_json(report, args.metrics)
     log.info("manifests: %s; dropped %d of %d photos", report["rows"], report["dropped"], report["photos_found"])
     return 0

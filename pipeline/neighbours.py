@@ -127,18 +127,27 @@ def _half_ranges(g: _Grid, rows: int) -> tuple[np.ndarray, np.ndarray]:
     return g.ranges(g.occupied, [dx * rows + dy for dx, dy in _HALF_NEIGHBOURHOOD])
 
 
-def _grid_pairs(g: _Grid, x: np.ndarray, y: np.ndarray, d: float, low: np.ndarray, high: np.ndarray):
-    """:func:`close_pairs` on a built grid and its :func:`_half_ranges`."""
+def _grid_pairs(g: _Grid, x: np.ndarray, y: np.ndarray, d: float, low: np.ndarray, high: np.ndarray,
+                block: int = 1 << 16):  # fmt: skip
+    """:func:`close_pairs` on a built grid and its :func:`_half_ranges`, ``block`` points at a time (the
+    candidate pairs, ~10 a point, are what takes memory; only the close ones are kept)."""
     n = len(g.order)
-    # Candidates of each (cell-sorted) point: the later points of its cell, then all points of 4 neighbour cells.
-    i, j = _expand(np.column_stack([np.arange(1, n + 1), low[g.cell_of]]),
-                   np.column_stack([g.ends[g.cell_of], high[g.cell_of]]))  # fmt: skip
     sx, sy = x[g.order], y[g.order]
-    dx, dy = sx[i] - sx[j], sy[i] - sy[j]
-    near = np.flatnonzero(dx * dx + dy * dy < d * d * _CELL_SLACK)  # cheap, generous; hypot decides below
-    i, j, dist = i[near], j[near], np.hypot(dx[near], dy[near])
-    close = dist < d
-    return g.order[i[close]], g.order[j[close]], dist[close]
+    parts = []
+    for a in range(0, n, block):
+        rows = np.arange(a, min(a + block, n))
+        cells = g.cell_of[rows]
+        # Candidates of each (cell-sorted) point: the later points of its cell, then all points of 4 neighbour cells.
+        i, j = _expand(np.column_stack([rows + 1, low[cells]]), np.column_stack([g.ends[cells], high[cells]]))
+        i += a
+        dx, dy = sx[i] - sx[j], sy[i] - sy[j]
+        near = np.flatnonzero(dx * dx + dy * dy < d * d * _CELL_SLACK)  # cheap, generous; hypot decides below
+        i, j, dist = i[near], j[near], np.hypot(dx[near], dy[near])
+        close = dist < d
+        parts.append((g.order[i[close]], g.order[j[close]], dist[close]))
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    return tuple(np.concatenate(p) for p in zip(*parts, strict=True))
 
 
 def close_pairs(x: np.ndarray, y: np.ndarray, d: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

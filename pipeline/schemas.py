@@ -289,18 +289,27 @@ def _sorted(table: pa.Table, keys: Sequence[str]) -> pa.Table:
     return table.take(pc.sort_indices(table, sort_keys=[(k, "ascending") for k in keys]))
 
 
-def write_table(table: pa.Table, path: str | Path, schema: pa.Schema, sort_by: Sequence[str] | None = None) -> None:
-    """Validate against ``schema``, sort, and write Parquet atomically and deterministically."""
+ROW_GROUP_ROWS = 256_000  # rows per Parquet row group, for every table
+PARQUET_OPTIONS = {"compression": "zstd", "write_statistics": True}
+
+
+def conform(table: pa.Table, schema: pa.Schema, path: str | Path) -> pa.Table:
+    """``table`` with exactly ``schema``'s columns and types, or a SchemaError naming ``path``."""
     if table.schema != schema:
         try:
             table = table.select(schema.names).cast(schema)
         except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
             raise SchemaError(f"{path}: table does not match its schema: {err}") from None
-    table = _sorted(table, sort_by if sort_by is not None else ["id"])
-    geometry = GEOMETRY.get(_name(schema) or "")
+    return table
+
+
+def write_table(table: pa.Table, path: str | Path, schema: pa.Schema, sort_by: Sequence[str] | None = None) -> None:
+    """Validate against ``schema``, sort, and write Parquet atomically and deterministically."""
+    table = _sorted(conform(table, schema, path), sort_by if sort_by is not None else ["id"])
+    geometry = GEOMETRY.get(schema_name(schema) or "")
     table = with_geometry(table, geometry) if geometry else table.replace_schema_metadata(None)
     with atomic_file(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd", write_statistics=True, row_group_size=256_000)
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS, **PARQUET_OPTIONS)
 
 
 # The stage (``crossview STAGE``) that writes each table, for error messages that say what to rerun.
@@ -319,40 +328,51 @@ WRITTEN_BY: dict[str, str] = {
 }
 
 
-def _name(schema: pa.Schema) -> str | None:
+def schema_name(schema: pa.Schema) -> str | None:
     """The ``SCHEMAS`` name of ``schema``, or None for a schema declared elsewhere."""
     return next((n for n, s in SCHEMAS.items() if s.equals(schema)), None)
 
 
 def file_schema(schema: pa.Schema) -> pa.Schema:
     """The columns a file written with ``schema`` holds: the declared ones, then any geometry columns."""
-    extra = GEOMETRY.get(_name(schema) or "", ())
+    extra = GEOMETRY.get(schema_name(schema) or "", ())
     return pa.schema([*schema, *(f for c in extra for f in c.fields)])
 
 
-def _writer(schema: pa.Schema) -> str:
+def written_by(schema: pa.Schema) -> str:
     """``crossview STAGE`` for the stage that writes tables of ``schema`` (or a generic hint)."""
-    name = _name(schema)
+    name = schema_name(schema)
     return f"`crossview {WRITTEN_BY[name]}`" if name in WRITTEN_BY else "the stage that writes it"
 
 
-def read_table(path: str | Path, schema: pa.Schema, columns: Sequence[str] | None = None) -> pa.Table:
-    """Read a table written by :func:`write_table`, checking its schema; a missing or unreadable file is a
-    one-line error naming the file and the stage that writes it."""
+def check_file(path: str | Path, schema: pa.Schema) -> Path:
+    """``path`` if it is a Parquet file written with ``schema``; else a one-line error naming the file and
+    the stage that writes it."""
     path = Path(path)
-    writer = _writer(schema)
+    writer = written_by(schema)
     if not path.exists():
         raise StageInputError(f"{path} does not exist: run {writer} first (`dvc repro` runs it)")
     try:
         found = pq.read_schema(path)
     except (pa.ArrowException, OSError) as err:
-        reason = " ".join(str(err).split())[:200]
-        raise SchemaError(f"{path} cannot be read as Parquet ({reason}): delete it and rerun {writer}") from None
+        raise unreadable(path, schema, err) from None
     if not found.remove_metadata().equals(file_schema(schema)):
         raise SchemaError(f"{path}: schema differs from the declared one; rerun {writer}")
+    return path
+
+
+def unreadable(path: str | Path, schema: pa.Schema, err: Exception) -> SchemaError:
+    """The error for a table file that cannot be read: what failed and what to do."""
+    reason = " ".join(str(err).split())[:200]
+    return SchemaError(f"{path} cannot be read as Parquet ({reason}): delete it and rerun {written_by(schema)}")
+
+
+def read_table(path: str | Path, schema: pa.Schema, columns: Sequence[str] | None = None) -> pa.Table:
+    """Read a table written by :func:`write_table`, checking its schema; a missing or unreadable file is a
+    one-line error naming the file and the stage that writes it."""
+    path = check_file(path, schema)
     try:  # geometry columns are for GIS readers; stages get exactly the declared columns
         table = pq.read_table(path, columns=list(columns) if columns else schema.names)
     except (pa.ArrowException, OSError) as err:
-        reason = " ".join(str(err).split())[:200]
-        raise SchemaError(f"{path} cannot be read as Parquet ({reason}): delete it and rerun {writer}") from None
+        raise unreadable(path, schema, err) from None
     return table.replace_schema_metadata(None)

@@ -110,7 +110,7 @@ DENSITY = next(f for f in REGISTRY if f.name == "density")
 
 
 def manifest_ids(decisions: pa.Table, tables: Tables) -> set[str]:
-    return set(stage.survivors(tables.photos, decisions))
+    return set(stage.survivors(tables.photos, decisions).to_pylist())
 
 
 def test_a_photo_dropped_by_another_filter_does_not_knock_out_its_neighbour():

@@ -1,0 +1,188 @@
+"""Id-sorted tables read and written one range of ids at a time, so a table stage's memory does not grow with its rows.
+
+Every stage table is written sorted by id (:func:`pipeline.schemas.write_table`), so the rows of one
+range of ids lie in one stretch of every file. :func:`id_chunks` takes the photos table ``rows`` at a
+time and, from each other table, the rows whose ids come up to the chunk's last id, reading every
+file forward once. A stage whose result for a photo depends only on that photo's rows gets, chunk by
+chunk, the rows it would get from the whole tables. :class:`TableWriter` writes rows in id order and
+gives the bytes :func:`~pipeline.schemas.write_table` gives for the whole table: the same row groups,
+and for a table with a place the same GeoParquet metadata (its bounding box is known only at the end,
+so such a file is written twice: rows and geometry, then the same row groups under the final metadata).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Self
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.errors import SchemaError
+from pipeline.geoparquet import append_geometry, geo_text, merge_metadata
+from pipeline.schemas import (
+    GEOMETRY,
+    PARQUET_OPTIONS,
+    ROW_GROUP_ROWS,
+    check_file,
+    conform,
+    schema_name,
+    unreadable,
+    written_by,
+)
+from pipeline.store import atomic_file
+
+CHUNK_ROWS = 16_384  # photos a chunk: with their rows in every table, a few tens of MB
+
+
+class Cursor:
+    """A forward reader of one id-sorted table file: :meth:`take` the next rows, or :meth:`upto` an id."""
+
+    def __init__(self, path: str | Path, schema: pa.Schema, columns: Sequence[str] | None = None) -> None:
+        self.path, self._table_schema = check_file(path, schema), schema
+        names = list(columns) if columns else schema.names
+        self.schema = pa.schema([schema.field(n) for n in names])
+        try:
+            # no pre-buffering: pages are read as batches need them, not a whole row group at once
+            source = pq.ParquetFile(self.path, pre_buffer=False, buffer_size=1 << 20)
+            self._batches = source.iter_batches(batch_size=CHUNK_ROWS, columns=names, use_threads=False)
+        except (pa.ArrowException, OSError) as err:
+            raise unreadable(self.path, schema, err) from None
+        self._buffer = self.schema.empty_table()
+        self._last: str | None = None
+
+    def _more(self) -> bool:
+        """Append the next batch to the buffer (False at the end), checking that ids do not go back."""
+        try:
+            batch = next(self._batches)
+        except StopIteration:
+            return False
+        except (pa.ArrowException, OSError) as err:
+            raise unreadable(self.path, self._table_schema, err) from None
+        ids = batch.column("id")
+        if len(ids):
+            back = self._last is not None and ids[0].as_py() < self._last
+            if back or (len(ids) > 1 and pc.any(pc.less(ids.slice(1), ids.slice(0, len(ids) - 1))).as_py()):
+                raise SchemaError(f"{self.path} is not sorted by id; rerun {written_by(self._table_schema)}")
+            self._last = ids[-1].as_py()
+        self._buffer = pa.concat_tables([self._buffer, pa.Table.from_batches([batch], self.schema)])
+        return True
+
+    def _split(self, n: int) -> pa.Table:
+        head, self._buffer = self._buffer.slice(0, n), self._buffer.slice(n)
+        return head
+
+    def upto(self, last: str | None) -> pa.Table:
+        """The next rows whose ids are at most ``last`` (every remaining row when ``last`` is None)."""
+        while last is None or not self._buffer.num_rows or self._buffer["id"][-1].as_py() <= last:
+            if not self._more():
+                break
+        if last is None:
+            return self._split(self._buffer.num_rows)
+        return self._split(pc.sum(pc.less_equal(self._buffer["id"], last)).as_py() or 0)
+
+    def parts(self) -> Iterator[pa.Table]:
+        """Every remaining row, a batch at a time."""
+        while self._buffer.num_rows or self._more():
+            yield self._split(self._buffer.num_rows)
+
+    def take(self, n: int) -> pa.Table:
+        """The next ``n`` rows, and any further rows with the last one's id (fewer at the end)."""
+        while self._buffer.num_rows < n and self._more():
+            pass
+        head = self._split(n)
+        return pa.concat_tables([head, self.upto(head["id"][-1].as_py())]) if head.num_rows else head
+
+
+def id_chunks(
+    lead: Cursor, others: Mapping[str, Cursor], rows: int | None = None
+) -> Iterator[tuple[pa.Table, dict[str, pa.Table]]]:
+    """``(lead rows, {name: rows})`` for consecutive ranges of ids, ``rows`` lead rows at a time.
+
+    Each range ends at its last lead id; the last range (with no lead rows) holds whatever the other
+    tables have after the lead's last id, so every row of every table is in exactly one chunk.
+    ``rows``: ``CHUNK_ROWS`` when not given.
+    """
+    rows = rows or CHUNK_ROWS
+    while True:
+        head = lead.take(rows)
+        last = head["id"][-1].as_py() if head.num_rows else None
+        yield head.combine_chunks(), {name: c.upto(last).combine_chunks() for name, c in others.items()}
+        if last is None:
+            return
+
+
+class TableWriter:
+    """Write a table in id order, part by part, with the bytes ``write_table`` would give the whole table.
+
+    Use as a context manager: the file appears (atomically) only when the block ends without error.
+    Parts must come in sort order (the caller reads its inputs in id order); they are cut into row
+    groups of ``ROW_GROUP_ROWS`` like ``write_table`` cuts the whole table.
+    """
+
+    def __init__(self, path: str | Path, schema: pa.Schema) -> None:
+        self.path, self.schema = Path(path), schema
+        self.rows = 0
+        self._geometry = GEOMETRY.get(schema_name(schema) or "")
+        self._metas: dict[str, dict] | None = None
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+
+    def __enter__(self) -> Self:
+        self._atomic = atomic_file(self.path)
+        self._tmp = Path(self._atomic.__enter__())
+        self._rows_path = self._tmp.with_name(self._tmp.name + ".rows") if self._geometry else self._tmp
+        plain = self.schema.remove_metadata()
+        self._empty = conform(plain.empty_table(), self.schema, self.path)
+        if self._geometry:
+            self._empty, _ = append_geometry(self._empty, self._geometry)
+        self._writer = pq.ParquetWriter(self._rows_path, self._empty.schema, **PARQUET_OPTIONS)
+        return self
+
+    def write(self, table: pa.Table) -> None:
+        """Append rows (checked against the schema) after every row written so far."""
+        table = conform(table, self.schema, self.path).replace_schema_metadata(None)
+        if self._geometry:
+            table, metas = append_geometry(table, self._geometry)
+            self._metas = metas if self._metas is None else {
+                k: merge_metadata(self._metas[k], metas[k]) for k in metas}  # fmt: skip
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        self.rows += table.num_rows
+        while self._pending_rows >= ROW_GROUP_ROWS:
+            self._flush(ROW_GROUP_ROWS)
+
+    def _flush(self, n: int) -> None:
+        rows = pa.concat_tables(self._pending) if self._pending else self._empty
+        # one contiguous table a row group: Parquet pages (and so the bytes) depend on the chunks written
+        self._writer.write_table(rows.slice(0, n).combine_chunks(), row_group_size=ROW_GROUP_ROWS)
+        rest = rows.slice(n)
+        self._pending, self._pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
+
+    def __exit__(self, kind, err, trace) -> None:
+        try:
+            if kind is None:
+                if self._pending_rows or not self.rows:
+                    self._flush(self._pending_rows)  # an empty table still gets its (empty) row group
+                self._writer.close()
+                if self._geometry:
+                    self._rewrite()
+            else:
+                self._writer.close()
+        finally:
+            if self._geometry:
+                self._rows_path.unlink(missing_ok=True)
+            self._atomic.__exit__(kind, err, trace)
+
+    def _rewrite(self) -> None:
+        """Copy the row groups under the ``geo`` metadata of the whole table (its bbox known only now)."""
+        if self._metas is None:
+            _, self._metas = append_geometry(self.schema.empty_table(), self._geometry)
+        source = pq.ParquetFile(self._rows_path)
+        schema = source.schema_arrow.with_metadata({"geo": geo_text(self._geometry, self._metas)})
+        with pq.ParquetWriter(self._tmp, schema, **PARQUET_OPTIONS) as out:
+            for k in range(source.num_row_groups):
+                out.write_table(source.read_row_group(k).replace_schema_metadata(schema.metadata),
+                                row_group_size=ROW_GROUP_ROWS)  # fmt: skip
