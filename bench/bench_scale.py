@@ -5,7 +5,7 @@ loopback, ``source: flickr``) through ``crossview search``, ``download`` (a loop
 serving one small real JPEG with a per-photo comment segment, so every photo has its own bytes),
 ``pair``, ``chip``, ``filter`` and ``manifest``, on one synthetic tile set (four 8-bit RGB GeoTIFFs in
 UTM 31N at 3 m, converted once by ``crossview tiles``, not timed). Each stage runs as its CLI in a
-subprocess; its wall time and peak RSS (``wait4``) are recorded.
+subprocess; its wall time, CPU time (``wait4``) and peak RSS (its own VmHWM, see ``PEAK``) are recorded.
 
 Part 2, the table-only stages (pair, filter, manifest) at up to 1M rows: photos and downloads tables
 generated in code (no fetch), chips rows made from the pairs (no cutting).
@@ -168,6 +168,22 @@ ARGS = {
 }
 
 
+# The stage's own peak RSS: VmHWM of the process after exec, written at exit. (wait4's ru_maxrss would
+# include the bench process's memory at the fork, which is large while it holds a generated table or the
+# Flickr peer's population.)
+PEAK = """
+import atexit, os, runpy, sys
+def peak():
+    with open("/proc/self/status") as f:
+        kb = next(line.split()[1] for line in f if line.startswith("VmHWM"))
+    with open(os.environ["PEAK_FILE"], "w") as out:
+        out.write(kb)
+atexit.register(peak)
+sys.argv = ["crossview", *sys.argv[1:]]
+runpy.run_module("pipeline.cli", run_name="__main__")
+"""
+
+
 def stage(cwd: Path, name: str, args: list[str] | None = None) -> tuple[float, float, float]:
     """Run ``crossview NAME`` in ``cwd``; (wall s, peak RSS MiB, CPU s). Fails loudly with the stage's output.
 
@@ -176,18 +192,20 @@ def stage(cwd: Path, name: str, args: list[str] | None = None) -> tuple[float, f
     """
     env = {**os.environ, "PYTHONPATH": str(REPO), "NO_PROXY": "127.0.0.1,localhost", "FLICKR_API_KEY": KEY,
            "FLICKR_API_SECRET": SECRET}
-    cmd = [sys.executable, "-m", "pipeline.cli", name, *(args or ARGS[name])]
+    cmd = [sys.executable, "-c", PEAK, name, *(args or ARGS[name])]
+    peak_file = cwd / "stage.peak"
     start = time.perf_counter()
     with (cwd / "stage.log").open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=cwd, env={**env, "PEAK_FILE": str(peak_file)}, stdout=out,
+                                stderr=subprocess.STDOUT)  # fmt: skip
         _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     if status != 0:
         raise SystemExit(f"{name} failed in {cwd}:\n{(cwd / 'stage.log').read_text()[-3000:]}")
     cpu = usage.ru_utime + usage.ru_stime
-    log.info("  %s %-8s %7.1f s %7.1f s CPU %6.0f MB (load %s)", cwd.name, name, wall, cpu, usage.ru_maxrss / 1024,
-             load())
-    return wall, usage.ru_maxrss / 1024, cpu
+    peak = int(peak_file.read_text()) / 1024
+    log.info("  %s %-8s %7.1f s %7.1f s CPU %6.0f MB (load %s)", cwd.name, name, wall, cpu, peak, load())
+    return wall, peak, cpu
 
 
 def prepare(run: Path, tileset: Path, params: dict) -> None:
