@@ -44,6 +44,7 @@ class PhotoTables:
     chips: pa.Table
     scores: pa.Table | None
     relevance: pa.Table | None
+    shared_bytes: None = None  # whole tables: counts across photos come from them (``filters.base.Tables``)
 
 
 def image_files(paths: Sequence[str]) -> list[str]:
