@@ -102,17 +102,24 @@ def run_filters(tables: Tables, params: FilterParams, registry: Sequence[Filter]
     curator override), so they only drop a photo in favour of one that stays."""
     decisions, overrides = judge(tables, params, registry)
     decisions = _sorted(pa.concat_tables([decisions, thin(tables, params, survivors(tables.photos, decisions), registry)]))
-    if any(f.name == CURATOR for f in registry):
-        warn_unknown_verdicts(params.verdicts, set(latest_verdicts(params.verdicts)) - set(column(tables.photos, "id")))
-    _log_counts(decisions)
+    warn_unknown_verdicts(params.verdicts, _verdict_ids(params, registry) - set(column(tables.photos, "id")))
+    _log_counts(Counter(column(decisions, "filter")), _drops(decisions), filter_order(registry))
     return decisions, overrides
 
 
-def _log_counts(decisions: pa.Table, order: Sequence[str] | None = None) -> None:
+def _verdict_ids(params: FilterParams, registry: Sequence[Filter]) -> set[str]:
+    """Ids with a curator verdict, when the registry has the curator filter."""
+    return set(latest_verdicts(params.verdicts)) if any(f.name == CURATOR for f in registry) else set()
+
+
+def _drops(decisions: pa.Table) -> Counter:
+    """Dropping decisions per filter."""
+    return Counter(pc.filter(decisions["filter"], pc.invert(decisions["kept"])).to_pylist())
+
+
+def _log_counts(judged: Counter, dropped: Counter, order: Sequence[str]) -> None:
     """One line a filter: photos judged and dropped."""
-    judged = Counter(column(decisions, "filter"))
-    dropped = Counter(pc.filter(decisions["filter"], pc.invert(decisions["kept"])).to_pylist())
-    for name in order or sorted(judged):
+    for name in order:
         log.info("%s: %d judged, %d dropped", name, judged[name], dropped[name])
 
 
@@ -136,6 +143,7 @@ class FunnelTally:
     def __init__(self, order: Sequence[str]) -> None:
         self.order = list(order)
         self.steps = no_steps(order)
+        self.judged: Counter = Counter()
         self.drops: Counter = Counter()
         self.by_city: dict[str, dict[str, int]] = {}
         self.by_split: dict[str, dict[str, int]] = {}
@@ -144,7 +152,8 @@ class FunnelTally:
         ids = column(photos, "id")
         steps = funnel_steps(ids, decisions, self.order)
         self.steps = add_steps(self.steps, steps)
-        self.drops.update(pc.filter(decisions["filter"], pc.invert(decisions["kept"])).to_pylist())
+        self.judged.update(column(decisions, "filter"))
+        self.drops.update(_drops(decisions))
         _add_groups(self.by_city, ids, dict(zip(ids, column(photos, "city"), strict=True)), steps.first)
         _add_groups(self.by_split, ids, dict(zip(column(pairs, "id"), column(pairs, "split"), strict=True)), steps.first)
 
@@ -239,7 +248,7 @@ def _inputs(args: argparse.Namespace) -> dict[str, Cursor]:
 def _judge_all(params: FilterParams, args: argparse.Namespace, registry: Sequence[Filter], out: Path) -> tuple[pa.Table, int]:
     """Judge the photos a part at a time into ``out``; (the survivors' pairs id/epsg/x_m/y_m, overrides)."""
     copies, overrides, places = shared_bytes(args.downloads), 0, []
-    unknown = set(latest_verdicts(params.verdicts)) if any(f.name == CURATOR for f in registry) else set()
+    unknown = _verdict_ids(params, registry)
     with TableWriter(out, DECISIONS) as writer:
         for photos, rest in id_chunks(Cursor(args.photos, PHOTOS), _inputs(args)):
             decisions, n = judge(Tables(photos=photos, **rest, shared_bytes=copies), params, registry)
@@ -249,7 +258,7 @@ def _judge_all(params: FilterParams, args: argparse.Namespace, registry: Sequenc
             pairs = rest["pairs"].select(["id", "epsg", "x_m", "y_m"])
             places.append(pairs.filter(pc.is_in(pairs["id"], value_set=survivors(photos, decisions))))
     warn_unknown_verdicts(params.verdicts, unknown)
-    return pa.concat_tables(places).combine_chunks() if places else PAIRS.empty_table(), overrides
+    return pa.concat_tables(places).combine_chunks(), overrides  # id_chunks yields at least one chunk
 
 
 def main(params: Params, args: argparse.Namespace, registry: Sequence[Filter] = REGISTRY) -> int:
@@ -276,8 +285,7 @@ def main(params: Params, args: argparse.Namespace, registry: Sequence[Filter] = 
                 writer.write(decisions)
                 tally.add(photos, rest["pairs"], decisions)
                 notes.add(decisions)
-    for name in order:
-        log.info("%s: %d dropped", name, tally.drops[name])
+    _log_counts(tally.judged, tally.drops, order)
     report = tally.report(overrides, notes.notes(registry))
     write_json(report, args.funnel)
     if args.funnel_csv:

@@ -132,8 +132,7 @@ class Invariants:
     carries its attribution. :meth:`raise_if_broken` names the first ids (in id order) and how many."""
 
     def __init__(self) -> None:
-        self.lost: list[str] = []
-        self.lost_count = 0
+        self.lost: tuple[list[str], int] = ([], 0)  # (first ids, count)
         self.bad: dict[str, tuple[list[str], int]] = {}  # column -> (first ids, count)
         self.bad_split: tuple[list[str], int] = ([], 0)
 
@@ -144,7 +143,7 @@ class Invariants:
     def add(self, photos: pa.Table, rows: list[dict], decisions: pa.Table) -> None:
         in_manifest = {r["id"] for r in rows}
         lost = sorted(set(column(photos, "id")) - in_manifest - dropped_ids(decisions))
-        self.lost, self.lost_count = self._more((self.lost, self.lost_count), lost)
+        self.lost = self._more(self.lost, lost)
         for col in ATTRIBUTION:
             bad = sorted(r["id"] for r in rows if not r[col] and _required(col, r))
             if bad:
@@ -152,10 +151,10 @@ class Invariants:
         self.bad_split = self._more(self.bad_split, sorted(r["id"] for r in rows if r["split"] not in SPLITS))
 
     def raise_if_broken(self) -> None:
-        if self.lost_count:
+        if self.lost[1]:
             raise InvariantError(
-                f"{self.lost_count} photo(s) are in no manifest and have no dropping decision: "
-                f"{_name(self.lost, self.lost_count)}; rerun `crossview filter` on the current tables"
+                f"{self.lost[1]} photo(s) are in no manifest and have no dropping decision: "
+                f"{_name(*self.lost)}; rerun `crossview filter` on the current tables"
             )
         for col in ATTRIBUTION:
             if col in self.bad:

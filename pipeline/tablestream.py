@@ -126,7 +126,7 @@ class TableWriter:
         self.path, self.schema = Path(path), schema
         self.rows = 0
         self._geometry = GEOMETRY.get(schema_name(schema) or "")
-        self._metas: dict[str, dict] | None = None
+        self._metas: dict[str, dict] = {}  # the geometry columns' metadata over every row so far
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
 
@@ -137,7 +137,7 @@ class TableWriter:
         plain = self.schema.remove_metadata()
         self._empty = conform(plain.empty_table(), self.schema, self.path)
         if self._geometry:
-            self._empty, _ = append_geometry(self._empty, self._geometry)
+            self._empty, self._metas = append_geometry(self._empty, self._geometry)
         self._writer = pq.ParquetWriter(self._rows_path, self._empty.schema, **PARQUET_OPTIONS)
         return self
 
@@ -146,8 +146,7 @@ class TableWriter:
         table = conform(table, self.schema, self.path).replace_schema_metadata(None)
         if self._geometry:
             table, metas = append_geometry(table, self._geometry)
-            self._metas = metas if self._metas is None else {
-                k: merge_metadata(self._metas[k], metas[k]) for k in metas}  # fmt: skip
+            self._metas = {k: merge_metadata(self._metas[k], metas[k]) for k in metas}
         self._pending.append(table)
         self._pending_rows += table.num_rows
         self.rows += table.num_rows
@@ -178,8 +177,6 @@ class TableWriter:
 
     def _rewrite(self) -> None:
         """Copy the row groups under the ``geo`` metadata of the whole table (its bbox known only now)."""
-        if self._metas is None:
-            _, self._metas = append_geometry(self.schema.empty_table(), self._geometry)
         source = pq.ParquetFile(self._rows_path)
         schema = source.schema_arrow.with_metadata({"geo": geo_text(self._geometry, self._metas)})
         with pq.ParquetWriter(self._tmp, schema, **PARQUET_OPTIONS) as out:
