@@ -4,7 +4,9 @@ One ``pairs`` row per photo, sorted by id: ``status`` is ``paired`` or the reaso
 that dropped it (``bad_coordinates``, ``not_downloaded``, ``outside_tiles``, ``near_tile_edge``,
 ``split_buffer``), with a human-readable ``reason``. The density limit is not applied here: it
 chooses among the photos that pass every other rule, so it runs last in the filter stage
-(:func:`filters.location_rules.density`).
+(:func:`filters.location_rules.density`). The stage reads its tables a range of ids at a time
+(pipeline/tablestream.py); the split buffer, the one step across photos, runs once on the paired
+photos' places.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -26,7 +30,8 @@ from pipeline.config import Params, SplitParams
 from pipeline.errors import SchemaError
 from pipeline.geo import transformer
 from pipeline.neighbours import unit_hash
-from pipeline.schemas import DOWNLOADS, PAIRS, PHOTOS, TILES, read_table, write_table
+from pipeline.schemas import DOWNLOADS, PAIRS, PHOTOS, TILES, read_table
+from pipeline.tablestream import Cursor, TableWriter, id_chunks
 
 log = logging.getLogger(__name__)
 
@@ -202,38 +207,27 @@ def _label_unmatched(rows: np.ndarray, inside: np.ndarray, ts: TileSet, edge_m: 
             status[i], reason[i] = "outside_tiles", "position is inside no tile footprint"
 
 
-def _hint_swaps(rows: np.ndarray, lon: np.ndarray, lat: np.ndarray, ts: TileSet, edge_m: float, reason) -> None:
+def _hint_swaps(rows: np.ndarray, lon: np.ndarray, lat: np.ndarray, ts: TileSet, edge_m: float, reason) -> int:
     """Add a swap hint to the reason of each photo in ``rows`` (outside every tile) that lies inside a tile
-    footprint once its lat and lon are swapped, and warn once for the run."""
+    footprint once its lat and lon are swapped; return how many do (the caller warns once a run)."""
     if not len(rows) or not len(ts.tile_id):
-        return
+        return 0
     hit = match_tiles(lat, lon, ts, edge_m).inside  # lon and lat exchanged
     for i, t, y, x in zip(rows[hit >= 0], hit[hit >= 0], lat[hit >= 0], lon[hit >= 0]):
         reason[i] += f"; with lat {float(x)!r}, lon {float(y)!r} it lies inside tile {ts.tile_id[t]}: {SWAPPED}; {SWAP_FIX}"
-    if (hit >= 0).any():
-        log.warning(
-            "%d of %d photos outside every tile lie inside one with lat and lon swapped: %s", int((hit >= 0).sum()),
-            len(rows), SWAP_FIX,
-        )
+    return int((hit >= 0).sum())
 
 
-def _apply_splits(ids: list[str], rows, city, epsg, x, y, params: Params, status, reason, split) -> None:
-    """Assign splits to ``rows`` and drop chips overlapping a higher-priority split's chips."""
-    s = assign_splits(city[rows], epsg[rows], x[rows], y[rows], params.split)
-    dropped, other, d = split_overlaps(s, epsg[rows], x[rows], y[rows], params.chip.edge_m)
-    for k in np.flatnonzero(dropped):
-        status[rows[k]] = "split_buffer"
-        reason[rows[k]] = (
-            f"{s[k]} chip overlaps the {s[other[k]]} chip of photo {ids[rows[other[k]]]} "
-            f"(centres {d[k]:.1f} m apart, Chebyshev < {params.chip.edge_m:g} m)"
-        )
-    keep = rows[~dropped]
-    split[keep], status[keep] = s[~dropped], "paired"
+def _warn_swaps(swapped: int, outside: int) -> None:
+    if swapped:
+        log.warning("%d of %d photos outside every tile lie inside one with lat and lon swapped: %s", swapped, outside,
+                    SWAP_FIX)  # fmt: skip
 
 
-def pair_photos(photos: pa.Table, downloads: pa.Table, tiles: pa.Table, params: Params) -> pa.Table:
-    """One PAIRS row per photo, sorted by id: paired (tile, position, split) or the reason it is not."""
-    photos = photos.take(pc.sort_indices(photos, sort_keys=[("id", "ascending")]))
+def pair_part(photos: pa.Table, downloads: pa.Table, ts: TileSet, params: Params) -> tuple[pa.Table, tuple[int, int]]:
+    """PAIRS rows for id-sorted ``photos`` and their downloads, every step but the split buffer: a photo with a
+    tile is ``paired``, with its split. Also (photos given a swap hint, photos outside every tile). A photo's
+    row depends only on its own rows, so parts of the tables give parts of the pairs."""
     id_arr = photos["id"].combine_chunks()
     ids = id_arr.to_pylist()
     if len(set(ids)) != len(ids):
@@ -247,24 +241,24 @@ def pair_photos(photos: pa.Table, downloads: pa.Table, tiles: pa.Table, params: 
         if not status[i]:
             status[i], reason[i] = "not_downloaded", why
     todo = np.flatnonzero(status == "")
-    ts = TileSet.from_table(tiles)
     lon, lat = (photos[c].to_numpy(zero_copy_only=False).astype(float)[todo] for c in ("lon", "lat"))
     m = match_tiles(lon, lat, ts, edge_m)
     tile, inside, x, y = np.full(n, -1), np.full(n, -1), np.full(n, np.nan), np.full(n, np.nan)
     tile[todo], inside[todo], x[todo], y[todo] = m.tile, m.inside, m.x, m.y
     _label_unmatched(todo[m.tile < 0], m.inside[m.tile < 0], ts, edge_m, status, reason)
     out = (m.tile < 0) & (m.inside < 0)
-    _hint_swaps(todo[out], lon[out], lat[out], ts, edge_m, reason)
+    swapped = _hint_swaps(todo[out], lon[out], lat[out], ts, edge_m, reason)
     has_tile = tile >= 0
     epsg = np.where(has_tile, ts.epsg[np.maximum(tile, 0)], 0) if len(ts.epsg) else np.zeros(n, np.int64)
     src = np.where(has_tile, tile, inside)
     aoi, city = _from_tile(ts.aoi, src, photos["aoi"].to_pylist()), _from_tile(ts.city, src, photos["city"].to_pylist())
     rows = np.flatnonzero(has_tile)
     split = np.full(n, None, dtype=object)
-    _apply_splits(ids, rows, city, epsg, x, y, params, status, reason, split)
-    return pa.table(
+    split[rows] = assign_splits(city[rows], epsg[rows], x[rows], y[rows], params.split)
+    status[rows] = "paired"
+    table = pa.table(
         {
-            "id": ids,
+            "id": id_arr,
             "aoi": aoi.tolist(),
             "city": city.tolist(),
             "tile_id": [ts.tile_id[t] if t >= 0 else None for t in tile],
@@ -277,6 +271,55 @@ def pair_photos(photos: pa.Table, downloads: pa.Table, tiles: pa.Table, params: 
         },
         schema=PAIRS,
     )
+    return table, (swapped, int(out.sum()))
+
+
+PLACES = ["id", "split", "epsg", "x_m", "y_m"]  # what the split buffer reads of the paired rows
+DROPS = pa.schema([("id", pa.string()), ("reason", pa.string())])  # the split buffer's drops
+
+
+def paired_places(pairs: pa.Table) -> pa.Table:
+    """The ``PLACES`` of the paired rows: all the split buffer needs."""
+    return pairs.filter(pc.equal(pairs["status"], "paired")).select(PLACES)
+
+
+def split_buffer_drops(places: pa.Table, edge_m: float) -> pa.Table:
+    """The paired rows (:func:`paired_places`, id-sorted) whose chip overlaps a chip of a higher-priority
+    split: DROPS rows (id, reason), in id order."""
+    ids = places["id"].combine_chunks()
+    s = np.asarray(places["split"].to_pylist(), dtype=object)
+    epsg = places["epsg"].to_numpy(zero_copy_only=False)
+    x, y = (places[c].to_numpy(zero_copy_only=False) for c in ("x_m", "y_m"))
+    dropped, other, d = split_overlaps(s, epsg, x, y, edge_m)
+    k = np.flatnonzero(dropped)
+    names = ids.take(pa.array(other[k], pa.int64())).to_pylist()
+    reasons = [
+        f"{s[a]} chip overlaps the {s[b]} chip of photo {name} (centres {dist:.1f} m apart, Chebyshev < {edge_m:g} m)"
+        for a, b, name, dist in zip(k.tolist(), other[k].tolist(), names, d[k].tolist(), strict=True)
+    ]
+    return pa.table({"id": ids.take(pa.array(k, pa.int64())), "reason": pa.array(reasons, pa.string())}, schema=DROPS)
+
+
+def apply_drops(pairs: pa.Table, drops: pa.Table) -> pa.Table:
+    """``pairs`` with the rows in ``drops`` turned into ``split_buffer`` rows (their reason, no split)."""
+    if not drops.num_rows:
+        return pairs
+    at = pc.index_in(pairs["id"], value_set=drops["id"])
+    hit = pc.is_valid(at)
+    changes = {"split": pc.if_else(hit, pa.scalar(None, pa.string()), pairs["split"]),
+               "status": pc.if_else(hit, "split_buffer", pairs["status"]),
+               "reason": pc.if_else(hit, drops["reason"].take(at), pairs["reason"])}  # fmt: skip
+    for name, values in changes.items():
+        pairs = pairs.set_column(PAIRS.get_field_index(name), PAIRS.field(name), values)
+    return pairs
+
+
+def pair_photos(photos: pa.Table, downloads: pa.Table, tiles: pa.Table, params: Params) -> pa.Table:
+    """One PAIRS row per photo, sorted by id: paired (tile, position, split) or the reason it is not."""
+    photos = photos.take(pc.sort_indices(photos, sort_keys=[("id", "ascending")]))
+    pairs, swaps = pair_part(photos, downloads, TileSet.from_table(tiles), params)
+    _warn_swaps(*swaps)
+    return apply_drops(pairs, split_buffer_drops(paired_places(pairs), params.chip.edge_m))
 
 
 # --- CLI ---------------------------------------------------------------------------------------
@@ -291,16 +334,33 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(params: Params, args: argparse.Namespace) -> int:
-    """Read photos, downloads and tiles; write the pairs table; log counts per status."""
-    photos = read_table(args.photos, PHOTOS, columns=["id", "aoi", "city", "lat", "lon"])
-    downloads = read_table(args.downloads, DOWNLOADS, columns=["id", "status", "error"])
+    """Pair the photos a part at a time (pipeline/tablestream.py) into a temp table, keeping only the paired
+    rows' places; run the split buffer once on those; then write the pairs with its drops applied. Memory
+    grows with the photos only by the places (~35 bytes a paired photo)."""
     tiles = read_table(args.tiles, TILES, columns=["tile_id", "aoi", "city", "epsg", "footprint_wkb", "status"])
     tiles = tiles.filter(pc.equal(tiles["status"], "ok"))
     if tiles.num_rows == 0:
         log.warning("%s has no tile with status ok: every photo will be outside_tiles", args.tiles)
-    pairs = pair_photos(photos, downloads, tiles, params)
-    write_table(pairs, args.out, PAIRS)
-    counts = Counter(pairs["status"].to_pylist())
-    splits = Counter(s for s in pairs["split"].to_pylist() if s)
-    log.info("pairs: %d photos -> %s; splits %s", pairs.num_rows, dict(sorted(counts.items())), dict(sorted(splits.items())))
+    ts, swapped, outside, places = TileSet.from_table(tiles), 0, 0, []
+    status, splits = Counter(), Counter()
+    with tempfile.TemporaryDirectory(prefix="crossview-pair-") as tmp:
+        part_path, drops_path = Path(tmp) / "pairs.parquet", Path(tmp) / "drops.parquet"
+        with TableWriter(part_path, PAIRS, geometry=False) as writer:
+            for photos, rest in id_chunks(Cursor(args.photos, PHOTOS, ["id", "aoi", "city", "lat", "lon"]),
+                                          {"downloads": Cursor(args.downloads, DOWNLOADS, ["id", "status", "error"])}):
+                pairs, (hits, outs) = pair_part(photos, rest["downloads"], ts, params)
+                writer.write(pairs)
+                places.append(paired_places(pairs))
+                swapped, outside = swapped + hits, outside + outs
+        _warn_swaps(swapped, outside)
+        with TableWriter(drops_path, DROPS) as writer:
+            writer.write(split_buffer_drops(pa.concat_tables(places), params.chip.edge_m))
+        del places
+        with TableWriter(args.out, PAIRS) as writer:
+            for pairs, rest in id_chunks(Cursor(part_path, PAIRS, geometry=False), {"drops": Cursor(drops_path, DROPS)}):
+                pairs = apply_drops(pairs, rest["drops"])
+                writer.write(pairs)
+                status.update(pairs["status"].to_pylist())
+                splits.update(s for s in pairs["split"].to_pylist() if s)
+    log.info("pairs: %d photos -> %s; splits %s", status.total(), dict(sorted(status.items())), dict(sorted(splits.items())))
     return 0

@@ -345,9 +345,9 @@ def written_by(schema: pa.Schema) -> str:
     return f"`crossview {WRITTEN_BY[name]}`" if name in WRITTEN_BY else "the stage that writes it"
 
 
-def check_file(path: str | Path, schema: pa.Schema) -> Path:
-    """``path`` if it is a Parquet file written with ``schema``; else a one-line error naming the file and
-    the stage that writes it."""
+def check_file(path: str | Path, schema: pa.Schema, geometry: bool = True) -> Path:
+    """``path`` if it is a Parquet file written with ``schema`` (and its geometry columns, unless
+    ``geometry`` is False); else a one-line error naming the file and the stage that writes it."""
     path = Path(path)
     writer = written_by(schema)
     if not path.exists():
@@ -356,7 +356,7 @@ def check_file(path: str | Path, schema: pa.Schema) -> Path:
         found = pq.read_schema(path)
     except (pa.ArrowException, OSError) as err:
         raise unreadable(path, schema, err) from None
-    if not found.remove_metadata().equals(file_schema(schema)):
+    if not found.remove_metadata().equals(file_schema(schema) if geometry else schema.remove_metadata()):
         raise SchemaError(f"{path}: schema differs from the declared one; rerun {writer}")
     return path
 

@@ -40,8 +40,10 @@ CHUNK_ROWS = 16_384  # photos a chunk: with their rows in every table, a few ten
 class Cursor:
     """A forward reader of one id-sorted table file: :meth:`take` the next rows, or :meth:`upto` an id."""
 
-    def __init__(self, path: str | Path, schema: pa.Schema, columns: Sequence[str] | None = None) -> None:
-        self.path, self._table_schema = check_file(path, schema), schema
+    def __init__(self, path: str | Path, schema: pa.Schema, columns: Sequence[str] | None = None,
+                 geometry: bool = True) -> None:  # fmt: skip
+        """``geometry``: as the file was written (:class:`TableWriter`)."""
+        self.path, self._table_schema = check_file(path, schema, geometry), schema
         names = list(columns) if columns else schema.names
         self.schema = pa.schema([schema.field(n) for n in names])
         try:
@@ -122,10 +124,12 @@ class TableWriter:
     groups of ``ROW_GROUP_ROWS`` like ``write_table`` cuts the whole table.
     """
 
-    def __init__(self, path: str | Path, schema: pa.Schema) -> None:
+    def __init__(self, path: str | Path, schema: pa.Schema, geometry: bool = True) -> None:
+        """``geometry=False``: the declared columns only, for a stage's scratch table that is read back
+        (with ``Cursor(..., geometry=False)``) and rewritten, so deriving geometry twice would be waste."""
         self.path, self.schema = Path(path), schema
         self.rows = 0
-        self._geometry = GEOMETRY.get(schema_name(schema) or "")
+        self._geometry = GEOMETRY.get(schema_name(schema) or "") if geometry else ()
         self._metas: dict[str, dict] = {}  # the geometry columns' metadata over every row so far
         self._pending: list[pa.Table] = []
         self._pending_rows = 0

@@ -10,7 +10,7 @@ import random
 import pytest
 import shapely
 
-from pipeline import pair
+from pipeline import pair, schemas, tablestream
 from pipeline.config import parse_params
 from pipeline.geo import transformer
 from pipeline.schemas import (
@@ -171,3 +171,39 @@ def test_main_writes_byte_identical_tables_and_reads_only_ok_tiles(tmp_path):
     rows = {r["id"]: r for r in read_table(tmp_path / "pairs0.parquet", PAIRS).to_pylist()}
     assert sorted(r["status"] for r in rows.values()) == ["outside_tiles", "paired", "paired"]  # a, b 2 m apart: both
     assert {r["tile_id"] for r in rows.values() if r["status"] == "paired"} == {"t1"}
+
+
+def test_the_stage_in_chunks_writes_the_bytes_of_the_whole_table_core(tmp_path, monkeypatch, caplog):
+    """Split-buffer drops across chunks (the reason names a photo of another chunk), a swapped photo and a
+    failed download: chunks of 7 photos and 4-row row groups give the whole-table core's bytes; one warning."""
+    monkeypatch.setattr(schemas, "ROW_GROUP_ROWS", 4)
+    monkeypatch.setattr(tablestream, "ROW_GROUP_ROWS", 4)
+    monkeypatch.setattr(tablestream, "CHUNK_ROWS", 7)
+    lyon = tile("lyon", shapely.box(X0, Y0, X0 + 3000, Y0 + 3000), city="Lyon")
+    rng = random.Random(5)
+    photos = [photo(f"q{i:04d}", X0 + rng.uniform(120, 2880), Y0 + rng.uniform(120, 2880)) for i in range(150)]
+    lon, lat = lonlat(X0 + 1500, Y0 + 1500)
+    photos += [photo("s1", lat=lon, lon=lat), photo("s2", lat=lon, lon=lat)]  # swapped: outside, with a hint
+    downloads = [{"id": p["id"], "status": "error" if p["id"] == "q0003" else "ok"} for p in photos]
+    p = params(split={"val_fraction": 0.3, "block_m": 500, "seed": 1})
+    write_table(table_from_rows(photos, PHOTOS), tmp_path / "photos.parquet", PHOTOS)
+    write_table(table_from_rows(downloads, DOWNLOADS), tmp_path / "dl.parquet", DOWNLOADS)
+    write_table(table_from_rows([lyon], TILES), tmp_path / "tiles.parquet", TILES, sort_by=["tile_id"])
+    whole = pair.pair_photos(read_table(tmp_path / "photos.parquet", PHOTOS), read_table(tmp_path / "dl.parquet", DOWNLOADS),
+                             read_table(tmp_path / "tiles.parquet", TILES), p)  # fmt: skip
+    write_table(whole, tmp_path / "whole.parquet", PAIRS)
+    parser = argparse.ArgumentParser()
+    pair.configure(parser)
+    args = parser.parse_args(["--photos", str(tmp_path / "photos.parquet"), "--downloads", str(tmp_path / "dl.parquet"),
+                              "--tiles", str(tmp_path / "tiles.parquet"), "--out", str(tmp_path / "chunked.parquet")])
+    caplog.clear()
+    assert pair.main(p, args) == 0
+    assert (tmp_path / "chunked.parquet").read_bytes() == (tmp_path / "whole.parquet").read_bytes()
+    rows = whole.to_pylist()
+    position = {r["id"]: k for k, r in enumerate(rows)}
+    far = [r for r in rows if r["status"] == "split_buffer"
+           and abs(position[r["reason"].split("chip of photo ")[1].split()[0]] - position[r["id"]]) >= 7]
+    assert far, "no split-buffer drop names a photo of another chunk: the test would not show the global step"
+    assert {r["status"] for r in rows} == {"paired", "split_buffer", "outside_tiles", "not_downloaded"}
+    swapped = [r.getMessage() for r in caplog.records if "swapped" in r.getMessage()]
+    assert swapped == [f"2 of 2 photos outside every tile lie inside one with lat and lon swapped: {pair.SWAP_FIX}"]
