@@ -338,3 +338,95 @@ def test_jpeg_chips_match_pillows_encoding_within_encoder_noise(tmp_path):
             diff = np.abs(now - before)
             assert diff.mean() <= 2.0 and diff.max() <= 32, (diff.mean(), diff.max())
             assert np.abs(now - source).mean() <= 1.05 * np.abs(before - source).mean()
+
+
+def test_cells_decode_each_cell_once_and_keep_none_past_its_last_chip(tile_dir):
+    """_Cells against the tile read window by window; decodes: each cell once with room for all, and never more than an
+    LRU of the same size would (Belady's rule keeps the cell needed soonest); nothing kept after the last window."""
+    rng = np.random.default_rng(5)
+    with rasterio.open(tile_dir / "pattern.tif") as src:
+        windows = [rasterio.windows.Window(int(c), int(r), 100, 100) for c, r in rng.integers(0, 900, (80, 2))]
+        cell_bytes = 256 * 256 * 3
+        for limit in (10**9, 4 * cell_bytes, cell_bytes):
+            cells = chip._Cells(src, windows, limit, min_px=100)
+            keys = [key for w in windows for key in cells._keys(w)]
+            lru: list = []
+            lru_decodes = 0
+            for key in keys:
+                if key in lru:
+                    lru.remove(key)
+                else:
+                    lru_decodes += 1
+                    del lru[: max(0, len(lru) + 1 - max(1, limit // cell_bytes))]
+                lru.append(key)
+            for i, w in enumerate(windows):
+                want = np.moveaxis(src.read((1, 2, 3), window=w), 0, -1)
+                assert np.array_equal(cells.cut(i, w), want)
+                assert cells.size <= max(limit, cell_bytes)
+            assert not cells.kept and cells.size == 0
+            if limit == 10**9:
+                assert cells.decoded == len(set(keys)) < len(keys)
+            assert cells.decoded <= lru_decodes, (limit, cells.decoded, lru_decodes)
+            if limit == 4 * cell_bytes:
+                assert cells.decoded < lru_decodes  # on these windows the rule saves decodes
+
+
+def test_shares_claim_every_chip_once_when_work_is_taken():
+    task = chip.ChipTask("t", "t.tif", GSD, EPSG, "chips/x", (), (), (), group="g-test")
+    shares = chip._Shares()
+    own = shares.join(task, [(k, None) for k in range(100)])
+    mine = [shares.claim(own) for _ in range(10)]
+    taken = shares.take("g-test")  # the back half of the 90 left
+    assert (own.front, own.back, len(taken.items)) == (10, 55, 45)
+    assert [k for k, _ in taken.items] == list(range(55, 100))
+    again = shares.take("g-test")  # 45 left in each: the first (own) gives its back half
+    assert (own.back, [k for k, _ in again.items]) == (33, list(range(33, 55)))
+    got = []
+    for share in (own, taken, again):
+        while (i := shares.claim(share)) is not None:
+            got.append(share.items[i][0])
+    assert sorted(mine + got) == list(range(100))  # every chip claimed exactly once
+    assert shares.take("g-test") is None  # nothing left to take
+    for share in (again, taken, own):
+        shares.leave(share)
+    assert shares.groups == {}
+    small = shares.join(task, [(k, None) for k in range(2 * chip.MIN_TAKE - 1)])
+    assert shares.take("g-test") is None  # too little left to be worth a take
+    shares.leave(small)
+
+
+def test_a_task_done_early_takes_chips_from_another_task_on_the_tile(tmp_path):
+    """Two tasks of one tile on two threads, one with 300 chips and one with 6: the small one takes from the large one;
+    together they give each chip exactly one row, and the chips' bytes and rows are those of a one-task run."""
+    import threading
+
+    tile = write_cog(tmp_path / "tex.tif", textured(1200, 1100))
+    rng = np.random.default_rng(2)
+    points = {f"p{k:03d}": ("tex", *at_pixel(rng.uniform(60, 1140), rng.uniform(60, 1040))) for k in range(306)}
+    tiles = tiles_table(("tex", str(tile)))
+    cfg = parse_params({"store": str(tmp_path / "one"), "workers": 1, "chip": {"edge_m": 30, "format": "jpeg"}})
+    (one,), _ = chip.plan_tasks(pairs_table(points), tiles, cfg.chip, workers=1)
+    alone = {r["id"]: r for r in chip.process_task(one, str(tmp_path / "one"), cfg.s3, cfg.chip)}
+    assert len(alone) == 306 and {r["status"] for r in alone.values()} == {"ok"}
+
+    big = chip.ChipTask(one.tile_id, one.tile_uri, one.gsd_m, one.epsg, one.folder, one.ids[:300], one.x_m[:300],
+                        one.y_m[:300], group="g-two")
+    small = chip.ChipTask(one.tile_id, one.tile_uri, one.gsd_m, one.epsg, one.folder, one.ids[300:], one.x_m[300:],
+                          one.y_m[300:], group="g-two")
+    results = {}
+    store = str(tmp_path / "two")
+    runner = threading.Thread(target=lambda: results.update(big=chip.process_task(big, store, cfg.s3, cfg.chip)))
+    runner.start()
+    while "g-two" not in chip._SHARES.groups and runner.is_alive():  # the big task has its share up
+        pass
+    results["small"] = chip.process_task(small, store, cfg.s3, cfg.chip)
+    runner.join()
+    rows = results["big"] + results["small"]
+    assert sorted(r["id"] for r in rows) == sorted(points)  # each chip exactly once
+    assert len({r["id"] for r in results["small"]} - set(small.ids)) > 0  # the small task took some of the big one's
+    for row in rows:
+        want = alone[row["id"]]
+        assert (row["status"], row["nodata_fraction"], row["std"], row["width"]) == (
+            want["status"], want["nodata_fraction"], want["std"], want["width"])
+        assert Path(row["uri"]).read_bytes() == Path(want["uri"]).read_bytes()
+    assert "g-two" not in chip._SHARES.groups
