@@ -12,20 +12,24 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import logging
 import random
 import re
+import tempfile
 import threading
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import urllib3
 from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, ReadTimeoutError
 
@@ -33,7 +37,7 @@ from pipeline.config import DownloadParams, Params, S3Params
 from pipeline.errors import SchemaError, StoreError, describe
 from pipeline.executor import local_paths, run
 from pipeline.images import inspect_image, storable
-from pipeline.schemas import DOWNLOADS, PHOTOS, read_table, table_from_rows, write_table
+from pipeline.schemas import DOWNLOADS, PHOTOS, table_from_rows
 from pipeline.store import (
     S3_NO_KEY,
     Store,
@@ -47,6 +51,7 @@ from pipeline.store import (
     s3_error_code,
     split_s3,
 )
+from pipeline.tablestream import CHUNK_ROWS, Cursor, TableWriter, repeated
 
 log = logging.getLogger(__name__)
 
@@ -344,21 +349,57 @@ def mark_duplicates(rows: list[dict]) -> list[dict]:
     return rows
 
 
+def _ok(part: pa.Table) -> pa.Array:
+    return pc.equal(part["status"], "ok")
+
+
+def with_duplicates(part: pa.Table, firsts: dict[str, tuple[str, int]]) -> pa.Table:
+    """``part`` (downloads rows) with ``duplicate_of`` set from ``{sha256: (smallest id, ok rows)}`` as
+    :func:`mark_duplicates` sets it."""
+    ok = _ok(part).to_pylist()
+    dup = [
+        None if not good or (hit := firsts.get(sha)) is None or hit[0] == pid else hit[0]
+        for pid, sha, good in zip(part["id"].to_pylist(), part["sha256"].to_pylist(), ok, strict=True)
+    ]
+    return part.set_column(part.schema.get_field_index("duplicate_of"), "duplicate_of", pa.array(dup, pa.string()))
+
+
 def _check_ids(ids: list) -> None:
     counts = Counter(ids)
-    repeated = sorted(str(i) for i, n in counts.items() if n > 1)
+    repeated_ids = sorted(str(i) for i, n in counts.items() if n > 1)
     unsafe = sorted(str(i) for i in counts if i is None or not _SAFE_ID.fullmatch(str(i)))
-    if repeated or unsafe:
-        raise SchemaError(
-            f"photos table: ids must be unique and use only letters, digits, '.', '_', '-' "
-            f"(repeated: {repeated[:10]}, unusable: {unsafe[:10]}); rerun `crossview search`"
-        )
+    if repeated_ids or unsafe:
+        _bad_ids(repeated_ids, unsafe)
 
 
-def download(photos: pa.Table, params: Params) -> pa.Table:
-    """The ``downloads`` table for every photo in ``photos`` (columns ``id``, ``url``), files in the store."""
-    ids, urls = photos.column("id").to_pylist(), photos.column("url").to_pylist()
-    _check_ids(ids)
+def _bad_ids(repeated_ids: list[str], unsafe: list[str]) -> None:
+    raise SchemaError(
+        f"photos table: ids must be unique and use only letters, digits, '.', '_', '-' "
+        f"(repeated: {repeated_ids[:10]}, unusable: {unsafe[:10]}); rerun `crossview search`"
+    )
+
+
+def check_id_file(path: str | Path) -> int:
+    """:func:`_check_ids` over an id-sorted photos table read forward (repeats are neighbours); its row count."""
+    rows, last, repeated_ids, unsafe = 0, None, [], []
+    for part in Cursor(path, PHOTOS, ["id"]).parts():
+        ids = part["id"].to_pylist()
+        for pid in ids:
+            if pid == last and (not repeated_ids or repeated_ids[-1] != str(pid)):
+                repeated_ids.append(str(pid))
+            if (pid is None or not _SAFE_ID.fullmatch(pid)) and pid != last:
+                unsafe.append(str(pid))
+            last = pid
+        rows += len(ids)
+        if len(repeated_ids) >= 10 and len(unsafe) >= 10:
+            break
+    if repeated_ids or unsafe:
+        _bad_ids(repeated_ids, sorted(unsafe))
+    return rows
+
+
+def _prepare(params: Params) -> Context:
+    """The units' context; the store's photos folder made and emptied of an interrupted run's partial files."""
     ctx = Context(params.store, params.s3, params.download)
     store = ctx.store()
     if not store.remote:
@@ -366,19 +407,65 @@ def download(photos: pa.Table, params: Params) -> pa.Table:
     stale = store.clean_partial("photos")
     if stale:
         log.info("removed %d partial files left by an interrupted run", stale)
-    work = functools.partial(process_one, ctx=ctx)
-    items = sorted(zip(ids, urls, strict=True))
-    # A few more threads than fetches in flight (fetch_slot caps those at download.workers): while
-    # the fetches run, the spare threads validate and store, so a fetch slot never waits on a decode.
-    # More spares only add GIL contention (bench/bench_download.py: 16 threads lost 15 % at 0 ms).
+    return ctx
+
+
+def fetch_rows(items: Iterable[tuple[str, str | None]], ctx: Context, params: Params, total: int) -> Iterator[dict]:
+    """The ``downloads`` row of every (id, url) of ``items``, in their order (``duplicate_of`` not yet set).
+
+    A few more threads than fetches in flight (fetch_slot caps those at download.workers): while the
+    fetches run, the spare threads validate and store, so a fetch slot never waits on a decode. More
+    spares only add GIL contention (bench/bench_download.py: 16 threads lost 15 % at 0 ms).
+    """
     threads = params.download.workers + max(1, params.download.workers // 4)
-    reach = local_paths([store.root, *urls])
-    rows = mark_duplicates(
-        list(run(work, items, scheduler=params.scheduler, workers=threads, desc="download", reach=reach))
-    )
-    counts = Counter(r["status"] for r in rows)
+    items = iter(items)
+    head = list(itertools.islice(items, 3))  # a few urls to probe, on a cluster, for reach
+    reach = local_paths([ctx.store().root, *(url for _, url in head)])
+    work = functools.partial(process_one, ctx=ctx)
+    yield from run(work, itertools.chain(head, items), scheduler=params.scheduler, workers=threads, desc="download",
+                   reach=reach, total=total)
+
+
+def _log_counts(counts: Counter) -> None:
     log.info("download: %s", ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+
+
+def download(photos: pa.Table, params: Params) -> pa.Table:
+    """The ``downloads`` table for every photo in ``photos`` (columns ``id``, ``url``), files in the store."""
+    ids, urls = photos.column("id").to_pylist(), photos.column("url").to_pylist()
+    _check_ids(ids)
+    ctx = _prepare(params)
+    rows = mark_duplicates(list(fetch_rows(sorted(zip(ids, urls, strict=True)), ctx, params, len(ids))))
+    _log_counts(Counter(r["status"] for r in rows))
     return table_from_rows(rows, DOWNLOADS)
+
+
+def download_file(photos: str | Path, out: str | Path, params: Params, store_out: str | None = None) -> int:
+    """:func:`download` from an id-sorted photos table file to ``out``, a part at a time: memory does not grow
+    with the photos (rows go to a temp table; the duplicates, found with 8 bytes a photo, are set while it
+    is copied to ``out``). The bytes :func:`download` + ``write_table`` give. Returns the row count."""
+    total = check_id_file(photos)
+    ctx = _prepare(params)
+    counts: Counter = Counter()
+
+    def items() -> Iterator[tuple[str, str | None]]:
+        for part in Cursor(photos, PHOTOS, ["id", "url"]).parts():
+            yield from zip(part["id"].to_pylist(), part["url"].to_pylist(), strict=True)
+
+    with tempfile.TemporaryDirectory(prefix="crossview-download-") as tmp:
+        fetched = Path(tmp) / "downloads.parquet"
+        with TableWriter(fetched, DOWNLOADS, geometry=False) as writer:
+            rows = fetch_rows(items(), ctx, params, total)
+            while part := list(itertools.islice(rows, CHUNK_ROWS)):
+                counts.update(r["status"] for r in part)
+                writer.write(table_from_rows(part, DOWNLOADS))
+        firsts = repeated(fetched, DOWNLOADS, "sha256", _ok, ["status"])
+        _log_counts(counts)
+        make_store_out(store_out)
+        with TableWriter(out, DOWNLOADS) as writer:
+            for part in Cursor(fetched, DOWNLOADS, geometry=False).parts():
+                writer.write(with_duplicates(part, firsts))
+    return writer.rows
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -388,9 +475,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(params: Params, args: argparse.Namespace) -> int:
-    photos = read_table(args.photos, PHOTOS, columns=["id", "url"])
-    table = download(photos, params)
-    make_store_out(args.store_out)
-    write_table(table, args.out, DOWNLOADS)
-    log.info("download: %d rows -> %s", table.num_rows, args.out)
+    rows = download_file(args.photos, args.out, params, args.store_out)
+    log.info("download: %d rows -> %s", rows, args.out)
     return 0

@@ -9,6 +9,7 @@ Results come back in input order, in batches, so memory stays bounded whatever t
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -24,9 +25,11 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def _batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+def _batches(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` ``size`` at a time (a lazy iterable is taken a batch at a time)."""
+    it = iter(items)
+    while batch := list(itertools.islice(it, size)):
+        yield batch
 
 
 TASKS_PER_WORKER = 8
@@ -92,26 +95,32 @@ def run(
     desc: str = "",
     batch_size: int | None = None,
     reach: Sequence[str] = (),
+    total: int | None = None,
 ) -> Iterator[R]:
     """Apply ``fn`` to every item through Dask and yield the results in input order.
 
-    ``reach``: local paths the work reads or writes (the store folder, a few inputs); on a cluster, one
-    probe task checks that a worker sees them before any work is sent.
+    ``items`` may be a lazy iterable: it is taken a batch at a time, so a stage can feed rows as it reads
+    them and keep only a batch of items and results (``total``: how many there are, for the progress
+    bar, when ``items`` has no length). ``reach``: local paths the work reads or writes (the store
+    folder, a few inputs); on a cluster, one probe task checks that a worker sees them before any work
+    is sent.
     """
     import dask
     import dask.threaded
     from dask.callbacks import Callback
 
-    items = list(items)
+    if total is None:
+        items = items if isinstance(items, Sequence) else list(items)
+        total = len(items)
     # Large batches: each batch ends with a barrier where workers wait for the slowest task, so
     # the fewer the batches the less idle time; results are small rows, so memory stays bounded.
     batch_size = batch_size or max(256, workers * 64)
-    bar = tqdm(total=len(items), desc=desc, unit="item", disable=None, leave=False)
+    bar = tqdm(total=total, desc=desc, unit="item", disable=None, leave=False)
     client = _client(scheduler) if scheduler else None
     try:
-        if client is not None and items:
-            check_reach(client, [p for p in reach if os.path.exists(p)], scheduler)
-        for batch in _batches(items, batch_size):
+        for n, batch in enumerate(_batches(items, batch_size)):
+            if client is not None and n == 0:
+                check_reach(client, [p for p in reach if os.path.exists(p)], scheduler)
             if client is not None:
                 results = client.gather(client.map(fn, list(batch), pure=False))
                 bar.update(len(batch))

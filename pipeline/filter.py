@@ -15,7 +15,6 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -39,7 +38,7 @@ from pipeline.schemas import (
     read_table,
 )
 from pipeline.store import write_json
-from pipeline.tablestream import Cursor, TableWriter, id_chunks
+from pipeline.tablestream import Cursor, TableWriter, id_chunks, repeated
 from pipeline.verdicts import latest_verdicts
 
 log = logging.getLogger(__name__)
@@ -216,23 +215,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def shared_bytes(path: str | Path) -> dict[str, int]:
-    """``{sha256: ok downloads with those bytes}`` for the hashes more than one ok download of the table has.
+    """``{sha256: ok downloads with those bytes}`` for the hashes more than one ok download of the table has
+    (:func:`pipeline.tablestream.repeated`: 8 bytes a photo)."""
 
-    Read forward twice, keeping 8 bytes a photo: the first pass counts a 64-bit hash of each sha256,
-    the second counts exactly the sha256s whose hash came up more than once (few, unless the run is
-    full of placeholders).
-    """
+    def ok(part: pa.Table) -> pa.Array:
+        return pc.and_(pc.equal(part["status"], "ok"), pc.not_equal(part["sha256"], ""))
 
-    def ok_hashes():
-        for part in Cursor(path, DOWNLOADS, ["id", "status", "sha256"]).parts():
-            yield pc.filter(part["sha256"], pc.and_(pc.equal(part["status"], "ok"), pc.not_equal(part["sha256"], "")))
-
-    keys = [np.fromiter((hash(h) for h in part.to_pylist()), np.int64, len(part)) for part in ok_hashes()]
-    values, counts = np.unique(np.concatenate(keys) if keys else np.empty(0, np.int64), return_counts=True)
-    suspects = set(values[counts > 1].tolist())
-    del keys, values, counts
-    copies: Counter = Counter(h for part in ok_hashes() for h in part.to_pylist() if hash(h) in suspects)
-    return {h: n for h, n in sorted(copies.items()) if n > 1}
+    return {h: n for h, (_, n) in repeated(path, DOWNLOADS, "sha256", ok, ["status"]).items()}
 
 
 def _inputs(args: argparse.Namespace) -> dict[str, Cursor]:

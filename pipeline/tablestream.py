@@ -12,10 +12,11 @@ so such a file is written twice: rows and geometry, then the same row groups und
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Self
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -114,6 +115,39 @@ def id_chunks(
         yield head.combine_chunks(), {name: c.upto(last).combine_chunks() for name, c in others.items()}
         if last is None:
             return
+
+
+def repeated(
+    path: str | Path,
+    schema: pa.Schema,
+    column: str,
+    keep: Callable[[pa.Table], pa.Array] | None = None,
+    needs: Sequence[str] = (),
+) -> dict[str, tuple[str, int]]:
+    """``{value: (first id, rows)}`` for the values of ``column`` that more than one row has.
+
+    Only rows where ``keep(part)`` is true count (every row without ``keep``; ``part`` has the columns
+    id, ``column`` and ``needs``). The file is read forward
+    twice, keeping 8 bytes a row: the first pass counts a 64-bit hash of each value, the second counts
+    exactly the values whose hash came up more than once (few, unless most rows repeat). Ids are sorted,
+    so the first id is the smallest.
+    """
+
+    def kept() -> Iterator[pa.Table]:
+        for part in Cursor(path, schema, list(dict.fromkeys(["id", column, *needs]))).parts():
+            yield part.filter(keep(part)) if keep else part
+
+    keys = [np.fromiter((hash(v) for v in part[column].to_pylist()), np.int64, part.num_rows) for part in kept()]
+    values, counts = np.unique(np.concatenate(keys) if keys else np.empty(0, np.int64), return_counts=True)
+    suspects = set(values[counts > 1].tolist())
+    del keys, values, counts
+    found: dict[str, tuple[str, int]] = {}
+    for part in kept():
+        for pid, value in zip(part["id"].to_pylist(), part[column].to_pylist(), strict=True):
+            if hash(value) in suspects:
+                first, n = found.get(value, (pid, 0))
+                found[value] = (first, n + 1)
+    return {v: hit for v, hit in sorted(found.items()) if hit[1] > 1}
 
 
 class TableWriter:

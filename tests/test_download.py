@@ -440,3 +440,42 @@ def test_the_proxy_from_the_environment_is_used(served, monkeypatch):
     assert got.status == "ok", got
     assert got.data == (served / "outdoor_street_01.jpg").read_bytes()
     assert proxy.hits["http://photos.example.invalid:8123/x/outdoor_street_01.jpg"] == 1
+
+
+def test_the_stage_in_parts_writes_the_bytes_of_the_whole_table(tmp_path, monkeypatch, realdata):
+    """download.main reads the photos 3 at a time (and the duplicates' first ids from a temp table) and writes the
+    bytes of download() + write_table over the whole table: byte copies whose first id lies parts earlier, a copy
+    of a photo whose first copy failed, missing and corrupt files."""
+    from pipeline import tablestream
+
+    photos = sorted(p for p in (realdata / "photos").iterdir() if p.suffix in (".jpg", ".png"))
+    items = {f"p{k:02d}": str(path) for k, path in enumerate(photos)}
+    street = str(realdata / "photos" / "outdoor_street_01.jpg")
+    items.update({"p90": street, "q10": street, "z99": street, "q20": str(realdata / "photos" / "outdoor_park_01.jpg"),
+                  "q30": str(tmp_path / "nope.jpg"), "q31": str(realdata / "photos" / "bad_truncated_01.jpg")})
+    for name in ("whole", "parts"):  # each with a fresh store of the same name
+        (tmp_path / name).mkdir()
+    monkeypatch.chdir(tmp_path / "whole")
+    whole = download.download(photos_table(items), parse_params({"store": "store", "download": {"workers": 2}}))
+    write_table(whole, "d.parquet", DOWNLOADS)
+    monkeypatch.chdir(tmp_path / "parts")
+    monkeypatch.setattr(tablestream, "CHUNK_ROWS", 3)
+    monkeypatch.setattr(download, "CHUNK_ROWS", 3)
+    rows = run_stage({"store": "store", "download": {"workers": 2}}, items, "d.parquet")
+    assert (tmp_path / "parts" / "d.parquet").read_bytes() == (tmp_path / "whole" / "d.parquet").read_bytes()
+    first_street = min(k for k, v in items.items() if v == street)
+    assert {rows[k]["duplicate_of"] for k in ("p90", "q10", "z99")} == {first_street} != rows[first_street]["duplicate_of"]
+    assert rows["q30"]["status"] == "missing" and rows["q31"]["status"] != "ok"
+    assert rows["q31"]["duplicate_of"] is None
+
+
+def test_repeated_ids_in_different_parts_are_refused_before_any_work(tmp_path, monkeypatch):
+    from pipeline import tablestream
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tablestream, "CHUNK_ROWS", 2)
+    rows = [{"id": f"a{k}", "url": "x.jpg", "source": "custom"} for k in range(5)]
+    write_table(table_from_rows([*rows, rows[3]], PHOTOS), "photos.parquet", PHOTOS)
+    with pytest.raises(Exception, match=r"ids must be unique.*repeated: \['a3'\]"):
+        download.download_file("photos.parquet", "d.parquet", parse_params({"store": "store"}))
+    assert not Path("store").exists() and not Path("d.parquet").exists()
