@@ -12,6 +12,7 @@ so such a file is written twice: rows and geometry, then the same row groups und
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Self
@@ -85,6 +86,13 @@ class Cursor:
         if last is None:
             return self._split(self._buffer.num_rows)
         return self._split(pc.sum(pc.less_equal(self._buffer["id"], last)).as_py() or 0)
+
+    def peek(self, n: int) -> str | None:
+        """The id of the ``n``-th row still to read (of the last one, when fewer are left; None at the end)."""
+        while self._buffer.num_rows < n and self._more():
+            pass
+        rows = self._buffer.num_rows
+        return self._buffer["id"][min(n, rows) - 1].as_py() if rows else None
 
     def parts(self) -> Iterator[pa.Table]:
         """Every remaining row, a batch at a time."""
@@ -221,3 +229,72 @@ class TableWriter:
             for k in range(source.num_row_groups):
                 out.write_table(source.read_row_group(k).replace_schema_metadata(schema.metadata),
                                 row_group_size=ROW_GROUP_ROWS)  # fmt: skip
+
+
+RUN_ROWS = 262_144  # rows a SortingWriter sorts in memory before it spills them to a sorted run
+
+
+class SortingWriter:
+    """Write rows that come in any order (unique ids) as an id-sorted table: the bytes ``write_table`` gives.
+
+    Up to ``run_rows`` rows are kept; past that they are sorted and spilled to a temp run file, and at the
+    end the runs are merged a range of ids at a time (:meth:`Cursor.peek`, :meth:`Cursor.upto`) into a
+    :class:`TableWriter`. Memory: ``run_rows`` rows plus a chunk per run, whatever the row count. A table
+    that fits in one run is sorted in memory and written, as ``write_table`` does. Atomic, as TableWriter.
+    """
+
+    def __init__(self, path: str | Path, schema: pa.Schema, run_rows: int | None = None) -> None:
+        """``run_rows``: ``RUN_ROWS`` when not given."""
+        self.path, self.schema, self.run_rows = Path(path), schema, run_rows or RUN_ROWS
+        self.rows = 0
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self._runs: list[Path] = []
+
+    def __enter__(self) -> Self:
+        self._tmp = tempfile.TemporaryDirectory(prefix="crossview-sort-")
+        return self
+
+    def write(self, table: pa.Table) -> None:
+        """Add rows (checked against the schema), in any order."""
+        table = conform(table, self.schema, self.path)
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        self.rows += table.num_rows
+        if self._pending_rows >= self.run_rows:
+            self._spill()
+
+    def _sorted_pending(self) -> pa.Table:
+        rows = pa.concat_tables(self._pending) if self._pending else self.schema.empty_table()
+        self._pending, self._pending_rows = [], 0
+        return rows.take(pc.sort_indices(rows, sort_keys=[("id", "ascending")])) if rows.num_rows else rows
+
+    def _spill(self) -> None:
+        run = Path(self._tmp.name) / f"run{len(self._runs):05d}.parquet"
+        with TableWriter(run, self.schema, geometry=False) as writer:
+            writer.write(self._sorted_pending())
+        self._runs.append(run)
+
+    def __exit__(self, kind, err, trace) -> None:
+        try:
+            if kind is None:
+                with TableWriter(self.path, self.schema) as out:
+                    if not self._runs:
+                        out.write(self._sorted_pending())
+                    else:
+                        if self._pending_rows:
+                            self._spill()
+                        self._merge(out)
+        finally:
+            self._pending = []
+            self._tmp.cleanup()
+
+    def _merge(self, out: TableWriter) -> None:
+        cursors = [Cursor(run, self.schema, geometry=False) for run in self._runs]
+        while True:
+            # every run's rows up to the smallest of the runs' CHUNK_ROWS-th ids: all rows up to that id
+            ends = [end for end in (c.peek(CHUNK_ROWS) for c in cursors) if end is not None]
+            if not ends:
+                return
+            part = pa.concat_tables([c.upto(min(ends)) for c in cursors])
+            out.write(part.take(pc.sort_indices(part, sort_keys=[("id", "ascending")])))

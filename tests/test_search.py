@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from catalogs import load_demo
-from pipeline import search
+from pipeline import search, tablestream
 from pipeline.config import parse_params
 from pipeline.errors import CatalogError, ConfigError, StageInputError
-from pipeline.schemas import PHOTOS, read_table
+from pipeline.schemas import PHOTOS, read_table, write_table
 
 
 def photo(photo_id: str, **over) -> dict:
@@ -112,6 +112,14 @@ def test_flickr_source_harvests_through_the_flickr_protocol(tmp_path, monkeypatc
                        "state_dir": str(tmp_path / "state"), "backoff_s": 0.001},
         })
         table = search.search(params, tmp_path)
+        # the stage streams the harvest into a table sorted on disk: 37 rows a batch, runs of 100 rows
+        monkeypatch.setattr(search, "CHUNK_ROWS", 37)
+        monkeypatch.setattr(tablestream, "RUN_ROWS", 100)
+        parser = argparse.ArgumentParser()
+        search.configure(parser)
+        search.main(params, parser.parse_args(["--out", str(tmp_path / "streamed.parquet")]))
+    write_table(table, tmp_path / "whole.parquet", PHOTOS)
+    assert (tmp_path / "streamed.parquet").read_bytes() == (tmp_path / "whole.parquet").read_bytes()
     ids = table.column("id").to_pylist()
     assert len(ids) == len(set(ids)) == 600
     assert set(ids) == expected_ids(photos)

@@ -131,3 +131,47 @@ def test_a_photo_lost_in_a_later_chunk_stops_the_manifest_with_no_file_written(t
                              "--out-dir", str(out), "--card", str(out / "card.md"), "--metrics",
                              str(out / "counts.json")], paths["params"])  # fmt: skip
     assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("run_rows", [1, 4, 7, 10_000])  # 10,000: one run, sorted in memory
+@pytest.mark.parametrize("name", ["photos", "pairs"])
+def test_the_sorting_writer_gives_write_tables_bytes_from_rows_in_any_order(tmp_path, monkeypatch, small_row_groups,
+                                                                            name, run_rows):
+    """Rows in shuffled parts, spilled in sorted runs of ``run_rows`` and merged 3 ids a chunk: write_table's bytes."""
+    monkeypatch.setattr(tablestream, "CHUNK_ROWS", 3)
+    schema = {"photos": PHOTOS, "pairs": PAIRS}[name]
+    table = getattr(make_tables(), name)
+    write_table(table, tmp_path / "whole.parquet", schema)
+    shuffled = table.take(pa.array(np_permutation(table.num_rows)))
+    spilled = []
+    monkeypatch.setattr(tablestream.SortingWriter, "_spill", spy(tablestream.SortingWriter._spill, spilled))
+    with tablestream.SortingWriter(tmp_path / "sorted.parquet", schema, run_rows=run_rows) as writer:
+        for at in range(0, shuffled.num_rows, 5):
+            writer.write(shuffled.slice(at, 5))
+    assert (tmp_path / "sorted.parquet").read_bytes() == (tmp_path / "whole.parquet").read_bytes()
+    assert (len(spilled) > 1) == (run_rows < table.num_rows)
+
+
+def test_a_failed_sorting_write_leaves_no_file_and_no_runs(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    with pytest.raises(RuntimeError), tablestream.SortingWriter(tmp_path / "out.parquet", PAIRS, run_rows=2) as writer:
+        writer.write(make_tables().pairs)
+        raise RuntimeError("stopped half way")
+    assert [p.name for p in tmp_path.iterdir()] == ["tmp"] and not any((tmp_path / "tmp").iterdir())
+
+
+def np_permutation(n: int) -> list[int]:
+    import numpy as np
+
+    return np.random.default_rng(7).permutation(n).tolist()
+
+
+def spy(fn, calls: list):
+    def wrapped(self, *args):
+        calls.append(1)
+        return fn(self, *args)
+
+    return wrapped

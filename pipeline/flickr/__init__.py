@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +58,7 @@ __all__ = [
     "aois_from_file",
     "aois_from_params",
     "harvest",
+    "harvest_rows",
     "harvest_table",
     "load_credentials",
     "parse_int",
@@ -163,10 +164,9 @@ def _keep(photo: dict, lo: int, hi: int, min_accuracy: int) -> bool:
     return lo <= uploaded <= hi and accuracy >= min_accuracy
 
 
-def _rows(state: HarvestState, aoi: AOI, lo: int, hi: int, fp: FlickrParams, seen: set[str]) -> list[dict]:
+def _rows(state: HarvestState, aoi: AOI, lo: int, hi: int, fp: FlickrParams, seen: set[str]) -> Iterator[dict]:
     from pipeline.photos_io import photo_row_from_flickr
 
-    rows = []
     for cid in sorted(state.cells):
         rec = state.cells[cid]
         if rec.status not in FINISHED or rec.hi < lo or rec.lo > hi:
@@ -179,8 +179,7 @@ def _rows(state: HarvestState, aoi: AOI, lo: int, hi: int, fp: FlickrParams, see
             if not _inside(row, aoi):
                 continue  # in the AOI's bbox, outside its polygon: not part of this search (another AOI may hold it)
             seen.add(pid)
-            rows.append(row)
-    return rows
+            yield row
 
 
 def _inside(row: dict, aoi: AOI) -> bool:
@@ -213,12 +212,24 @@ def harvest(
     now: Callable[[], float] = time.time,
 ) -> list[dict]:
     """Harvest every AOI; return ``photos`` rows (source flickr), one per photo id, sorted by id."""
+    return sorted(harvest_rows(params, aois, state_dir, client=client, now=now), key=lambda r: r["id"])
+
+
+def harvest_rows(
+    params: Params | FlickrParams,
+    aois: Iterable[AOI],
+    state_dir: str | Path | None = None,
+    *,
+    client: FlickrClient | None = None,
+    now: Callable[[], float] = time.time,
+) -> Iterator[dict]:
+    """:func:`harvest`'s rows as they are built from each AOI's persisted pages, in no set order (one per id):
+    a caller that sorts them on disk (``search``) keeps only a batch of rows and the ids seen."""
     fp = _flickr_params(params)
     state_dir = Path(state_dir if state_dir is not None else fp.state_dir)
     client = client or FlickrClient(fp)
     lo, hi = upload_range(fp, now)
     bar, progress = _progress_bar(client)
-    rows: list[dict] = []
     seen: set[str] = set()
     try:
         for aoi in aois:
@@ -226,13 +237,14 @@ def harvest(
             planner = Planner(client, fp, state, progress)
             planner.add_roots(aoi.bbox, lo, hi)
             planner.run(lo, hi)
-            aoi_rows = _rows(state, aoi, lo, hi, fp, seen)
+            count = 0
+            for row in _rows(state, aoi, lo, hi, fp, seen):
+                count += 1
+                yield row
             log.info("%s: %d photos from %d query cells (%d API calls so far)",
-                     aoi.aoi, len(aoi_rows), len(state.cells), client.calls)
-            rows.extend(aoi_rows)
+                     aoi.aoi, count, len(state.cells), client.calls)
     finally:
         bar.close()
-    return sorted(rows, key=lambda r: r["id"])
 
 
 def harvest_table(
