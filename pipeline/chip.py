@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
+import heapq
 import io
 import itertools
 import json
@@ -20,6 +21,7 @@ import logging
 import os
 import threading
 from collections import Counter, deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,9 +46,9 @@ from pipeline.schemas import (
     TILES,
     read_table,
     table_from_rows,
-    write_table,
 )
 from pipeline.store import Store, add_store_out, gdal_options, gdal_path, make_store_out, read_bytes
+from pipeline.tablestream import SortingWriter
 
 log = logging.getLogger(__name__)
 
@@ -484,15 +486,19 @@ def plan_tasks(
     return tasks, errors
 
 
-def chip_pairs(pairs: pa.Table, tiles: pa.Table, params: Params) -> pa.Table:
-    """Cut (or reuse) every paired row's chip; one CHIPS row per paired photo, sorted by id."""
+def chip_parts(pairs: pa.Table, tiles: pa.Table, params: Params) -> Iterator[pa.Table]:
+    """Cut (or reuse) every paired row's chip; CHIPS rows a task at a time, in no set order (one per paired photo)."""
     tasks, errors = plan_tasks(pairs, tiles, params.chip, workers=params.workers)
     fn = functools.partial(process_task, store_root=params.store, s3=params.s3, chip=params.chip)
-    parts = [table_from_rows(errors, CHIPS)]  # rows become Arrow as they come: memory stays small per chip
+    yield table_from_rows(errors, CHIPS)
     reach = local_paths([params.store, *(t.tile_uri for t in tasks)])
     for result in run(fn, tasks, scheduler=params.scheduler, workers=params.workers, desc="chip", reach=reach):
-        parts.append(table_from_rows(result, CHIPS))
-    table = pa.concat_tables(parts).combine_chunks()
+        yield table_from_rows(result, CHIPS)  # rows become Arrow as they come: memory stays small per chip
+
+
+def chip_pairs(pairs: pa.Table, tiles: pa.Table, params: Params) -> pa.Table:
+    """Cut (or reuse) every paired row's chip; one CHIPS row per paired photo, sorted by id."""
+    table = pa.concat_tables(chip_parts(pairs, tiles, params)).combine_chunks()
     return table.take(pc.sort_indices(table, sort_keys=[("id", "ascending")]))
 
 
@@ -505,20 +511,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(params: Params, args: argparse.Namespace) -> int:
-    """Read pairs and tiles, cut the chips into the store, write the chips table."""
+    """Read pairs and tiles, cut the chips into the store, write the chips table (sorted on disk as rows come)."""
     store = Store(params.store, params.s3)
     removed = store.clean_partial("chips")
     if removed:
         log.info("removed %d partial file(s) an interrupted run left under chips/", removed)
     if not store.remote:
         Path(store.uri("chips")).mkdir(parents=True, exist_ok=True)  # a DVC out even when nothing is paired
-    pairs = read_table(args.pairs, PAIRS)
+    pairs = read_table(args.pairs, PAIRS, columns=["id", "tile_id", "x_m", "y_m", "status"])
     tiles = read_table(args.tiles, TILES, columns=["tile_id", "uri", "epsg", "gsd_m", "sha256", "status"])
-    chips = chip_pairs(pairs, tiles, params)
-    make_store_out(args.store_out)
-    write_table(chips, args.out, CHIPS)
-    counts = Counter(chips["status"].to_pylist())
-    log.info("chips: %d rows %s", chips.num_rows, dict(sorted(counts.items())))
-    for row in chips.filter(pc.equal(chips["status"], "error")).slice(0, 5).to_pylist():
+    counts: Counter = Counter()
+    errors: list[dict] = []
+    with SortingWriter(args.out, CHIPS) as writer:
+        for part in chip_parts(pairs, tiles, params):
+            writer.write(part)
+            counts.update(part["status"].to_pylist())
+            failed = part.filter(pc.equal(part["status"], "error")).select(["id", "error"]).to_pylist()
+            errors = heapq.nsmallest(5, errors + failed, key=lambda r: r["id"])  # the first 5 by id, as the table has them
+        make_store_out(args.store_out)
+    log.info("chips: %d rows %s", writer.rows, dict(sorted(counts.items())))
+    for row in errors:
         log.warning("chip %s: %s", row["id"], row["error"])
     return 0

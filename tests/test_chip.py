@@ -6,6 +6,7 @@ import argparse
 import io
 import json
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -430,3 +431,22 @@ def test_a_task_done_early_takes_chips_from_another_task_on_the_tile(tmp_path):
             want["status"], want["nodata_fraction"], want["std"], want["width"])
         assert Path(row["uri"]).read_bytes() == Path(want["uri"]).read_bytes()
     assert "g-two" not in chip._SHARES.groups
+
+
+def test_the_stage_sorts_its_rows_on_disk_into_the_bytes_of_the_whole_table(tile_dir, tmp_path, monkeypatch):
+    """chip.main with runs of 3 rows (two tiles, a broken tile's error rows, chips past the edge, workers taking work
+    from each other): the bytes of write_table(chip_pairs(...)) over the same store."""
+    from pipeline import tablestream
+
+    rng = np.random.default_rng(8)
+    points = {f"m{k:02d}": ("pat", *at_pixel(*rng.uniform(-50, 1050, 2))) for k in range(25)}
+    points.update({f"b{k}": ("brk", *at_pixel(500, 500)) for k in range(3)})
+    tiles = tiles_table(("pat", str(tile_dir / "pattern.tif")), ("brk", str(tile_dir / "broken.tif")))
+    write_table(pairs_table(points), tmp_path / "pairs.parquet", PAIRS)
+    write_table(tiles, tmp_path / "tiles.parquet", TILES, sort_by=["tile_id"])
+    monkeypatch.setattr(tablestream, "RUN_ROWS", 3)
+    _run_main(tmp_path, tmp_path / "store", tmp_path / "chips.parquet")
+    whole = chip.chip_pairs(pairs_table(points), tiles, params(tmp_path / "store"))
+    write_table(whole, tmp_path / "whole.parquet", CHIPS)
+    assert (tmp_path / "chips.parquet").read_bytes() == (tmp_path / "whole.parquet").read_bytes()
+    assert Counter(whole["status"].to_pylist()) == {"ok": 25, "error": 3}
