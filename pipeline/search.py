@@ -17,9 +17,11 @@ from pipeline import photos_io
 from pipeline.config import Params
 from pipeline.errors import CatalogError, ConfigError, StageInputError
 from pipeline.schemas import PHOTOS, table_from_rows, write_table
-from pipeline.tablestream import CHUNK_ROWS, SortingWriter
+from pipeline.tablestream import SortingWriter
 
 log = logging.getLogger(__name__)
+
+BATCH_ROWS = 4_096  # harvest rows made Arrow at a time
 
 
 def _demo_images(path: Path) -> list[dict]:
@@ -97,7 +99,7 @@ def write_flickr(params: Params, out: str | Path) -> int:
 
     with SortingWriter(out, PHOTOS) as writer:
         rows = flickr.harvest_rows(params, flickr.aois_from_params(params))
-        while batch := list(itertools.islice(rows, CHUNK_ROWS)):
+        while batch := list(itertools.islice(rows, BATCH_ROWS)):  # as dicts, ~2.5 KB a row: few at a time
             writer.write(table_from_rows(batch, PHOTOS))
     return writer.rows
 

@@ -43,15 +43,16 @@ class Cursor:
     """A forward reader of one id-sorted table file: :meth:`take` the next rows, or :meth:`upto` an id."""
 
     def __init__(self, path: str | Path, schema: pa.Schema, columns: Sequence[str] | None = None,
-                 geometry: bool = True) -> None:  # fmt: skip
-        """``geometry``: as the file was written (:class:`TableWriter`)."""
+                 geometry: bool = True, batch_rows: int | None = None) -> None:  # fmt: skip
+        """``geometry``: as the file was written (:class:`TableWriter`); ``batch_rows``: rows read at a time
+        (``CHUNK_ROWS`` when not given)."""
         self.path, self._table_schema = check_file(path, schema, geometry), schema
         names = list(columns) if columns else schema.names
         self.schema = pa.schema([schema.field(n) for n in names])
         try:
             # no pre-buffering: pages are read as batches need them, not a whole row group at once
             source = pq.ParquetFile(self.path, pre_buffer=False, buffer_size=1 << 20)
-            self._batches = source.iter_batches(batch_size=CHUNK_ROWS, columns=names, use_threads=False)
+            self._batches = source.iter_batches(batch_size=batch_rows or CHUNK_ROWS, columns=names, use_threads=False)
         except (pa.ArrowException, OSError) as err:
             raise unreadable(self.path, schema, err) from None
         self._buffer = self.schema.empty_table()
@@ -231,7 +232,8 @@ class TableWriter:
                                 row_group_size=ROW_GROUP_ROWS)  # fmt: skip
 
 
-RUN_ROWS = 262_144  # rows a SortingWriter sorts in memory before it spills them to a sorted run
+RUN_ROWS = 131_072  # rows a SortingWriter sorts in memory before it spills them to a sorted run (~50 MB of photos)
+MERGE_MIN_ROWS = 1_024  # rows read at a time from each run while merging, at least
 
 
 class SortingWriter:
@@ -239,7 +241,8 @@ class SortingWriter:
 
     Up to ``run_rows`` rows are kept; past that they are sorted and spilled to a temp run file, and at the
     end the runs are merged a range of ids at a time (:meth:`Cursor.peek`, :meth:`Cursor.upto`) into a
-    :class:`TableWriter`. Memory: ``run_rows`` rows plus a chunk per run, whatever the row count. A table
+    :class:`TableWriter`. Memory: ``run_rows`` rows (twice, while sorting) and ``CHUNK_ROWS`` rows over the
+    runs while merging (at least ``MERGE_MIN_ROWS`` a run: past 16 runs, 2M rows, that part grows). A table
     that fits in one run is sorted in memory and written, as ``write_table`` does. Atomic, as TableWriter.
     """
 
@@ -290,10 +293,11 @@ class SortingWriter:
             self._tmp.cleanup()
 
     def _merge(self, out: TableWriter) -> None:
-        cursors = [Cursor(run, self.schema, geometry=False) for run in self._runs]
+        step = max(MERGE_MIN_ROWS, CHUNK_ROWS // len(self._runs))  # CHUNK_ROWS rows buffered over all runs
+        cursors = [Cursor(run, self.schema, geometry=False, batch_rows=step) for run in self._runs]
         while True:
-            # every run's rows up to the smallest of the runs' CHUNK_ROWS-th ids: all rows up to that id
-            ends = [end for end in (c.peek(CHUNK_ROWS) for c in cursors) if end is not None]
+            # every run's rows up to the smallest of the runs' step-th ids: all rows up to that id
+            ends = [end for end in (c.peek(step) for c in cursors) if end is not None]
             if not ends:
                 return
             part = pa.concat_tables([c.upto(min(ends)) for c in cursors])

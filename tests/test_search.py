@@ -113,7 +113,7 @@ def test_flickr_source_harvests_through_the_flickr_protocol(tmp_path, monkeypatc
         })
         table = search.search(params, tmp_path)
         # the stage streams the harvest into a table sorted on disk: 37 rows a batch, runs of 100 rows
-        monkeypatch.setattr(search, "CHUNK_ROWS", 37)
+        monkeypatch.setattr(search, "BATCH_ROWS", 37)
         monkeypatch.setattr(tablestream, "RUN_ROWS", 100)
         parser = argparse.ArgumentParser()
         search.configure(parser)

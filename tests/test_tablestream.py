@@ -139,6 +139,7 @@ def test_the_sorting_writer_gives_write_tables_bytes_from_rows_in_any_order(tmp_
                                                                             name, run_rows):
     """Rows in shuffled parts, spilled in sorted runs of ``run_rows`` and merged 3 ids a chunk: write_table's bytes."""
     monkeypatch.setattr(tablestream, "CHUNK_ROWS", 3)
+    monkeypatch.setattr(tablestream, "MERGE_MIN_ROWS", 1)  # each run read a row or so at a time
     schema = {"photos": PHOTOS, "pairs": PAIRS}[name]
     table = getattr(make_tables(), name)
     write_table(table, tmp_path / "whole.parquet", schema)
