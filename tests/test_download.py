@@ -460,7 +460,7 @@ def test_the_stage_in_parts_writes_the_bytes_of_the_whole_table(tmp_path, monkey
     write_table(whole, "d.parquet", DOWNLOADS)
     monkeypatch.chdir(tmp_path / "parts")
     monkeypatch.setattr(tablestream, "CHUNK_ROWS", 3)
-    monkeypatch.setattr(download, "CHUNK_ROWS", 3)
+    monkeypatch.setattr(download, "BATCH_ROWS", 3)
     rows = run_stage({"store": "store", "download": {"workers": 2}}, items, "d.parquet")
     assert (tmp_path / "parts" / "d.parquet").read_bytes() == (tmp_path / "whole" / "d.parquet").read_bytes()
     first_street = min(k for k, v in items.items() if v == street)
