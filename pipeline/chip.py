@@ -45,6 +45,7 @@ from pipeline.schemas import (
     PAIRS,
     TILES,
     read_table,
+    sort_rows,
     table_from_rows,
 )
 from pipeline.store import Store, add_store_out, gdal_options, gdal_path, make_store_out, read_bytes
@@ -219,11 +220,16 @@ def _cut_many(
             elsewhere.update(k for k, _ in own.items[own.back :])
     for k in todo:
         if k not in rows and k not in elsewhere:
-            try:
-                rows[k] = _cut_one(src, task, k, store, chip)
-            except Exception as err:  # noqa: BLE001 - recorded as data; the rest go on
-                rows[k] = _error(task.ids[k], task.tile_id, describe(err))
+            rows[k] = _cut_alone(src, task, k, store, chip)
     return others
+
+
+def _cut_alone(src, task: ChipTask, k: int, store: Store, chip: ChipParams) -> dict:
+    """:func:`_cut_one`'s row, or an error row: a chip's failure is recorded as data and the rest go on."""
+    try:
+        return _cut_one(src, task, k, store, chip)
+    except Exception as err:  # noqa: BLE001 - recorded as data; the rest go on
+        return _error(task.ids[k], task.tile_id, describe(err))
 
 
 def _cut_share(src, share: _Share, store: Store, chip: ChipParams, rows: dict[int, dict]) -> None:
@@ -261,10 +267,7 @@ def _cut_share(src, share: _Share, store: Store, chip: ChipParams, rows: dict[in
             rows[k] = _error(task.ids[k], task.tile_id, describe(err))
     for k, _ in share.items[: share.front]:  # a failed cut: one by one, on this thread
         if k not in rows:
-            try:
-                rows[k] = _cut_one(src, task, k, store, chip)
-            except Exception as err:  # noqa: BLE001 - recorded as data; the rest go on
-                rows[k] = _error(task.ids[k], task.tile_id, describe(err))
+            rows[k] = _cut_alone(src, task, k, store, chip)
 
 
 MIN_TAKE = 8  # chips a thread takes from another's share at least (each take decodes its own cells)
@@ -498,8 +501,7 @@ def chip_parts(pairs: pa.Table, tiles: pa.Table, params: Params) -> Iterator[pa.
 
 def chip_pairs(pairs: pa.Table, tiles: pa.Table, params: Params) -> pa.Table:
     """Cut (or reuse) every paired row's chip; one CHIPS row per paired photo, sorted by id."""
-    table = pa.concat_tables(chip_parts(pairs, tiles, params)).combine_chunks()
-    return table.take(pc.sort_indices(table, sort_keys=[("id", "ascending")]))
+    return sort_rows(pa.concat_tables(chip_parts(pairs, tiles, params)).combine_chunks())
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -367,37 +367,34 @@ def with_duplicates(part: pa.Table, firsts: dict[str, tuple[str, int]]) -> pa.Ta
     return part.set_column(part.schema.get_field_index("duplicate_of"), "duplicate_of", pa.array(dup, pa.string()))
 
 
-def _check_ids(ids: list) -> None:
-    counts = Counter(ids)
-    repeated_ids = sorted(str(i) for i, n in counts.items() if n > 1)
-    unsafe = sorted(str(i) for i in counts if i is None or not _SAFE_ID.fullmatch(str(i)))
+def _check_ids(ids: Iterable) -> None:
+    """Stop unless the ids, in sorted order (so repeats are neighbours), are unique and usable as file names."""
+    repeated_ids, unsafe, last = [], [], object()
+    for pid in ids:
+        if pid == last:
+            if not repeated_ids or repeated_ids[-1] != str(pid):
+                repeated_ids.append(str(pid))
+        elif pid is None or not _SAFE_ID.fullmatch(pid):
+            unsafe.append(str(pid))
+        last = pid
     if repeated_ids or unsafe:
-        _bad_ids(repeated_ids, unsafe)
-
-
-def _bad_ids(repeated_ids: list[str], unsafe: list[str]) -> None:
-    raise SchemaError(
-        f"photos table: ids must be unique and use only letters, digits, '.', '_', '-' "
-        f"(repeated: {repeated_ids[:10]}, unusable: {unsafe[:10]}); rerun `crossview search`"
-    )
+        raise SchemaError(
+            f"photos table: ids must be unique and use only letters, digits, '.', '_', '-' "
+            f"(repeated: {repeated_ids[:10]}, unusable: {sorted(unsafe)[:10]}); rerun `crossview search`"
+        )
 
 
 def check_id_file(path: str | Path) -> int:
-    """:func:`_check_ids` over an id-sorted photos table read forward (repeats are neighbours); its row count."""
-    rows, last, repeated_ids, unsafe = 0, None, [], []
-    for part in Cursor(path, PHOTOS, ["id"]).parts():
-        ids = part["id"].to_pylist()
-        for pid in ids:
-            if pid == last and (not repeated_ids or repeated_ids[-1] != str(pid)):
-                repeated_ids.append(str(pid))
-            if (pid is None or not _SAFE_ID.fullmatch(pid)) and pid != last:
-                unsafe.append(str(pid))
-            last = pid
-        rows += len(ids)
-        if len(repeated_ids) >= 10 and len(unsafe) >= 10:
-            break
-    if repeated_ids or unsafe:
-        _bad_ids(repeated_ids, sorted(unsafe))
+    """:func:`_check_ids` over an id-sorted photos table read forward; its row count."""
+    rows = 0
+
+    def ids() -> Iterator[str | None]:
+        nonlocal rows
+        for part in Cursor(path, PHOTOS, ["id"]).parts():
+            rows += part.num_rows
+            yield from part["id"].to_pylist()
+
+    _check_ids(ids())
     return rows
 
 
@@ -436,7 +433,7 @@ def _log_counts(counts: Counter) -> None:
 def download(photos: pa.Table, params: Params) -> pa.Table:
     """The ``downloads`` table for every photo in ``photos`` (columns ``id``, ``url``), files in the store."""
     ids, urls = photos.column("id").to_pylist(), photos.column("url").to_pylist()
-    _check_ids(ids)
+    _check_ids(sorted(ids, key=str))
     ctx = _prepare(params)
     rows = mark_duplicates(list(fetch_rows(sorted(zip(ids, urls, strict=True)), ctx, params, len(ids))))
     _log_counts(Counter(r["status"] for r in rows))

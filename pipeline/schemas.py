@@ -283,7 +283,8 @@ def table_from_rows(rows: Iterable[Mapping], schema: pa.Schema) -> pa.Table:
         raise SchemaError(f"rows do not fit the schema: {err}") from None
 
 
-def _sorted(table: pa.Table, keys: Sequence[str]) -> pa.Table:
+def sort_rows(table: pa.Table, keys: Sequence[str] = ("id",)) -> pa.Table:
+    """``table``'s rows in ascending order of ``keys`` (a stable sort: the order ``write_table`` writes)."""
     if table.num_rows == 0:
         return table
     return table.take(pc.sort_indices(table, sort_keys=[(k, "ascending") for k in keys]))
@@ -305,7 +306,7 @@ def conform(table: pa.Table, schema: pa.Schema, path: str | Path) -> pa.Table:
 
 def write_table(table: pa.Table, path: str | Path, schema: pa.Schema, sort_by: Sequence[str] | None = None) -> None:
     """Validate against ``schema``, sort, and write Parquet atomically and deterministically."""
-    table = _sorted(conform(table, schema, path), sort_by if sort_by is not None else ["id"])
+    table = sort_rows(conform(table, schema, path), sort_by if sort_by is not None else ["id"])
     geometry = GEOMETRY.get(schema_name(schema) or "")
     table = with_geometry(table, geometry) if geometry else table.replace_schema_metadata(None)
     with atomic_file(path) as tmp:

@@ -31,6 +31,7 @@ from pipeline.schemas import (
     check_file,
     conform,
     schema_name,
+    sort_rows,
     unreadable,
     written_by,
 )
@@ -270,7 +271,7 @@ class SortingWriter:
     def _sorted_pending(self) -> pa.Table:
         rows = pa.concat_tables(self._pending) if self._pending else self.schema.empty_table()
         self._pending, self._pending_rows = [], 0
-        return rows.take(pc.sort_indices(rows, sort_keys=[("id", "ascending")])) if rows.num_rows else rows
+        return sort_rows(rows)
 
     def _spill(self) -> None:
         run = Path(self._tmp.name) / f"run{len(self._runs):05d}.parquet"
@@ -300,5 +301,4 @@ class SortingWriter:
             ends = [end for end in (c.peek(step) for c in cursors) if end is not None]
             if not ends:
                 return
-            part = pa.concat_tables([c.upto(min(ends)) for c in cursors])
-            out.write(part.take(pc.sort_indices(part, sort_keys=[("id", "ascending")])))
+            out.write(sort_rows(pa.concat_tables([c.upto(min(ends)) for c in cursors])))
