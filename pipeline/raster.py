@@ -30,8 +30,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import MaskFlags, Resampling
 from rasterio.features import shapes
-from rasterio.vrt import WarpedVRT
-from rasterio.warp import aligned_target, calculate_default_transform
+from rasterio.warp import aligned_target, calculate_default_transform, reproject
 from rasterio.warp import transform as warp_points
 from rasterio.windows import Window
 from shapely.geometry import MultiPolygon, Polygon, shape
@@ -149,12 +148,7 @@ def read_overview(src, max_px: int, threads: int = 1) -> tuple[np.ndarray, np.nd
         data = src.read(out_shape=(src.count, h, w))  # from an overview level when the file has them: cheap
     else:
         data = sampled_read(src, h, w, threads)
-    valid = np.any(data != 0, axis=0)
-    if has_gdal_mask(src):
-        valid &= src.dataset_mask(out_shape=(h, w)) > 0
-    elif src.nodata is not None:
-        valid &= np.any(data != src.nodata, axis=0)
-    return data, valid
+    return data, valid_pixels(src, data, out_shape=(h, w))
 
 
 def band_subset_path(path: str, bands: Sequence[int]) -> str:
@@ -210,45 +204,112 @@ def block_windows(width: int, height: int, block_px: int) -> Iterator[Window]:
             yield Window(col, row, min(block_px, width - col), min(block_px, height - row))
 
 
+KERNEL_RADIUS = {"nearest": 1, "bilinear": 1, "cubic": 2, "lanczos": 3}  # source px at scale 1 (GDAL's kernels)
+EDGE_PX = 32  # more source px read around a block whose kernel reach crosses the source's edge (source_window)
+
+
+def valid_pixels(src, data: np.ndarray, **where) -> np.ndarray:
+    """Which pixels of ``data``, read from ``src`` with ``where`` (window= or out_shape=), are valid (nodata rule above)."""
+    valid = np.any(data != 0, axis=0)
+    if has_gdal_mask(src):
+        valid &= src.dataset_mask(**where) > 0
+    elif src.nodata is not None:
+        valid &= np.any(data != src.nodata, axis=0)
+    return valid
+
+
+def source_window(src, grid: Grid, window: Window, resampling: str) -> tuple[Window, bool]:
+    """The source pixels ``window`` of ``grid`` is warped from, and whether the kernel's reach lies inside ``src``.
+
+    The window's outline (16 points an edge) is projected onto the source's pixel grid; its bounds
+    are widened by the kernel radius, scaled when the warp shrinks the source (GDAL widens its
+    kernels then), plus 2 px. Where that reach crosses the source's edge, GDAL's warper sizes its
+    kernel from the part of the window it can use, and the pixels then depend on how much lies
+    beyond the reach on the other sides (up to 16 px in tests): such edge windows are widened by
+    ``EDGE_PX`` more. Either way a block equals the same warp of the whole source (tested).
+    """
+    t = grid.transform * Affine.translation(window.col_off, window.row_off)
+    w, h = float(window.width), float(window.height)
+    s = np.linspace(0.0, 1.0, 17)
+    cols = np.concatenate([s * w, np.full_like(s, w), s * w, np.zeros_like(s)])
+    rows = np.concatenate([np.zeros_like(s), s * h, np.full_like(s, h), s * h])
+    xs, ys = warp_points(CRS.from_epsg(grid.epsg), src.crs, *(t * (cols, rows)))
+    sc, sr = ~src.transform * (np.asarray(xs), np.asarray(ys))
+    ok = np.isfinite(sc) & np.isfinite(sr)
+    if not ok.any():
+        return Window(0, 0, 0, 0), False
+    sc, sr = sc[ok], sr[ok]
+    scale = max((sc.max() - sc.min()) / w, (sr.max() - sr.min()) / h, 1.0)
+    pad = int(np.ceil(KERNEL_RADIUS[resampling] * scale)) + 2
+    c0, r0 = int(np.floor(sc.min())) - pad, int(np.floor(sr.min())) - pad
+    c1, r1 = int(np.ceil(sc.max())) + pad, int(np.ceil(sr.max())) + pad
+    inside = bool(ok.all()) and c0 >= 0 and r0 >= 0 and c1 <= src.width and r1 <= src.height
+    if not inside:
+        edge = int(np.ceil(EDGE_PX * scale))
+        c0, r0, c1, r1 = c0 - edge, r0 - edge, c1 + edge, r1 + edge
+    c0, r0, c1, r1 = max(c0, 0), max(r0, 0), min(c1, src.width), min(r1, src.height)
+    return Window(c0, r0, max(c1 - c0, 0), max(r1 - r0, 0)), inside
+
+
+def warp_block(src, grid: Grid, window: Window, resampling: str, to_8bit: Callable) -> np.ndarray:
+    """8-bit RGB (3, h, w) of ``window`` of ``grid``: source pixels read, made 8-bit, then re-projected.
+
+    ``to_8bit(data, valid)`` gives 1..255 where valid and 0 elsewhere (the stretch), so the warp
+    runs on bytes, as WITW's ``gdal_translate`` then ``gdalwarp`` do (warping the source's uint16
+    took ~1.5x as long). Nodata is 0 in all three bands: a source window holding only valid pixels,
+    wholly inside the source, is warped without masks (every output pixel is valid); otherwise
+    source pixels that are 0 in all bands are masked and an output pixel is valid where the warped
+    alpha (the kernel weight on valid pixels) is >= ALPHA_VALID. Valid output is lifted to >= 1
+    (the kernel's undershoot may round to 0).
+    """
+    h, w = int(window.height), int(window.width)
+    area, inside = source_window(src, grid, window, resampling)
+    if area.width == 0 or area.height == 0:
+        return np.zeros((3, h, w), np.uint8)
+    data = src.read(window=area)
+    valid = valid_pixels(src, data, window=area)
+    rgb = to_8bit(data, valid)
+    del data
+    options = {
+        "src_transform": src.window_transform(area),
+        "src_crs": src.crs,
+        "dst_transform": grid.transform * Affine.translation(window.col_off, window.row_off),
+        "dst_crs": CRS.from_epsg(grid.epsg),
+        "resampling": Resampling[resampling],
+        "init_dest_nodata": False,
+        "warp_mem_limit": WARP_MEM_MB,
+    }
+    if inside and valid.all():
+        out = np.zeros((3, h, w), np.uint8)
+        reproject(rgb, out, src_nodata=None, dst_nodata=None, **options)
+        return np.maximum(out, 1, out=out)
+    out = np.zeros((4, h, w), np.uint8)
+    reproject(rgb, out, src_nodata=0, dst_alpha=4, UNIFIED_SRC_NODATA="YES", **options)
+    return np.maximum(out[:3], 1) * (out[3] >= ALPHA_VALID)
+
+
 def warped_blocks(
-    src, grid: Grid, resampling: str, block_px: int, threads: int = 1, post: Callable | None = None
-) -> Iterator[tuple]:
-    """Re-project ``src`` onto ``grid`` through a WarpedVRT, yielding (window, bands, valid) block by block.
+    src, grid: Grid, resampling: str, block_px: int, to_8bit: Callable, threads: int = 1
+) -> Iterator[tuple[Window, np.ndarray]]:
+    """Re-project ``src`` onto ``grid`` block by block, yielding (window, 8-bit RGB) in order (:func:`warp_block`).
 
     With ``threads`` > 1 the blocks are warped on that many threads, each with its own handle of
-    ``src`` and its own WarpedVRT (the pixels do not depend on which handle warps a block), and
-    yielded in order. ``post(bands, valid)``, when given, runs in the worker thread and its result
-    is yielded as (window, result) instead.
+    ``src``; a block's pixels depend only on the block, not on the thread or the handle.
     """
-    nodata = None if has_gdal_mask(src) else (src.nodata if src.nodata is not None else 0)
-    options = {
-        "crs": CRS.from_epsg(grid.epsg),
-        "transform": grid.transform,
-        "width": grid.width,
-        "height": grid.height,
-        "resampling": Resampling[resampling],
-        "src_nodata": nodata,
-        "add_alpha": True,
-        "warp_mem_limit": WARP_MEM_MB,
-        "UNIFIED_SRC_NODATA": "YES",  # nodata only where every band is nodata (all-zero pixels)
-    }
-
-    def warp(vrt, window: Window) -> tuple:
-        data = vrt.read(window=window)
-        bands, valid = data[: vrt.count - 1], data[vrt.count - 1] >= ALPHA_VALID
-        return (window, bands, valid) if post is None else (window, post(bands, valid))
-
     n = max(1, min(threads, -(-grid.width // block_px)))  # no more threads than blocks in a row
     per_row = -(-grid.width // block_px)
+
+    def warp(handle, window: Window) -> tuple[Window, np.ndarray]:
+        return window, warp_block(handle, grid, window, resampling, to_8bit)
+
     with ExitStack() as stack:
-        sources = [src] + [stack.enter_context(rasterio.open(src.name)) for _ in range(n - 1)]
-        vrts = [stack.enter_context(WarpedVRT(s, **options)) for s in sources]
+        handles = [src] + [stack.enter_context(rasterio.open(src.name)) for _ in range(n - 1)]
         # Each thread warps one vertical band of the grid: the source blocks under a band are read
         # by one handle (a block straddling two bands is decoded twice, not every block), and a
         # row plus a block per thread in flight keeps every thread busy.
         windows = list(block_windows(grid.width, grid.height, block_px))
         owner = column_bands(windows, grid.width, n)
-        yield from ordered_map(warp, windows, vrts, per_row + n, lambda w: owner[w.row_off, w.col_off])
+        yield from ordered_map(warp, windows, handles, per_row + n, lambda w: owner[w.row_off, w.col_off])
 
 
 def _creation_options(compress: str) -> dict[str, str]:

@@ -3,8 +3,9 @@
 Sources come from the demo catalog (``<demo>/rasters.yaml``), ``custom.rasters`` or the SpaceNet
 AOI catalog; a catalog ``uri`` is one GeoTIFF (local or ``s3://``) or a prefix/folder of them.
 Each tile is converted in one windowed pass (pipeline.raster) on every core: RGB bands by
-``band_order``, percentile stretch to 1..255 (uint8 sources passed through), re-projection to UTM
-at ``tiles.gsd_m`` through a WarpedVRT per thread, COG written atomically at ``tiles/<tile_id>.tif``.
+``band_order``, percentile stretch to 1..255 (uint8 sources passed through), then re-projection of
+the 8-bit bands to UTM at ``tiles.gsd_m`` block by block (WITW's order: stretch, then warp), COG
+written atomically at ``tiles/<tile_id>.tif``.
 The bytes do not depend on the number of threads.
 
 Resume: a sidecar ``tiles/<tile_id>.json`` written after the COG holds a key (hash of source URI +
@@ -64,7 +65,7 @@ from pipeline.threads import cpu_threads
 
 log = logging.getLogger(__name__)
 
-CODE_VERSION = "tiles-1"  # bump when the conversion changes what a COG holds: finished tiles are then redone
+CODE_VERSION = "tiles-2"  # bump when the conversion changes what a COG holds: finished tiles are then redone
 KEY_TAG = "CROSSVIEW_KEY"
 STRETCH_TAG = "CROSSVIEW_STRETCH"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -173,7 +174,7 @@ def convert(job: TileJob, out_path: str, tiles: TilesParams, s3: S3Params) -> No
             del data, valid
             grid = target_grid(src, target_epsg(src, job.source.epsg), tiles.gsd_m)
             blocks = warped_blocks(
-                src, grid, tiles.resampling, tiles.block_px, threads, lambda b, ok: apply_stretch(b[pick], ok, stretch)
+                src, grid, tiles.resampling, tiles.block_px, lambda b, ok: apply_stretch(b[pick], ok, stretch), threads
             )
             tags = {STRETCH_TAG: stretch.to_json(), "CROSSVIEW_SOURCE": job.uri}
             write_cog(blocks, grid, out_path, tiles.compress, tags, threads)

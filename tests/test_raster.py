@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 import shapely
-from rasterio.enums import MaskFlags
+from rasterio.crs import CRS
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.transform import from_origin
+from rasterio.warp import reproject
 from rasterio.warp import transform as warp_points
 from scipy import ndimage
 from shapely.geometry import Point
@@ -25,8 +28,11 @@ from pipeline.raster import (
     footprint,
     overview_shape,
     read_overview,
+    source_window,
     target_epsg,
     target_grid,
+    valid_pixels,
+    warp_block,
     warped_blocks,
     write_cog,
 )
@@ -91,9 +97,7 @@ def convert_with_primitives(
         data, valid = read_overview(src, 1024)
         stretch = PASSTHROUGH if src.dtypes[0] == "uint8" else compute_stretch(data[pick], valid, (2, 98))
         grid = target_grid(src, target_epsg(src), gsd_m)
-        blocks = (
-            (w, apply_stretch(d[pick], ok, stretch)) for w, d, ok in warped_blocks(src, grid, "lanczos", block_px)
-        )
+        blocks = warped_blocks(src, grid, "lanczos", block_px, lambda d, ok: apply_stretch(d[pick], ok, stretch))
         write_cog(blocks, grid, out, compress, {"CROSSVIEW_KEY": "test"})
     return stretch
 
@@ -175,6 +179,54 @@ def test_reprojected_cog_is_utm_at_gsd_with_nodata_masked(cog):
     assert valid.mean() > 0.6
     assert (data[:, valid] >= 1).all()  # valid data is 1..255
     assert ((data == 0).all(axis=0) == ~valid).all()
+
+
+@pytest.mark.parametrize(("gsd_m", "resampling"), [(0.3, "lanczos"), (1.2, "lanczos"), (0.3, "cubic"), (0.6, "bilinear")])
+def test_each_block_is_warped_as_from_the_whole_source(tmp_path, gsd_m, resampling):
+    """A block warped from its source window (the kernel's reach) equals the same warp of the whole source.
+
+    Interior blocks (window inside the source, all valid) are warped without masks, the others with
+    them; each against the whole 8-bit source warped by the same path. 1.2 m shrinks the source 4x,
+    so GDAL widens its kernel 4x and so must the window.
+    """
+    src_path = write_multispectral(tmp_path / "ms.tif", width=900, height=800, corner=150, patch=(0, 0, 0, 0))
+    with rasterio.open(band_subset_path(str(src_path), [5, 3, 2])) as src:
+        grid = target_grid(src, target_epsg(src), gsd_m)
+        stretch = compute_stretch(*read_overview(src, 256), (2, 98))
+        to_8bit = functools.partial(apply_stretch, stretch=stretch)
+        data = src.read()
+        whole = to_8bit(data, valid_pixels(src, data))
+        kinds = {True: 0, False: 0}
+        for window in block_windows(grid.width, grid.height, 64 if gsd_m > 1 else 128):
+            area, inside = source_window(src, grid, window, resampling)
+            interior = inside and bool(whole[:, area.row_off : area.row_off + area.height,
+                                             area.col_off : area.col_off + area.width].all())  # fmt: skip
+            kinds[interior] += 1
+            h, w = int(window.height), int(window.width)
+            want = np.zeros((3 if interior else 4, h, w), np.uint8)
+            masks = {} if interior else {"src_nodata": 0, "dst_alpha": 4, "UNIFIED_SRC_NODATA": "YES"}
+            reproject(whole, want, src_transform=src.transform, src_crs=src.crs, dst_crs=CRS.from_epsg(grid.epsg),
+                      dst_transform=grid.transform * grid.transform.translation(window.col_off, window.row_off),
+                      resampling=Resampling[resampling], init_dest_nodata=False, **masks)  # fmt: skip
+            rgb = np.maximum(want[:3], 1) * (True if interior else want[3] >= 128)
+            assert np.array_equal(warp_block(src, grid, window, resampling, to_8bit), rgb), window
+    assert kinds[True] >= 3 and kinds[False] >= 3  # both paths ran
+
+
+def test_valid_warped_pixels_are_never_0_where_the_kernel_undershoots(tmp_path):
+    """Lanczos rings below 1 beside a bright edge; a valid pixel must still be 1..255 in every band."""
+    src_path = write_multispectral(tmp_path / "ms.tif", width=400, height=400, corner=0, patch=(0, 0, 0, 0))
+    with rasterio.open(src_path, "r+") as ds:
+        data = ds.read()
+        data[:, :, ::7] = 60_000  # bright lines every 7 px: dark pixels beside them undershoot
+        ds.write(data)
+    with rasterio.open(band_subset_path(str(src_path), [5, 3, 2])) as src:
+        grid = target_grid(src, target_epsg(src), 0.3)
+        stretch = compute_stretch(*read_overview(src, 400), (2, 98))
+        blocks = list(warped_blocks(src, grid, "lanczos", 128, functools.partial(apply_stretch, stretch=stretch)))
+    inner = [rgb for w, rgb in blocks if rgb.any(axis=0).all()]
+    assert inner and all((rgb >= 1).all() for rgb in inner)
+    assert any((rgb == 1).mean() > 0.05 for rgb in inner)  # the undershoot was there, and lifted to 1
 
 
 def test_cog_is_tiled_with_overviews_and_cog_layout(cog):

@@ -1,8 +1,10 @@
 """Tile conversion on every core gives today's tiles: the demo tiles against a frozen copy of the one-thread
-conversion (tolerance: 0 DN, the same bytes), and each parallel primitive against its one-thread form."""
+uint16 conversion (tolerance: 2 DN once out-of-range values are clipped before the warp, see the test), and
+each parallel primitive against its one-thread form."""
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -38,15 +40,18 @@ from pipeline.threads import ordered_map
 from tests.test_raster import write_multispectral
 
 
-def todays_conversion(src_path: str, out: str, bands: list[int], source_tag: str, block_px: int = 1024) -> Stretch:
-    """The tiles stage's conversion as it was before it ran on threads, frozen here (one thread, GDAL's reads)."""
+def todays_conversion(
+    src_path: str, out: str, bands: list[int], source_tag: str, block_px: int = 1024, stretch: Stretch | None = None
+) -> Stretch:
+    """The tiles stage's conversion as it was before it ran on threads and warped 8-bit bands, frozen here (one
+    thread, GDAL's reads, the source's uint16 warped by a WarpedVRT and stretched after); ``stretch`` when given."""
     unique = list(dict.fromkeys(bands))
     pick = [unique.index(b) for b in bands]
     with rasterio.open(band_subset_path(src_path, unique)) as src:
         h, w = overview_shape(src.height, src.width, 1024)
         data = src.read(out_shape=(src.count, h, w))
         valid = np.any(data != 0, axis=0) & np.any(data != src.nodata, axis=0)
-        stretch = compute_stretch(data[pick], valid, (2, 98))
+        stretch = stretch or compute_stretch(data[pick], valid, (2, 98))
         grid = target_grid(src, target_epsg(src), 0.3)
         low = np.array([b[0] for b in stretch.bands], dtype=np.float32)[:, None, None]
         high = np.array([b[1] for b in stretch.bands], dtype=np.float32)[:, None, None]
@@ -73,22 +78,52 @@ def todays_conversion(src_path: str, out: str, bands: list[int], source_tag: str
     return stretch
 
 
-def test_demo_tiles_are_todays_tiles_byte_for_byte(demo_repo):
-    """The stage (every core, in `dvc repro`) against the frozen one-thread conversion: 0 DN apart, same bytes."""
+def clipped_source(src_path: str, out: str, bands: list[int], stretch: Stretch) -> str:
+    """A copy of the source whose ``bands`` are clipped to the stretch's range where valid (nodata kept 0)."""
+    with rasterio.open(src_path) as src:
+        profile, data = src.profile, src.read()
+    valid = np.any(data != 0, axis=0)
+    for (low, high), band in zip(stretch.bands, bands):
+        data[band - 1] = np.where(valid, np.clip(data[band - 1], np.ceil(low), np.floor(high)), 0)
+    with rasterio.open(out, "w", **profile) as dst:
+        dst.write(data)
+    return out
+
+
+def test_demo_tiles_are_todays_tiles_within_resampling_noise(demo_repo, tmp_path):
+    """The stage (every core, 8-bit bands warped, in `dvc repro`) against the frozen one-thread uint16 conversion.
+
+    Tolerance: against today's conversion of the source clipped to the stretch's range, at most 2 DN on
+    any pixel (rounding: the kernel now sums bytes), mean <= 0.3 DN, and the same valid pixels but for
+    at most 1 in 10^5 (alpha rounding at the edge). The one change in meaning is that order: values
+    beyond the 2-98 % range are clipped before the lanczos kernel (as WITW's gdal_translate then
+    gdalwarp do), so they no longer ring into their neighbours; against today's unclipped conversion
+    that moves the edges of saturated objects by up to ~90 DN, mean < 0.5 DN over the demo tiles.
+    Size, grid, overview levels, stretch and footprint are unchanged.
+    """
     rows = [r for r in pq.read_table(demo_repo / "tables" / "tiles.parquet").to_pylist() if r["status"] == "ok"]
     assert len(rows) == 3
     for row in rows:
-        ref = str(demo_repo / f"{row['tile_id']}.reference.tif")
         src = str(demo_repo / row["source_uri"])
+        ref = str(tmp_path / f"{row['tile_id']}.reference.tif")
         stretch = todays_conversion(src, ref, [5, 3, 2], row["source_uri"])
+        clipped = clipped_source(src, str(tmp_path / f"{row['tile_id']}.clipped.tif"), [5, 3, 2], stretch)
+        ref_clipped = str(tmp_path / f"{row['tile_id']}.reference_clipped.tif")
+        todays_conversion(clipped, ref_clipped, [5, 3, 2], row["source_uri"], stretch=stretch)
         ours = str(demo_repo / row["uri"])
-        with rasterio.open(ours) as a, rasterio.open(ref) as b:
+        with rasterio.open(ours) as a, rasterio.open(ref) as b, rasterio.open(ref_clipped) as c:
             assert (a.width, a.height, a.crs, a.transform) == (b.width, b.height, b.crs, b.transform)
-            assert np.array_equal(a.read(), b.read())
             assert a.overviews(1) == b.overviews(1)
+            got, today, today_clipped = (ds.read().astype(np.int16) for ds in (a, b, c))
+        valid, valid_today = got.any(axis=0), today.any(axis=0)
+        assert (valid ^ valid_today).sum() <= 1e-5 * valid_today.sum()
+        assert (got[:, valid] >= 1).all()  # valid pixels are 1..255 in every band
+        both = valid & valid_today
+        near = np.abs(got - today_clipped)[:, both]
+        assert near.max() <= 2 and near.mean() <= 0.3
+        assert np.abs(got - today)[:, both].mean() < 0.5
         assert json.loads(row["stretch"]) == json.loads(stretch.to_json())
         assert shapely.from_wkb(row["footprint_wkb"]).equals(footprint(ref, 1024))
-        assert row["sha256"] == sha256_file(ref)
 
 
 @pytest.mark.parametrize(("width", "height", "max_px"), [(800, 700, 200), (517, 1301, 256), (300, 290, 299)])
@@ -115,11 +150,13 @@ def test_warping_on_threads_gives_the_same_blocks_in_the_same_order(tmp_path):
     src_path = write_multispectral(tmp_path / "ms.tif", width=900, height=800)
     with rasterio.open(band_subset_path(str(src_path), [5, 3, 2])) as src:
         grid = target_grid(src, target_epsg(src), 0.3)
-        one = list(warped_blocks(src, grid, "lanczos", 256, threads=1))
-        three = list(warped_blocks(src, grid, "lanczos", 256, threads=3))
+        stretch = compute_stretch(*read_overview(src, 256), (2, 98))
+        to_8bit = functools.partial(apply_stretch, stretch=stretch)
+        one = list(warped_blocks(src, grid, "lanczos", 256, to_8bit, threads=1))
+        three = list(warped_blocks(src, grid, "lanczos", 256, to_8bit, threads=3))
     assert len(one) == len(three) > 9
-    for (w1, d1, v1), (w3, d3, v3) in zip(one, three):
-        assert w1 == w3 and np.array_equal(d1, d3) and np.array_equal(v1, v3)
+    for (w1, d1), (w3, d3) in zip(one, three):
+        assert w1 == w3 and np.array_equal(d1, d3)
 
 
 def test_stretch_by_table_equals_the_arithmetic():
