@@ -4,10 +4,11 @@ Generates (window by window) a SpaceNet PS-MS-like source: ``--size`` x ``--size
 uint16, EPSG:4326 at about 0.3 m per pixel (over Dar es Salaam, like the real PS-MS COG), with
 smooth, compressible content and a nodata triangle. Then, ``--repeat`` times and alternating:
 
-- ours: a fresh subprocess runs ``pipeline.tiles.process_one`` (overview stretch, WarpedVRT to UTM
-  at 0.3 m on every core, temp tiled GeoTIFF, COG with overviews, footprint, sha256); the
-  conversion is timed inside it (the stage converts many tiles per process, so interpreter start
-  and imports are reported apart), and its peak RSS comes from ``os.wait4``;
+- ours: a fresh subprocess runs ``pipeline.tiles.process_one`` (overview stretch; then, block by
+  block on every core, the source window made 8-bit and warped to UTM at 0.3 m; temp tiled GeoTIFF,
+  COG with overviews, footprint, sha256); the conversion is timed inside it (the stage converts
+  many tiles per process, so interpreter start and imports are reported apart), and its peak RSS
+  comes from ``os.wait4``;
 - WITW: ``gdal_translate -ot Byte -a_nodata 0 -b 5 -b 3 -b 2 -scale_N lo hi 1 255`` then
   ``gdalwarp -t_srs EPSG:<utm> -tr 0.3 0.3 -r lanczos -srcnodata None -dstnodata None`` (no
   compression, no overviews), skipped with a note when the GDAL command-line tools are missing.
