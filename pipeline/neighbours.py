@@ -12,6 +12,7 @@ at a landmark) before it lists pairs: time and memory stay linear in the photos 
 
 from __future__ import annotations
 
+import itertools
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -173,12 +174,16 @@ def close_pairs(x: np.ndarray, y: np.ndarray, d: float) -> tuple[np.ndarray, np.
 
 
 def _cell_finder(occupied: np.ndarray, pad: int = 0):
-    """A function mapping cell keys (>= -pad) to their index in the sorted ``occupied`` keys, or -1."""
-    span = int(occupied[-1]) + 2
+    """A function mapping cell keys to their index in the sorted ``occupied`` keys, or -1.
+
+    ``pad``: how far below the lowest occupied key lookups may go and still find the dense table.
+    """
+    base = int(occupied[0]) - max(pad, 1)  # slot 0 and the last slot are empty: out-of-range keys land there
+    span = int(occupied[-1]) + 2 - base
     if span <= 16 * len(occupied) + 1024:  # a dense table: one gather instead of a binary search per lookup
-        table = np.full(span + pad, -1, np.int64)
-        table[occupied + pad] = np.arange(len(occupied))
-        return lambda keys: table[np.minimum(keys + pad, span + pad - 1)]
+        table = np.full(span, -1, np.int64)
+        table[occupied - base] = np.arange(len(occupied))
+        return lambda keys: table[np.clip(keys - base, 0, span - 1)]
 
     def search(keys: np.ndarray) -> np.ndarray:
         at = np.minimum(np.searchsorted(occupied, keys), len(occupied) - 1)
@@ -205,7 +210,7 @@ def _candidates(g: _Grid, low: np.ndarray, high: np.ndarray) -> int:
 
 
 def _thin(
-    g: _Grid, x: np.ndarray, y: np.ndarray, rank: np.ndarray, d: float, rows: int
+    g: _Grid, x: np.ndarray, y: np.ndarray, rank: np.ndarray, d: float, rows: int, can_lead: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """One thinning round on undecided points: (kept, dropped) as indices into them.
 
@@ -219,6 +224,8 @@ def _thin(
     lowest_ext = np.r_[lowest, np.iinfo(np.int64).max]  # index -1: no cell
     around = np.column_stack([lowest_ext[g.find(g.occupied + off)] for off in _neighbourhood(rows)]).min(axis=1)
     leaders = np.flatnonzero(sorted_rank == around[g.cell_of])  # sorted positions
+    if can_lead is not None:  # (a point whose 3 x 3 cells reach unseen points may not lead)
+        leaders = leaders[can_lead[g.order[leaders]]]
     owner, pos = _expand(*g.ranges(g.occupied[g.cell_of[leaders]], _neighbourhood(rows)))
     k, q = g.order[leaders[owner]], g.order[pos]
     near = (np.hypot(x[k] - x[q], y[k] - y[q]) < d) & (k != q)
@@ -256,6 +263,34 @@ def _lowest(owner: np.ndarray, value: np.ndarray, owners: int) -> np.ndarray:
     return np.flatnonzero(value == best[owner])
 
 
+def _thin_dense(
+    x: np.ndarray, y: np.ndarray, rank: np.ndarray, d: float, frame, kept: np.ndarray, can_lead: np.ndarray | None = None
+) -> tuple[np.ndarray, list[np.ndarray], _Grid, np.ndarray, np.ndarray]:
+    """Thinning rounds (:func:`_thin`) until listing the close pairs of what is left is cheap.
+
+    Sets ``kept`` for the leaders; returns (the undecided points, the thinned ones by round, and the
+    undecided points' grid and :func:`_half_ranges`).
+    """
+    live, thinned = np.arange(len(x)), []
+    for round_ in range(_MAX_THINNING_ROUNDS + 1):
+        lx, ly = (x, y) if round_ == 0 else (x[live], y[live])
+        g = _Grid(_keys(lx, ly, frame), frame[3])
+        low, high = _half_ranges(g, frame[3])
+        if round_ == _MAX_THINNING_ROUNDS or _candidates(g, low, high) <= _PAIRS_PER_POINT * len(live) + 100_000:
+            break
+        leaders, dropped = _thin(g, lx, ly, rank[live], d, frame[3], None if can_lead is None else can_lead[live])
+        if not len(leaders):  # every dense point waits for unseen ones (a strip's edge): list what is left
+            break
+        kept[live[leaders]] = True
+        thinned.append(live[dropped])
+        undecided = np.ones(len(live), bool)
+        undecided[leaders], undecided[dropped] = False, False
+        live = live[undecided]
+        if not len(live):
+            break
+    return live, thinned, g, low, high
+
+
 def greedy_keep(x: np.ndarray, y: np.ndarray, rank: np.ndarray, d: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """WITW's rule on points at distinct positions: keep in ``rank`` order unless a kept point is < ``d`` away.
 
@@ -270,23 +305,9 @@ def greedy_keep(x: np.ndarray, y: np.ndarray, rank: np.ndarray, d: float) -> tup
         return kept, cause, cause_d
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     frame = _grid_frame(x, y, d)
-    live, thinned = np.arange(n), []
-    for round_ in range(_MAX_THINNING_ROUNDS + 1):
-        lx, ly = x[live], y[live]
-        g = _Grid(_keys(lx, ly, frame), frame[3])
-        low, high = _half_ranges(g, frame[3])
-        if round_ == _MAX_THINNING_ROUNDS or _candidates(g, low, high) <= _PAIRS_PER_POINT * len(live) + 100_000:
-            break
-        leaders, dropped = _thin(g, lx, ly, rank[live], d, frame[3])
-        kept[live[leaders]] = True
-        thinned.append(live[dropped])
-        undecided = np.ones(len(live), bool)
-        undecided[leaders], undecided[dropped] = False, False
-        live = live[undecided]
-        if not len(live):
-            break
+    live, thinned, g, low, high = _thin_dense(x, y, rank, d, frame, kept)
     if len(live):
-        i, j, dist = _grid_pairs(g, lx, ly, d, low, high)
+        i, j, dist = _grid_pairs(g, x[live], y[live], d, low, high)
         k, c, cd = greedy_rounds(rank[live], i, j, dist)
         kept[live], cause_d[live] = k, cd
         cause[live] = np.where(c >= 0, live[np.maximum(c, 0)], -1)
@@ -296,28 +317,54 @@ def greedy_keep(x: np.ndarray, y: np.ndarray, rank: np.ndarray, d: float) -> tup
     return kept, cause, cause_d
 
 
+def _decide(x: np.ndarray, y: np.ndarray, rank: np.ndarray, d: float, frame, edge: np.ndarray | None) -> np.ndarray:
+    """The state (0 undecided, 1 kept, 2 dropped) of each point that WITW's rule decides whatever lies beyond.
+
+    As :func:`greedy_keep`, except that ``edge`` points (in the grid column next to unseen points,
+    which may be less than ``d`` from them and rank before them) are never kept and never lead a
+    thinning round; what waits on them stays undecided. Kept and dropped are final.
+    """
+    kept = np.zeros(len(x), bool)
+    live, thinned, g, low, high = _thin_dense(x, y, rank, d, frame, kept, None if edge is None else ~edge)
+    state = kept.astype(np.int8)
+    for q in thinned:
+        state[q] = 2
+    if len(live):
+        i, j, _ = _grid_pairs(g, x[live], y[live], d, low, high)
+        blocked = None if edge is None else edge[live]
+        state[live] = greedy_rounds(rank[live], i, j, np.zeros(len(i)), blocked=blocked, causes=False)[0]
+    return state
+
+
 def greedy_rounds(
-    rank: np.ndarray, i: np.ndarray, j: np.ndarray, d: np.ndarray
+    rank: np.ndarray, i: np.ndarray, j: np.ndarray, d: np.ndarray, blocked: np.ndarray | None = None, causes: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Keep nodes in rank order unless a kept node shares an edge (i, j, d): the greedy, in parallel rounds.
 
     Returns (kept, for each dropped node its lowest-ranked kept neighbour, the d of that edge).
     Each round keeps every undecided node with no undecided lower-ranked neighbour and drops their
     neighbours; it yields the lexicographically-first independent set, as the one-by-one loop does.
+    ``blocked`` nodes are never kept (they may have neighbours not given): they and what waits on
+    them stay undecided; with ``causes=False`` the first result is then the state (0 undecided,
+    1 kept, 2 dropped) and the causes are not worked out.
     """
     n = len(rank)
     state = np.zeros(n, np.int8)  # 0 undecided, 1 kept, 2 dropped
     swap = rank[i] > rank[j]
     lo0, hi0 = np.where(swap, j, i), np.where(swap, i, j)
-    lo, hi, dd = lo0, hi0, d
-    while (state == 0).any():
-        has_lower = np.zeros(n, bool)
+    lo, hi = lo0, hi0
+    while True:
+        has_lower = np.zeros(n, bool) if blocked is None else blocked.copy()
         has_lower[hi] = True
         newly = (state == 0) & ~has_lower
+        if not newly.any():
+            break
         state[newly] = 1
         state[hi[newly[lo]]] = 2  # hi is undecided (edges keep only undecided ends), so it is dropped
         live = (state[lo] == 0) & (state[hi] == 0)
-        lo, hi, dd = lo[live], hi[live], dd[live]
+        lo, hi = lo[live], hi[live]
+    if not causes:
+        return state, np.full(n, -1), np.full(n, np.nan)
     kept = state == 1
     cause, cause_d = np.full(n, -1), np.full(n, np.nan)
     by = kept[lo0] & ~kept[hi0]
@@ -374,18 +421,27 @@ def seeded_order(ids: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
 # --- the density limit (WITW's limit_density) -----------------------------------------------------
 
 
+STRIP_POINTS = 1 << 18  # photos solved at once; more are swept in strips across x (memory stays that of a strip)
+
+
 def density_limit(
-    ids: pa.Array, x: np.ndarray, y: np.ndarray, density_m: float, seed: int
+    ids: pa.Array, x: np.ndarray, y: np.ndarray, density_m: float, seed: int, strip_points: int = STRIP_POINTS
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """WITW's limit_density with a seeded order: keep a photo unless an earlier kept one is < density_m away.
 
     Returns (kept, index of the earliest kept photo within density_m of a dropped one or -1, its
-    distance in metres).
+    distance in metres). Up to ``strip_points`` photos are solved at once; more are swept in strips
+    (:func:`_density_strips`), with the same result.
     """
     n = len(x)
     if n == 0 or density_m <= 0:
         return np.ones(n, bool), np.full(n, -1), np.full(n, np.nan)
     order = seeded_order(ids, seed)  # position in this order = rank
+    if n > strip_points:
+        rank = np.empty(n, np.int64)
+        rank[order] = np.arange(n)
+        del order
+        return _density_strips(np.asarray(x, np.float64), np.asarray(y, np.float64), rank, density_m, strip_points)
     xs, ys = np.asarray(x, np.float64)[order], np.asarray(y, np.float64)[order]
     # Photos at identical positions stand or fall with the earliest of them: solve on distinct positions.
     first, group = distinct(xs, ys, density_m)
@@ -400,6 +456,85 @@ def density_limit(
     kept, neighbour, distance = np.empty(n, bool), np.empty(n, np.int64), np.empty(n)
     kept[order], distance[order] = kept_r, distance_r
     neighbour[order] = np.where(neighbour_r >= 0, order[np.maximum(neighbour_r, 0)], -1)
+    return kept, neighbour, distance
+
+
+def _columns(x: np.ndarray, frame) -> np.ndarray:
+    """Grid column of each x (as :func:`_keys` computes it)."""
+    return ((x - frame[0]) / frame[2]).astype(np.int64)
+
+
+def _strips(cols: np.ndarray, size: int) -> list[tuple[int, int]]:
+    """[start, end) ranges of about ``size`` (``size / 2`` to ``3 size / 2``) of sorted grid columns ``cols``.
+
+    Each range ends at a column boundary, where the column before it holds the fewest points: those
+    points wait for the next range (:func:`_density_strips`), so a dense spot is not cut.
+    """
+    ucols, starts = np.unique(cols, return_index=True)
+    n, bounds = len(cols), [0]
+    while n - bounds[-1] > size:
+        a = bounds[-1]
+        lo, hi = np.searchsorted(starts, [a + size // 2, a + 3 * size // 2], side="left")
+        nxt = int(np.searchsorted(starts, a, side="right"))  # and the next few boundaries (past a dense column)
+        cand = np.union1d(np.arange(lo, hi), np.arange(nxt, min(nxt + 4, len(starts))))  # >= 1: column 0 starts at 0
+        if not len(cand):  # the rest is one column
+            break
+        before = np.where(ucols[cand - 1] == ucols[cand] - 1, starts[cand] - starts[cand - 1], 0)  # in the column before
+        best = cand[np.lexsort((np.abs(starts[cand] - (a + size)), before))[0]]
+        bounds.append(int(starts[best]))
+    bounds.append(n)
+    return list(itertools.pairwise(bounds))
+
+
+def _density_strips(
+    x: np.ndarray, y: np.ndarray, rank: np.ndarray, d: float, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`density_limit` on photos swept in strips of about ``size`` across x: what it holds beyond one
+    strip's working set is a few numbers a photo (~50 bytes instead of ~290 at a million).
+
+    First pass, the decisions: each strip's distinct positions, with those still undecided from
+    earlier strips, are decided as far as WITW's rule allows without the strips to come
+    (:func:`_decide`: the positions in the grid column just before the next strip wait for it).
+    Kept positions are then in columns not adjacent to anything unseen, so farther than ``d`` from
+    it: a strip never needs an earlier strip's decided positions. Second pass, the causes: each
+    dropped position's lowest-ranked kept position within ``d``, among the kept positions of its
+    strip and ``d`` either side.
+    """
+    n = len(x)
+    frame = _grid_frame(x, y, d)
+    by_x = np.argsort(x, kind="stable")
+    xs = x[by_x]
+    strips = _strips(_columns(xs, frame), size)
+    rep = np.empty(n, np.int64)  # each photo's position's earliest photo (its representative)
+    state = np.zeros(n, np.int8)  # of representatives: 1 kept, 2 dropped
+    waiting = np.zeros(0, np.int64)  # representatives not decided yet
+    for a, b in strips:
+        o = by_x[a:b][np.argsort(rank[by_x[a:b]])]  # the strip in rank order
+        first, group = distinct(x[o], y[o], d)
+        rep[o] = o[first][group]
+        live = np.r_[waiting, o[first]]
+        edge = None if b == n else _columns(x[live], frame) >= _columns(xs[b : b + 1], frame)[0] - 1
+        st = _decide(x[live], y[live], rank[live], d, frame, edge)
+        state[live] = st
+        waiting = live[st == 0]
+    if len(waiting):
+        raise AssertionError("the last strip left positions undecided")
+    kept, neighbour, distance = np.zeros(n, bool), np.full(n, -1), np.full(n, np.nan)
+    for a, b in strips:
+        photos = by_x[a:b]
+        r = rep[photos]
+        reps = photos[r == photos]
+        dropped = reps[state[reps] == 2]
+        if len(dropped):
+            near = by_x[np.searchsorted(xs, xs[a] - d, "left") : np.searchsorted(xs, xs[b - 1] + d, "right")]
+            near = near[(state[near] == 1) & (rep[near] == near)]
+            neighbour[dropped], distance[dropped] = _lowest_kept_within(x, y, rank, near, dropped, d, frame)
+        rep_kept = state[r] == 1
+        kept[photos] = rep_kept & (r == photos)
+        others = photos[rep_kept & (r != photos)]
+        neighbour[others], distance[others] = rep[others], 0.0
+        follow = photos[~rep_kept & (r != photos)]
+        neighbour[follow], distance[follow] = neighbour[rep[follow]], distance[rep[follow]]
     return kept, neighbour, distance
 
 

@@ -134,11 +134,23 @@ def test_greedy_keep_thinning_dense_spots_equals_the_sequential_rule(monkeypatch
     assert np.allclose(dist[dropped], np.hypot(x[dropped] - x[cause[dropped]], y[dropped] - y[cause[dropped]]))
 
 
+def counting_pairs(monkeypatch) -> list[int]:
+    """The number of close pairs each listing returns (the part that is quadratic in a dense spot)."""
+    listed: list[int] = []
+    real = neighbours._grid_pairs
+
+    def wrapped(*args, **kwargs):
+        out = real(*args, **kwargs)
+        listed.append(len(out[0]))
+        return out
+
+    monkeypatch.setattr(neighbours, "_grid_pairs", wrapped)
+    return listed
+
+
 def test_a_dense_spot_is_thinned_without_listing_its_pairs(monkeypatch):
     """40,000 distinct positions in a 15 x 22 m square: 800 million pairs if listed; thinned, a few rounds."""
-    listed = []
-    real = neighbours.close_pairs
-    monkeypatch.setattr(neighbours, "close_pairs", lambda x, y, d: listed.append(len(x)) or real(x, y, d))
+    listed = counting_pairs(monkeypatch)
     rng = np.random.default_rng(0)
     x, y = rng.uniform(0, 15, 40_000), rng.uniform(0, 22, 40_000)
     rank = rng.permutation(40_000)
@@ -153,3 +165,49 @@ def test_non_finite_positions_are_a_clear_error():
         neighbours.close_pairs(np.array([0.0, np.nan]), np.array([0.0, 1.0]), 10.0)
     with pytest.raises(ValueError, match="finite"):
         neighbours.density_limit(pa.array(["a", "b"]), np.array([0.0, np.inf]), np.array([0.0, 1.0]), 10.0, 0)
+
+
+def landmark_city(n: int, seed: int) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """Photos over 2 km, a quarter in one 15 x 22 m spot, a tenth at one repeated position, some on one x."""
+    rng = np.random.default_rng(seed)
+    x, y = rng.uniform(0, 2000, n), rng.uniform(0, 2000, n)
+    hot = rng.random(n) < 0.25
+    x[hot], y[hot] = 700 + rng.uniform(0, 15, hot.sum()), 900 + rng.uniform(0, 22, hot.sum())
+    same = rng.random(n) < 0.1
+    x[same], y[same] = x[0], y[0]
+    line = rng.random(n) < 0.05
+    x[line] = 1234.5  # many photos with one x: a strip boundary must not split them
+    return pa.array([f"{i:011d}" for i in rng.permutation(n)]), x, y
+
+
+@pytest.mark.parametrize("strip_points", [23, 300, 2_000])
+@pytest.mark.parametrize("seed", range(4))
+def test_sweeping_strips_gives_the_whole_result(strip_points, seed):
+    """Strips across x (memory of one strip) decide, name and measure every photo as one solve of all does."""
+    ids, x, y = landmark_city(6_000, seed)
+    whole = neighbours.density_limit(ids, x, y, 10.0, 7, strip_points=10**9)
+    strips = neighbours.density_limit(ids, x, y, 10.0, 7, strip_points=strip_points)
+    assert np.array_equal(whole[0], strips[0])
+    assert np.array_equal(whole[1], strips[1])
+    assert np.array_equal(whole[2], strips[2], equal_nan=True)
+    assert 0 < whole[0].sum() < len(x)
+
+
+def test_sweeping_strips_follows_the_sequential_rule():
+    ids, x, y = landmark_city(1_500, 11)
+    kept, neighbour, dist = neighbours.density_limit(ids, x, y, 10.0, 3, strip_points=97)
+    rank = np.empty(len(x), np.int64)
+    rank[neighbours.seeded_order(ids, 3)] = np.arange(len(x))
+    want_kept, want_cause = sequential_rule(x, y, rank, 10.0)
+    assert (kept == want_kept).all() and (neighbour == want_cause).all()
+    assert np.allclose(dist[~kept], np.hypot(x[~kept] - x[neighbour[~kept]], y[~kept] - y[neighbour[~kept]]))
+
+
+def test_strips_end_where_no_dense_spot_is_cut(monkeypatch):
+    """A strip's last grid column waits for the next strip; ends are chosen where it is quiet, so the
+    landmark (10,000 photos within 22 m) is thinned, not listed pair by pair (~50 million pairs)."""
+    listed = counting_pairs(monkeypatch)
+    ids, x, y = landmark_city(40_000, 0)
+    kept, _, _ = neighbours.density_limit(ids, x, y, 10.0, 0, strip_points=3_000)
+    assert sum(listed) < 5 * len(x)
+    assert np.array_equal(kept, neighbours.density_limit(ids, x, y, 10.0, 0, strip_points=10**9)[0])
