@@ -13,6 +13,7 @@ at a landmark) before it lists pairs: time and memory stay linear in the photos 
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -330,7 +331,7 @@ def _decide(x: np.ndarray, y: np.ndarray, rank: np.ndarray, d: float, frame, edg
     for q in thinned:
         state[q] = 2
     if len(live):
-        i, j, _ = _grid_pairs(g, x[live], y[live], d, low, high)
+        i, j, _ = _grid_pairs(g, x[live], y[live], d, low, high, block=1 << 14)
         blocked = None if edge is None else edge[live]
         state[live] = greedy_rounds(rank[live], i, j, np.zeros(len(i)), blocked=blocked, causes=False)[0]
     return state
@@ -421,23 +422,33 @@ def seeded_order(ids: pa.Array | pa.ChunkedArray, seed: int) -> np.ndarray:
 # --- the density limit (WITW's limit_density) -----------------------------------------------------
 
 
-STRIP_POINTS = 1 << 18  # photos solved at once; more are swept in strips across x (memory stays that of a strip)
+# Up to WHOLE_POINTS photos are solved at once (fastest there: 1M in 0.8-0.9 s, ~280 bytes a photo while it
+# runs); more are swept in strips of about STRIP_POINTS (at 4M: 5.9 s and a working set of a strip, against
+# 6.9 s and 1.1 GB at once), so the working set stops growing past a million photos.
+WHOLE_POINTS = 1 << 20
+STRIP_POINTS = 1 << 16
 
 
 def density_limit(
-    ids: pa.Array, x: np.ndarray, y: np.ndarray, density_m: float, seed: int, strip_points: int = STRIP_POINTS
+    ids: pa.Array,
+    x: np.ndarray,
+    y: np.ndarray,
+    density_m: float,
+    seed: int,
+    whole_points: int = WHOLE_POINTS,
+    strip_points: int = STRIP_POINTS,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """WITW's limit_density with a seeded order: keep a photo unless an earlier kept one is < density_m away.
 
     Returns (kept, index of the earliest kept photo within density_m of a dropped one or -1, its
-    distance in metres). Up to ``strip_points`` photos are solved at once; more are swept in strips
-    (:func:`_density_strips`), with the same result.
+    distance in metres). Up to ``whole_points`` photos are solved at once; more are swept in strips
+    of about ``strip_points`` (:func:`_density_strips`), with the same result.
     """
     n = len(x)
     if n == 0 or density_m <= 0:
         return np.ones(n, bool), np.full(n, -1), np.full(n, np.nan)
     order = seeded_order(ids, seed)  # position in this order = rank
-    if n > strip_points:
+    if n > whole_points:
         rank = np.empty(n, np.int64)
         rank[order] = np.arange(n)
         del order
@@ -490,7 +501,7 @@ def _density_strips(
     x: np.ndarray, y: np.ndarray, rank: np.ndarray, d: float, size: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`density_limit` on photos swept in strips of about ``size`` across x: what it holds beyond one
-    strip's working set is a few numbers a photo (~50 bytes instead of ~290 at a million).
+    strip's working set is a few numbers a photo (~50 bytes, against ~280 solving all at once).
 
     First pass, the decisions: each strip's distinct positions, with those still undecided from
     earlier strips, are decided as far as WITW's rule allows without the strips to come
@@ -507,20 +518,9 @@ def _density_strips(
     strips = _strips(_columns(xs, frame), size)
     rep = np.empty(n, np.int64)  # each photo's position's earliest photo (its representative)
     state = np.zeros(n, np.int8)  # of representatives: 1 kept, 2 dropped
-    waiting = np.zeros(0, np.int64)  # representatives not decided yet
-    for a, b in strips:
-        o = by_x[a:b][np.argsort(rank[by_x[a:b]])]  # the strip in rank order
-        first, group = distinct(x[o], y[o], d)
-        rep[o] = o[first][group]
-        live = np.r_[waiting, o[first]]
-        edge = None if b == n else _columns(x[live], frame) >= _columns(xs[b : b + 1], frame)[0] - 1
-        st = _decide(x[live], y[live], rank[live], d, frame, edge)
-        state[live] = st
-        waiting = live[st == 0]
-    if len(waiting):
-        raise AssertionError("the last strip left positions undecided")
     kept, neighbour, distance = np.zeros(n, bool), np.full(n, -1), np.full(n, np.nan)
-    for a, b in strips:
+
+    def causes(a: int, b: int) -> None:  # reads decided strips, writes only this strip's photos
         photos = by_x[a:b]
         r = rep[photos]
         reps = photos[r == photos]
@@ -535,6 +535,31 @@ def _density_strips(
         neighbour[others], distance[others] = rep[others], 0.0
         follow = photos[~rep_kept & (r != photos)]
         neighbour[follow], distance[follow] = neighbour[rep[follow]], distance[rep[follow]]
+
+    waiting = np.zeros(0, np.int64)  # representatives not decided yet
+    pending = deque(strips)  # strips whose causes are not worked out yet
+    with ThreadPoolExecutor(cpu_threads(), thread_name_prefix="causes") as pool:
+        done = []
+        for a, b in strips:
+            o = by_x[a:b][np.argsort(rank[by_x[a:b]])]  # the strip in rank order
+            first, group = distinct(x[o], y[o], d)
+            rep[o] = o[first][group]
+            live = np.r_[waiting, o[first]]
+            edge = None if b == n else _columns(x[live], frame) >= _columns(xs[b : b + 1], frame)[0] - 1
+            st = _decide(x[live], y[live], rank[live], d, frame, edge)
+            state[live] = st
+            waiting = live[st == 0]
+            # A strip's causes need every position within d of it decided: work them out beside the next strips.
+            settled = xs[b] if b < n else np.inf
+            if len(waiting):
+                settled = min(settled, float(x[waiting].min()))
+            while pending and xs[pending[0][1] - 1] + d < settled:
+                done.append(pool.submit(causes, *pending.popleft()))
+        if len(waiting):
+            raise AssertionError("the last strip left positions undecided")
+        done.extend(pool.submit(causes, *strip) for strip in pending)
+        for future in done:
+            future.result()
     return kept, neighbour, distance
 
 

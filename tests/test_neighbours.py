@@ -185,8 +185,8 @@ def landmark_city(n: int, seed: int) -> tuple[pa.Array, np.ndarray, np.ndarray]:
 def test_sweeping_strips_gives_the_whole_result(strip_points, seed):
     """Strips across x (memory of one strip) decide, name and measure every photo as one solve of all does."""
     ids, x, y = landmark_city(6_000, seed)
-    whole = neighbours.density_limit(ids, x, y, 10.0, 7, strip_points=10**9)
-    strips = neighbours.density_limit(ids, x, y, 10.0, 7, strip_points=strip_points)
+    whole = neighbours.density_limit(ids, x, y, 10.0, 7, whole_points=10**9)
+    strips = neighbours.density_limit(ids, x, y, 10.0, 7, whole_points=0, strip_points=strip_points)
     assert np.array_equal(whole[0], strips[0])
     assert np.array_equal(whole[1], strips[1])
     assert np.array_equal(whole[2], strips[2], equal_nan=True)
@@ -195,7 +195,7 @@ def test_sweeping_strips_gives_the_whole_result(strip_points, seed):
 
 def test_sweeping_strips_follows_the_sequential_rule():
     ids, x, y = landmark_city(1_500, 11)
-    kept, neighbour, dist = neighbours.density_limit(ids, x, y, 10.0, 3, strip_points=97)
+    kept, neighbour, dist = neighbours.density_limit(ids, x, y, 10.0, 3, whole_points=0, strip_points=97)
     rank = np.empty(len(x), np.int64)
     rank[neighbours.seeded_order(ids, 3)] = np.arange(len(x))
     want_kept, want_cause = sequential_rule(x, y, rank, 10.0)
@@ -208,6 +208,6 @@ def test_strips_end_where_no_dense_spot_is_cut(monkeypatch):
     landmark (10,000 photos within 22 m) is thinned, not listed pair by pair (~50 million pairs)."""
     listed = counting_pairs(monkeypatch)
     ids, x, y = landmark_city(40_000, 0)
-    kept, _, _ = neighbours.density_limit(ids, x, y, 10.0, 0, strip_points=3_000)
+    kept, _, _ = neighbours.density_limit(ids, x, y, 10.0, 0, whole_points=0, strip_points=3_000)
     assert sum(listed) < 5 * len(x)
-    assert np.array_equal(kept, neighbours.density_limit(ids, x, y, 10.0, 0, strip_points=10**9)[0])
+    assert np.array_equal(kept, neighbours.density_limit(ids, x, y, 10.0, 0, whole_points=10**9)[0])
