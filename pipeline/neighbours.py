@@ -102,7 +102,7 @@ class _Grid:
     ``cell_of`` is each sorted point's occupied-cell index.
     """
 
-    def __init__(self, keys: np.ndarray, rows: int):
+    def __init__(self, keys: np.ndarray):
         self.order = np.argsort(keys)
         skey = keys[self.order]
         new = np.r_[True, skey[1:] != skey[:-1]]
@@ -110,8 +110,7 @@ class _Grid:
         self.ends = np.r_[self.starts[1:], len(keys)]
         self.occupied = skey[self.starts]
         self.cell_of = np.cumsum(new) - 1
-        # find(keys): each key's occupied-cell index, or -1 (keys + offsets reach one column back: the pad)
-        self.find = _cell_finder(self.occupied, pad=rows + 1)
+        self.find = _cell_finder(self.occupied)  # each key's occupied-cell index, or -1
         self._starts, self._ends = np.r_[self.starts, 0], np.r_[self.ends, 0]  # index -1: an empty range
 
     def ranges(self, keys: np.ndarray, offsets) -> tuple[np.ndarray, np.ndarray]:
@@ -170,16 +169,13 @@ def close_pairs(x: np.ndarray, y: np.ndarray, d: float) -> tuple[np.ndarray, np.
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     frame = _grid_frame(x, y, d)
-    g = _Grid(_keys(x, y, frame), frame[3])
+    g = _Grid(_keys(x, y, frame))
     return _grid_pairs(g, x, y, d, *_half_ranges(g, frame[3]))
 
 
-def _cell_finder(occupied: np.ndarray, pad: int = 0):
-    """A function mapping cell keys to their index in the sorted ``occupied`` keys, or -1.
-
-    ``pad``: how far below the lowest occupied key lookups may go and still find the dense table.
-    """
-    base = int(occupied[0]) - max(pad, 1)  # slot 0 and the last slot are empty: out-of-range keys land there
+def _cell_finder(occupied: np.ndarray):
+    """A function mapping cell keys to their index in the sorted ``occupied`` keys, or -1."""
+    base = int(occupied[0]) - 1  # slot 0 and the last slot are empty: keys out of the table's range land there
     span = int(occupied[-1]) + 2 - base
     if span <= 16 * len(occupied) + 1024:  # a dense table: one gather instead of a binary search per lookup
         table = np.full(span, -1, np.int64)
@@ -240,7 +236,7 @@ def _lowest_kept_within(
 
     Kept points are at least ``d`` apart, so a cell holds a handful of them: linear in the queries.
     """
-    g = _Grid(_keys(x[kept], y[kept], frame), frame[3])
+    g = _Grid(_keys(x[kept], y[kept], frame))
     owner, pos = _expand(*g.ranges(_keys(x[query], y[query], frame), _neighbourhood(frame[3])))
     k, q = kept[g.order[pos]], query[owner]
     dist = np.hypot(x[k] - x[q], y[k] - y[q])
@@ -275,7 +271,7 @@ def _thin_dense(
     live, thinned = np.arange(len(x)), []
     for round_ in range(_MAX_THINNING_ROUNDS + 1):
         lx, ly = (x, y) if round_ == 0 else (x[live], y[live])
-        g = _Grid(_keys(lx, ly, frame), frame[3])
+        g = _Grid(_keys(lx, ly, frame))
         low, high = _half_ranges(g, frame[3])
         if round_ == _MAX_THINNING_ROUNDS or _candidates(g, low, high) <= _PAIRS_PER_POINT * len(live) + 100_000:
             break
