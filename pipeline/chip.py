@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +65,23 @@ GDAL_CACHE_BYTES = 256 * 1024 * 1024
 _EXT = {"jpeg": "jpg", "png": "png"}
 
 
-@dataclass(frozen=True)
+class Ids(Sequence[str]):
+    """Photo ids as one Arrow string array: ~15 bytes an id where a tuple of str took ~70."""
+
+    def __init__(self, ids: pa.Array):
+        self._ids = ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __getitem__(self, k):
+        return Ids(self._ids[k]) if isinstance(k, slice) else self._ids[k].as_py()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ids.to_pylist())
+
+
+@dataclass(frozen=True, eq=False)
 class ChipTask:
     """Chips to cut from one tile: one open of the tile serves them all."""
 
@@ -74,9 +90,9 @@ class ChipTask:
     gsd_m: float
     epsg: int
     folder: str  # store key prefix: chips/<h>
-    ids: tuple[str, ...]
-    x_m: tuple[float, ...]
-    y_m: tuple[float, ...]
+    ids: Sequence[str]  # (Ids in a plan)
+    x_m: Sequence[float]  # (float64 arrays in a plan: 8 bytes a chip)
+    y_m: Sequence[float]
     group: str = ""  # the tile's tasks of one plan: threads of a process take work from each other within it
 
 
@@ -163,7 +179,7 @@ def _finished(store: Store, key: str, s3: S3Params) -> dict | None:
 
 def _cut_one(src, task: ChipTask, k: int, store: Store, chip: ChipParams) -> dict:
     """Cut, encode and write one chip, then its sidecar; return its row."""
-    square = chipgeom.ChipSquare(task.x_m[k], task.y_m[k], chip.edge_m, task.epsg)
+    square = chipgeom.ChipSquare(float(task.x_m[k]), float(task.y_m[k]), chip.edge_m, task.epsg)
     window = chipgeom.pixel_window(square, src.transform, task.gsd_m)
     data, valid = read_chip(src, window)
     nodata, std = chip_stats(data, valid)
@@ -198,7 +214,7 @@ def _cut_many(
     """
     windows = {}
     for k in todo:
-        square = chipgeom.ChipSquare(task.x_m[k], task.y_m[k], chip.edge_m, task.epsg)
+        square = chipgeom.ChipSquare(float(task.x_m[k]), float(task.y_m[k]), chip.edge_m, task.epsg)
         windows[k] = chipgeom.pixel_window(square, src.transform, task.gsd_m)
     flags = src.mask_flag_enums[0]
     plain = src.count >= 3 and src.dtypes[0] == "uint8" and not ({MaskFlags.per_dataset, MaskFlags.alpha} & set(flags))
@@ -470,28 +486,32 @@ def plan_tasks(
     errors = [_error(p["id"], p["tile_id"], f"tile {p['tile_id']} has no usable row (status ok) in the tiles table")
               for p in pairs.filter(pc.invert(usable)).to_pylist()]
     pairs = pairs.filter(usable)
-    ids, tile_ids = pairs["id"].to_pylist(), pairs["tile_id"].to_pylist()
     x, y = (pairs[c].to_numpy(zero_copy_only=False) for c in ("x_m", "y_m"))
-    # Per tile in Z-order: consecutive chips (and each chunk) are neighbours sharing the tile's cached blocks.
-    names, code = np.unique(np.array(tile_ids, dtype=str), return_inverse=True)
-    order = np.lexsort((np.array(ids, dtype=str), z_order(x, y, chip.edge_m / 4), code))
-    bounds = np.searchsorted(code[order], np.arange(len(names) + 1))
+    # Per tile (in tile id order) in Z-order: consecutive chips (and each chunk) are neighbours sharing the
+    # tile's cached blocks; ids break ties. Sorted by Arrow: no Python string a chip.
+    ids, tile_ids = pairs["id"].combine_chunks(), pairs["tile_id"].combine_chunks()
+    keys = pa.table({"tile_id": tile_ids, "z": z_order(x, y, chip.edge_m / 4), "id": ids})
+    order = pc.sort_indices(keys, sort_keys=[("tile_id", "ascending"), ("z", "ascending"), ("id", "ascending")])
+    tile_of = tile_ids.take(order)
+    order = order.to_numpy()
+    starts = np.flatnonzero(pc.not_equal(tile_of[1:], tile_of[:-1]).to_numpy(zero_copy_only=False)) + 1
     tasks = []
-    for t_code, tile_id in enumerate(names):
-        mine = order[bounds[t_code] : bounds[t_code + 1]]
-        t = tile_rows[str(tile_id)]
+    for mine in np.split(order, starts) if len(order) else []:
+        tile_id = tile_ids[int(mine[0])].as_py()
+        t = tile_rows[tile_id]
         folder = chip_folder(chip, t["sha256"] or t["uri"])
         size = min(MAX_CHUNK, max(chunk, -(-len(mine) // max(1, workers))))
         group = f"{os.getpid()}-{next(_GROUPS)}"  # this plan's tasks on this tile, apart from any other plan's
-        for part in np.array_split(mine, -(-len(mine) // size)) if len(mine) else []:
-            tasks.append(ChipTask(str(tile_id), t["uri"], t["gsd_m"], t["epsg"], folder, tuple(ids[k] for k in part),
-                                  tuple(float(v) for v in x[part]), tuple(float(v) for v in y[part]), group))
+        for part in np.array_split(mine, -(-len(mine) // size)):
+            tasks.append(ChipTask(tile_id, t["uri"], t["gsd_m"], t["epsg"], folder, Ids(ids.take(part)),
+                                  x[part], y[part], group))  # fmt: skip
     return tasks, errors
 
 
 def chip_parts(pairs: pa.Table, tiles: pa.Table, params: Params) -> Iterator[pa.Table]:
     """Cut (or reuse) every paired row's chip; CHIPS rows a task at a time, in no set order (one per paired photo)."""
     tasks, errors = plan_tasks(pairs, tiles, params.chip, workers=params.workers)
+    pa.default_memory_pool().release_unused()  # the plan's sort is done: give its pages back before cutting
     fn = functools.partial(process_task, store_root=params.store, s3=params.s3, chip=params.chip)
     yield table_from_rows(errors, CHIPS)
     reach = local_paths([params.store, *(t.tile_uri for t in tasks)])
