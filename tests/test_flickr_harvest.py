@@ -325,3 +325,21 @@ def test_aoi_bounds_of_a_local_folder_cover_every_geotiff_under_it_as_tiles_see_
     (tmp_path / "empty").mkdir()
     with pytest.raises(RasterError, match=r"no \.tif files under this prefix.*or set flickr\.bbox"):
         raster_bounds_lonlat(str(tmp_path / "empty"), Params().s3)
+
+
+def test_seen_ids_answer_as_a_set_of_the_strings_would():
+    """Decimal ids go into sorted int64 runs (merged every few ids here); "007" is not "7", nor "٣" 3."""
+    import random
+
+    from pipeline.flickr import SeenIds
+
+    rng = random.Random(5)
+    pool = [str(rng.randrange(10**12)) for _ in range(300)] + ["0", "00", "007", "7", "x7", "٣", "3", "", "9" * 19,
+                                                               str(2**63), "12a", "53000000001"]  # fmt: skip
+    seen, want = SeenIds(buffer=7), set()
+    for pid in rng.choices(pool, k=2_000):
+        assert (pid in seen) == (pid in want), pid
+        seen.add(pid)
+        want.add(pid)
+    assert len(seen) == len(want)
+    assert all(pid in seen for pid in want) and "8" not in seen and "070" not in seen

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 from shapely.geometry.base import BaseGeometry
 from tqdm import tqdm
@@ -164,7 +165,53 @@ def _keep(photo: dict, lo: int, hi: int, min_accuracy: int) -> bool:
     return lo <= uploaded <= hi and accuracy >= min_accuracy
 
 
-def _rows(state: HarvestState, aoi: AOI, lo: int, hi: int, fp: FlickrParams, seen: set[str]) -> Iterator[dict]:
+class SeenIds:
+    """The photo ids a harvest has yielded, ~8 bytes an id (a set of str held ~90).
+
+    Decimal ids (Flickr's) are numbers: the latest ``buffer`` in a set, the rest in one sorted int64
+    array that the set is merged into when full (a merge of two sorted runs: linear). Any other id
+    (leading zeros, 19 digits or more, not ASCII digits) is kept as it is.
+    """
+
+    def __init__(self, buffer: int = 65_536):
+        self._sorted = np.zeros(0, np.int64)
+        self._recent: set[int] = set()
+        self._other: set[str] = set()
+        self._buffer = buffer
+
+    @staticmethod
+    def _number(pid: str) -> int | None:
+        if pid.isascii() and pid.isdigit() and len(pid) < 19 and (pid[0] != "0" or pid == "0"):
+            return int(pid)
+        return None
+
+    def __contains__(self, pid: str) -> bool:
+        n = self._number(pid)
+        if n is None:
+            return pid in self._other
+        if n in self._recent:
+            return True
+        at = int(np.searchsorted(self._sorted, n))
+        return at < len(self._sorted) and int(self._sorted[at]) == n
+
+    def __len__(self) -> int:
+        return len(self._sorted) + len(self._recent) + len(self._other)
+
+    def add(self, pid: str) -> None:
+        n = self._number(pid)
+        if n is None:
+            self._other.add(pid)
+            return
+        if pid in self:
+            return
+        self._recent.add(n)
+        if len(self._recent) >= self._buffer:
+            recent = np.sort(np.fromiter(self._recent, np.int64, len(self._recent)))
+            self._sorted = np.sort(np.concatenate([self._sorted, recent]), kind="stable")
+            self._recent.clear()
+
+
+def _rows(state: HarvestState, aoi: AOI, lo: int, hi: int, fp: FlickrParams, seen: SeenIds) -> Iterator[dict]:
     from pipeline.photos_io import photo_row_from_flickr
 
     for cid in sorted(state.cells):
@@ -230,7 +277,7 @@ def harvest_rows(
     client = client or FlickrClient(fp)
     lo, hi = upload_range(fp, now)
     bar, progress = _progress_bar(client)
-    seen: set[str] = set()
+    seen = SeenIds()
     try:
         for aoi in aois:
             state = HarvestState(state_dir, aoi.aoi, fingerprint(fp, aoi.bbox))
