@@ -172,15 +172,16 @@ def assign_splits(city: np.ndarray, epsg: np.ndarray, x: np.ndarray, y: np.ndarr
 def split_overlaps(split: np.ndarray, epsg: np.ndarray, x: np.ndarray, y: np.ndarray, edge_m: float):
     """Chips overlapping a chip of a higher-priority split (test > val > train) in the same zone.
 
-    Two squares of side ``edge_m`` overlap when their centres are < ``edge_m`` apart in Chebyshev
-    distance. Returns (dropped, index of the overlapped chip or -1, that Chebyshev distance).
+    ``split`` holds each chip's position in SPLIT_PRIORITY (-1: none). Two squares of side ``edge_m``
+    overlap when their centres are < ``edge_m`` apart in Chebyshev distance. Returns (dropped, index
+    of the overlapped chip or -1, that Chebyshev distance).
     """
     dropped, other, dist = np.zeros(len(x), bool), np.full(len(x), -1), np.full(len(x), np.nan)
     pts = np.c_[x, y]
     for e in np.unique(epsg):
         kept_before = np.zeros(0, np.int64)
-        for name in SPLIT_PRIORITY:
-            idx = np.flatnonzero((epsg == e) & (split == name))
+        for rank in range(len(SPLIT_PRIORITY)):
+            idx = np.flatnonzero((epsg == e) & (split == rank))
             if len(kept_before) and len(idx):
                 d, j = cKDTree(pts[kept_before]).query(pts[idx], k=1, p=np.inf, distance_upper_bound=edge_m)
                 hit = d < edge_m
@@ -276,6 +277,7 @@ def pair_part(photos: pa.Table, downloads: pa.Table, ts: TileSet, params: Params
 
 PLACES = ["id", "split", "epsg", "x_m", "y_m"]  # what the split buffer reads of the paired rows
 DROPS = pa.schema([("id", pa.string()), ("reason", pa.string())])  # the split buffer's drops
+REASON_CHUNK = 65_536  # drops whose reasons are Python strings at once
 
 
 def paired_places(pairs: pa.Table) -> pa.Table:
@@ -287,17 +289,23 @@ def split_buffer_drops(places: pa.Table, edge_m: float) -> pa.Table:
     """The paired rows (:func:`paired_places`, id-sorted) whose chip overlaps a chip of a higher-priority
     split: DROPS rows (id, reason), in id order."""
     ids = places["id"].combine_chunks()
-    s = np.asarray(places["split"].to_pylist(), dtype=object)
+    rank = pc.index_in(places["split"], value_set=pa.array(SPLIT_PRIORITY)).fill_null(-1)
+    s = rank.to_numpy(zero_copy_only=False).astype(np.int8)  # a byte a photo (Python strings took ~70)
     epsg = places["epsg"].to_numpy(zero_copy_only=False)
     x, y = (places[c].to_numpy(zero_copy_only=False) for c in ("x_m", "y_m"))
     dropped, other, d = split_overlaps(s, epsg, x, y, edge_m)
+    del x, y, epsg
     k = np.flatnonzero(dropped)
-    names = ids.take(pa.array(other[k], pa.int64())).to_pylist()
-    reasons = [
-        f"{s[a]} chip overlaps the {s[b]} chip of photo {name} (centres {dist:.1f} m apart, Chebyshev < {edge_m:g} m)"
-        for a, b, name, dist in zip(k.tolist(), other[k].tolist(), names, d[k].tolist(), strict=True)
-    ]
-    return pa.table({"id": ids.take(pa.array(k, pa.int64())), "reason": pa.array(reasons, pa.string())}, schema=DROPS)
+    reasons = [pa.array([], pa.string())]
+    for a in range(0, len(k), REASON_CHUNK):  # the text, REASON_CHUNK drops at a time
+        at = k[a : a + REASON_CHUNK]
+        names = ids.take(pa.array(other[at], pa.int64())).to_pylist()
+        reasons.append(pa.array([
+            f"{SPLIT_PRIORITY[s[i]]} chip overlaps the {SPLIT_PRIORITY[s[j]]} chip of photo {name} "
+            f"(centres {dist:.1f} m apart, Chebyshev < {edge_m:g} m)"
+            for i, j, name, dist in zip(at.tolist(), other[at].tolist(), names, d[at].tolist(), strict=True)
+        ], pa.string()))  # fmt: skip
+    return pa.table({"id": ids.take(pa.array(k, pa.int64())), "reason": pa.concat_arrays(reasons)}, schema=DROPS)
 
 
 def apply_drops(pairs: pa.Table, drops: pa.Table) -> pa.Table:
@@ -336,7 +344,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def main(params: Params, args: argparse.Namespace) -> int:
     """Pair the photos a part at a time (pipeline/tablestream.py) into a temp table, keeping only the paired
     rows' places; run the split buffer once on those; then write the pairs with its drops applied. Memory
-    grows with the photos only by the places (~35 bytes a paired photo)."""
+    grows with the photos only by the places (~35 bytes a paired photo) and the split buffer's drops."""
     tiles = read_table(args.tiles, TILES, columns=["tile_id", "aoi", "city", "epsg", "footprint_wkb", "status"])
     tiles = tiles.filter(pc.equal(tiles["status"], "ok"))
     if tiles.num_rows == 0:
