@@ -328,40 +328,48 @@ def _decide(x: np.ndarray, y: np.ndarray, rank: np.ndarray, d: float, frame, edg
         state[q] = 2
     if len(live):
         i, j, _ = _grid_pairs(g, x[live], y[live], d, low, high, block=1 << 14)
-        blocked = None if edge is None else edge[live]
-        state[live] = greedy_rounds(rank[live], i, j, np.zeros(len(i)), blocked=blocked, causes=False)[0]
+        live_rank = rank[live]
+        state[live] = _round_states(live_rank, *_oriented(live_rank, i, j), None if edge is None else edge[live])
     return state
 
 
-def greedy_rounds(
-    rank: np.ndarray, i: np.ndarray, j: np.ndarray, d: np.ndarray, blocked: np.ndarray | None = None, causes: bool = True
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Keep nodes in rank order unless a kept node shares an edge (i, j, d): the greedy, in parallel rounds.
-
-    Returns (kept, for each dropped node its lowest-ranked kept neighbour, the d of that edge).
-    Each round keeps every undecided node with no undecided lower-ranked neighbour and drops their
-    neighbours; it yields the lexicographically-first independent set, as the one-by-one loop does.
-    ``blocked`` nodes are never kept (they may have neighbours not given): they and what waits on
-    them stay undecided; with ``causes=False`` the first result is then the state (0 undecided,
-    1 kept, 2 dropped) and the causes are not worked out.
-    """
-    n = len(rank)
-    state = np.zeros(n, np.int8)  # 0 undecided, 1 kept, 2 dropped
+def _oriented(rank: np.ndarray, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The edges (i, j) as (lo, hi): each edge's lower-ranked end first."""
     swap = rank[i] > rank[j]
-    lo0, hi0 = np.where(swap, j, i), np.where(swap, i, j)
-    lo, hi = lo0, hi0
+    return np.where(swap, j, i), np.where(swap, i, j)
+
+
+def _round_states(rank: np.ndarray, lo: np.ndarray, hi: np.ndarray, blocked: np.ndarray | None = None) -> np.ndarray:
+    """The state (0 undecided, 1 kept, 2 dropped) of each node after :func:`greedy_rounds`' rounds on the edges
+    (lo, hi), lo ranked before hi. ``blocked`` nodes are never kept (they may have neighbours not given):
+    they and what waits on them stay undecided."""
+    n = len(rank)
+    state = np.zeros(n, np.int8)
     while True:
         has_lower = np.zeros(n, bool) if blocked is None else blocked.copy()
         has_lower[hi] = True
         newly = (state == 0) & ~has_lower
         if not newly.any():
-            break
+            return state
         state[newly] = 1
         state[hi[newly[lo]]] = 2  # hi is undecided (edges keep only undecided ends), so it is dropped
         live = (state[lo] == 0) & (state[hi] == 0)
         lo, hi = lo[live], hi[live]
-    if not causes:
-        return state, np.full(n, -1), np.full(n, np.nan)
+
+
+def greedy_rounds(
+    rank: np.ndarray, i: np.ndarray, j: np.ndarray, d: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keep nodes in rank order unless a kept node shares an edge (i, j, d): the greedy, in parallel rounds.
+
+    Returns (kept, for each dropped node its lowest-ranked kept neighbour, the d of that edge).
+    Each round keeps every undecided node with no undecided lower-ranked neighbour and drops their
+    neighbours (:func:`_round_states`); it yields the lexicographically-first independent set, as the
+    one-by-one loop does.
+    """
+    n = len(rank)
+    lo0, hi0 = _oriented(rank, i, j)
+    state = _round_states(rank, lo0, hi0)
     kept = state == 1
     cause, cause_d = np.full(n, -1), np.full(n, np.nan)
     by = kept[lo0] & ~kept[hi0]
@@ -453,16 +461,25 @@ def density_limit(
     # Photos at identical positions stand or fall with the earliest of them: solve on distinct positions.
     first, group = distinct(xs, ys, density_m)
     keep_u, cause_u, d_u = greedy_keep(xs[first], ys[first], first, density_m)
-    rep = first[group]  # rank of the earliest photo at each photo's position
-    keep_g, cause_g = keep_u[group], cause_u[group]
-    kept_r = (rep == np.arange(n)) & keep_g
+    cause_g = cause_u[group]
     cause_r = np.where(cause_g >= 0, first[np.maximum(cause_g, 0)], -1)
-    neighbour_r = np.where(keep_g, rep, cause_r)
-    distance_r = np.where(keep_g, 0.0, d_u[group])
-    neighbour_r[kept_r], distance_r[kept_r] = -1, np.nan
+    kept_r, neighbour_r, distance_r = _by_position(np.arange(n), first[group], keep_u[group], cause_r, d_u[group])
     kept, neighbour, distance = np.empty(n, bool), np.empty(n, np.int64), np.empty(n)
     kept[order], distance[order] = kept_r, distance_r
     neighbour[order] = np.where(neighbour_r >= 0, order[np.maximum(neighbour_r, 0)], -1)
+    return kept, neighbour, distance
+
+
+def _by_position(
+    photos: np.ndarray, rep: np.ndarray, rep_kept: np.ndarray, rep_cause: np.ndarray, rep_distance: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(kept, neighbour, distance) of ``photos`` from their position's earliest photo ``rep`` and its fate:
+    the earliest of a kept position is kept; the others there are dropped for it at 0 m; the photos at a
+    dropped position are dropped as it was (``rep_cause``, ``rep_distance``)."""
+    kept = rep_kept & (rep == photos)
+    neighbour = np.where(rep_kept, rep, rep_cause)
+    distance = np.where(rep_kept, 0.0, rep_distance)
+    neighbour[kept], distance[kept] = -1, np.nan
     return kept, neighbour, distance
 
 
@@ -525,12 +542,9 @@ def _density_strips(
             near = by_x[np.searchsorted(xs, xs[a] - d, "left") : np.searchsorted(xs, xs[b - 1] + d, "right")]
             near = near[(state[near] == 1) & (rep[near] == near)]
             neighbour[dropped], distance[dropped] = _lowest_kept_within(x, y, rank, near, dropped, d, frame)
-        rep_kept = state[r] == 1
-        kept[photos] = rep_kept & (r == photos)
-        others = photos[rep_kept & (r != photos)]
-        neighbour[others], distance[others] = rep[others], 0.0
-        follow = photos[~rep_kept & (r != photos)]
-        neighbour[follow], distance[follow] = neighbour[rep[follow]], distance[rep[follow]]
+        kept[photos], neighbour[photos], distance[photos] = _by_position(
+            photos, r, state[r] == 1, neighbour[r], distance[r]
+        )
 
     waiting = np.zeros(0, np.int64)  # representatives not decided yet
     pending = deque(strips)  # strips whose causes are not worked out yet

@@ -213,7 +213,7 @@ def valid_pixels(src, data: np.ndarray, **where) -> np.ndarray:
     valid = np.any(data != 0, axis=0)
     if has_gdal_mask(src):
         valid &= src.dataset_mask(**where) > 0
-    elif src.nodata is not None:
+    elif src.nodata is not None and src.nodata != 0:  # (nodata 0 is the rule's first test already)
         valid &= np.any(data != src.nodata, axis=0)
     return valid
 

@@ -185,14 +185,15 @@ class SeenIds:
             return int(pid)
         return None
 
-    def __contains__(self, pid: str) -> bool:
-        n = self._number(pid)
-        if n is None:
-            return pid in self._other
+    def _has(self, n: int) -> bool:
         if n in self._recent:
             return True
         at = int(np.searchsorted(self._sorted, n))
         return at < len(self._sorted) and int(self._sorted[at]) == n
+
+    def __contains__(self, pid: str) -> bool:
+        n = self._number(pid)
+        return pid in self._other if n is None else self._has(n)
 
     def __len__(self) -> int:
         return len(self._sorted) + len(self._recent) + len(self._other)
@@ -202,7 +203,7 @@ class SeenIds:
         if n is None:
             self._other.add(pid)
             return
-        if pid in self:
+        if self._has(n):
             return
         self._recent.add(n)
         if len(self._recent) >= self._buffer:
