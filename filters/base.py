@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.config import FilterParams
 from pipeline.schemas import DECISIONS, table_from_rows
@@ -29,11 +30,20 @@ class Tables:
 
 
 FilterFn = Callable[[Tables, FilterParams], pa.Table]
-# A thinning filter chooses among the photos every other filter kept (``candidates``), so it only
-# ever drops a photo in favour of one that is in the manifest; it judges the candidates only. It
-# runs once over the whole run and reads only ``tables.pairs`` columns id, epsg, x_m and y_m (the
-# filter stage keeps just those, for the candidates, while it reads the other tables in parts).
-ThinningFn = Callable[[Tables, FilterParams, Sequence[str]], pa.Table]
+# A thinning filter chooses among the photos every other filter kept (the candidates), so it only
+# ever drops a photo in favour of one that is in the manifest; it judges the candidates only. It runs
+# once over the whole run on the candidates' ``PLACES`` (id-sorted parts, in id order: the filter
+# stage streams them from disk, so memory need not grow with the photos) and yields DECISIONS parts
+# in any order.
+PLACES = pa.schema([("id", pa.string()), ("epsg", pa.int32()), ("x_m", pa.float64()), ("y_m", pa.float64())])
+ThinningFn = Callable[[Iterable[pa.Table], FilterParams], Iterable[pa.Table]]
+
+
+def places_of(pairs: pa.Table, candidates: pa.Array) -> pa.Table:
+    """The ``PLACES`` of the ``candidates`` (ids) that have a place in ``pairs``, sorted by id."""
+    pairs = pairs.select(PLACES.names)
+    pairs = pairs.filter(pc.and_(pc.is_in(pairs["id"], value_set=candidates), pc.is_valid(pairs["x_m"])))
+    return pairs.take(pc.sort_indices(pairs["id"])).combine_chunks().cast(PLACES)
 
 
 class Filter(NamedTuple):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -15,7 +15,7 @@ from catalogs import load_deny_list
 from filters.base import Tables, by_id, column, decisions_table
 from pipeline.config import FilterParams
 from pipeline.errors import CatalogError
-from pipeline.neighbours import density_by_epsg
+from pipeline.neighbours import DensityLimit
 from pipeline.schemas import DECISIONS, SPLITS
 from pipeline.vectors import read_polygons
 
@@ -41,27 +41,32 @@ def coordinates(tables: Tables, params: FilterParams) -> pa.Table:
     return _pair_status_rule(tables, "coordinates", "bad_coordinates")
 
 
-def density(tables: Tables, params: FilterParams, candidates: Sequence[str] | pa.Array) -> pa.Table:
-    """WITW's density limit among ``candidates`` (the photos every other filter kept), per UTM zone.
+def density(places: Iterable[pa.Table], params: FilterParams) -> Iterator[pa.Table]:
+    """WITW's density limit among the candidates (the photos every other filter kept), per UTM zone.
 
     In a seeded order, a candidate is kept unless an earlier kept one is closer than
     ``filter.density_m``; the reason names that kept photo, which is therefore in the manifest.
+    ``places``: the candidates' id, epsg, x_m, y_m, id-sorted parts in id order; the decisions come a
+    strip at a time (:class:`~pipeline.neighbours.DensityLimit`: memory does not grow with the photos).
     """
-    pairs = tables.pairs.select(["id", "epsg", "x_m", "y_m"])
-    wanted = candidates if isinstance(candidates, pa.Array) else pa.array(list(candidates), pa.string())
-    pairs = pairs.filter(pc.and_(pc.is_in(pairs["id"], value_set=wanted), pc.is_valid(pairs["x_m"])))
-    pairs = pairs.take(pc.sort_indices(pairs["id"])).combine_chunks()
-    ids = pairs["id"].chunk(0) if pairs.num_rows else pa.array([], pa.string())
-    epsg = pairs["epsg"].to_numpy(zero_copy_only=False).astype(np.int64)
-    x, y = (pairs[c].to_numpy(zero_copy_only=False).astype(np.float64) for c in ("x_m", "y_m"))
-    kept, neighbour, dist = density_by_epsg(ids, epsg, x, y, params.density_m, params.density_seed)
+    with DensityLimit(params.density_m, params.density_seed) as limit:
+        for part in places:
+            limit.add(part["id"].combine_chunks(), *(part[c].to_numpy(zero_copy_only=False) for c in ("epsg", "x_m", "y_m")))
+        for results in limit.results():
+            yield density_decisions(results, params)
+
+
+def density_decisions(results: pa.Table, params: FilterParams) -> pa.Table:
+    """DECISIONS rows of the density limit's results (``pipeline.neighbours.SWEEP_OUT``), in their order."""
+    kept = results["kept"].to_numpy(zero_copy_only=False)
+    dist = results["distance"].to_numpy()
     limit = f"density limit {params.density_m:g} m"
-    names = iter(ids.take(pa.array(neighbour[~kept])).to_pylist())
+    names = iter(pc.filter(results["neighbour_id"], pc.invert(results["kept"])).to_pylist())
     reasons = ["" if k else f"density: {d:.2f} m from kept photo {next(names)} ({limit})"
                for k, d in zip(kept.tolist(), dist.tolist(), strict=True)]  # fmt: skip
     return pa.table({
-        "id": ids, "filter": pa.array(np.full(len(ids), "density", object), pa.string()),
-        "kept": pa.array(kept, pa.bool_()), "reason": pa.array(reasons, pa.string()),
+        "id": results["id"], "filter": pa.array(np.full(len(kept), "density", object), pa.string()),
+        "kept": results["kept"], "reason": pa.array(reasons, pa.string()),
         "score": pa.array(dist, pa.float64(), mask=kept),
     }, schema=DECISIONS)  # fmt: skip
 

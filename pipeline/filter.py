@@ -12,14 +12,14 @@ import argparse
 import logging
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from filters import REGISTRY
-from filters.base import Filter, Tables, column
+from filters.base import PLACES, Filter, Tables, column, places_of
 from filters.curator_rules import CURATOR, apply_curator_override, warn_unknown_verdicts
 from filters.funnel import NotesTally, add_steps, filter_order, funnel_steps, no_steps
 from pipeline import funnel_chart
@@ -38,7 +38,7 @@ from pipeline.schemas import (
     read_table,
 )
 from pipeline.store import write_json
-from pipeline.tablestream import Cursor, TableWriter, id_chunks, repeated
+from pipeline.tablestream import Cursor, SortingWriter, TableWriter, id_chunks, repeated
 from pipeline.verdicts import latest_verdicts
 
 log = logging.getLogger(__name__)
@@ -86,12 +86,18 @@ def judge(tables: Tables, params: FilterParams, registry: Sequence[Filter] = REG
 
 
 def thin(tables: Tables, params: FilterParams, candidates: pa.Array, registry: Sequence[Filter] = REGISTRY) -> pa.Table:
-    """The thinning filters' decisions, each run on the ``candidates`` that every earlier one kept."""
+    """The thinning filters' decisions, each run on the places of the ``candidates`` (ids) that every earlier
+    one kept."""
     parts = []
     for f in (f for f in registry if f.thins):
-        table = _checked(f, f.fn(tables, params, candidates))
+        table = _checked(f, _sorted(_concat(f.fn([places_of(tables.pairs, candidates)], params))))
         parts.append(table)
         candidates = survivors(pa.table({"id": candidates}), table)
+    return pa.concat_tables(parts) if parts else DECISIONS.empty_table()
+
+
+def _concat(parts: Iterable[pa.Table]) -> pa.Table:
+    parts = list(parts)
     return pa.concat_tables(parts) if parts else DECISIONS.empty_table()
 
 
@@ -234,43 +240,56 @@ def _inputs(args: argparse.Namespace) -> dict[str, Cursor]:
     return cursors
 
 
-def _judge_all(params: FilterParams, args: argparse.Namespace, registry: Sequence[Filter], out: Path) -> tuple[pa.Table, int]:
-    """Judge the photos a part at a time into ``out``; (the survivors' pairs id/epsg/x_m/y_m, overrides)."""
-    copies, overrides, places = shared_bytes(args.downloads), 0, []
+def _judge_all(params: FilterParams, args: argparse.Namespace, registry: Sequence[Filter], out: Path,
+               places: Path) -> int:  # fmt: skip
+    """Judge the photos a part at a time into ``out`` and the survivors' ``PLACES`` into ``places``; the
+    override count."""
+    copies, overrides = shared_bytes(args.downloads), 0
     unknown = _verdict_ids(params, registry)
-    with TableWriter(out, DECISIONS) as writer:
+    with TableWriter(out, DECISIONS) as writer, TableWriter(places, PLACES, geometry=False) as kept:
         for photos, rest in id_chunks(Cursor(args.photos, PHOTOS), _inputs(args)):
             decisions, n = judge(Tables(photos=photos, **rest, shared_bytes=copies), params, registry)
             writer.write(decisions)
             overrides += n
             unknown -= set(column(photos, "id"))
-            pairs = rest["pairs"].select(["id", "epsg", "x_m", "y_m"])
-            places.append(pairs.filter(pc.is_in(pairs["id"], value_set=survivors(photos, decisions))))
+            kept.write(places_of(rest["pairs"], survivors(photos, decisions)))
     warn_unknown_verdicts(params.verdicts, unknown)
-    return pa.concat_tables(places).combine_chunks(), overrides  # id_chunks yields at least one chunk
+    return overrides
+
+
+def _thin_all(params: FilterParams, registry: Sequence[Filter], places: Path, tmp: Path) -> list[Path]:
+    """Run each thinning filter on the places of the photos that every earlier decision kept, streamed from
+    ``places``, into an id-sorted decisions file; those files."""
+    outs = []
+    for k, f in enumerate(f for f in registry if f.thins):
+        if outs:  # the next filter judges the places the last one kept
+            rest = tmp / f"places{k}.parquet"
+            with TableWriter(rest, PLACES, geometry=False) as writer:
+                for part, last in id_chunks(Cursor(places, PLACES, geometry=False), {"d": Cursor(outs[-1], DECISIONS)}):
+                    writer.write(part.filter(pc.is_in(part["id"], value_set=survivors(part, last["d"]))))
+            places = rest
+        outs.append(tmp / f"thinned{k}.parquet")
+        with SortingWriter(outs[-1], DECISIONS) as writer:
+            for decisions in f.fn(Cursor(places, PLACES, geometry=False).parts(), params):
+                writer.write(_checked(f, decisions))
+    return outs
 
 
 def main(params: Params, args: argparse.Namespace, registry: Sequence[Filter] = REGISTRY) -> int:
-    """Judge the photos a part at a time (pipeline/tablestream.py), thin the survivors once, then merge both
-    into the decisions table while counting the funnel: memory does not grow with the photos beyond the
-    survivors' places and the shared hashes."""
+    """Judge the photos a part at a time (pipeline/tablestream.py), keeping the survivors' places on disk;
+    thin them (streamed in id order to each thinning filter, whose decisions are sorted on disk); then merge
+    both into the decisions table while counting the funnel: memory does not grow with the photos."""
     order = filter_order(registry)
     tally, notes = FunnelTally(order), NotesTally()
     with tempfile.TemporaryDirectory(prefix="crossview-filter-") as tmp:
-        judged, thinned = Path(tmp) / "judged.parquet", Path(tmp) / "thinned.parquet"
-        places, overrides = _judge_all(params.filter, args, registry, judged)
-        pa.default_memory_pool().release_unused()  # the parts are gone: give their pages back before thinning
-        empty = {name: schema.empty_table() for name, schema in (("photos", PHOTOS), ("downloads", DOWNLOADS),
-                                                                 ("chips", CHIPS))}  # fmt: skip
-        with TableWriter(thinned, DECISIONS) as writer:
-            writer.write(_sorted(thin(Tables(**empty, pairs=places), params.filter, places["id"].combine_chunks(),
-                                      registry)))  # fmt: skip
-        del places
-        parts = {"pairs": Cursor(args.pairs, PAIRS, ["id", "split"]), "judged": Cursor(judged, DECISIONS),
-                 "thinned": Cursor(thinned, DECISIONS)}  # fmt: skip
+        judged, places = Path(tmp) / "judged.parquet", Path(tmp) / "places.parquet"
+        overrides = _judge_all(params.filter, args, registry, judged, places)
+        thinned = _thin_all(params.filter, registry, places, Path(tmp))
+        parts = {"pairs": Cursor(args.pairs, PAIRS, ["id", "split"]), "judged": Cursor(judged, DECISIONS)}
+        parts.update({f"thinned{k}": Cursor(path, DECISIONS) for k, path in enumerate(thinned)})
         with TableWriter(args.out, DECISIONS) as writer:
             for photos, rest in id_chunks(Cursor(args.photos, PHOTOS, ["id", "city"]), parts):
-                decisions = _sorted(pa.concat_tables([rest["judged"], rest["thinned"]]))
+                decisions = _sorted(pa.concat_tables([t for name, t in rest.items() if name != "pairs"]))
                 writer.write(decisions)
                 tally.add(photos, rest["pairs"], decisions)
                 notes.add(decisions)

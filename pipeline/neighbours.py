@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Self
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.tablestream import KeySorter
 from pipeline.threads import cpu_threads
 
 _HALF_NEIGHBOURHOOD = ((0, 1), (1, -1), (1, 0), (1, 1))  # with the cell itself: each adjacent pair once
@@ -510,75 +513,237 @@ def _strips(cols: np.ndarray, size: int) -> list[tuple[int, int]]:
     return list(itertools.pairwise(bounds))
 
 
+SWEPT = pa.schema([("row", pa.int64()), ("id", pa.string()), ("rank", pa.int64()), ("x", pa.float64()),
+                   ("y", pa.float64())])  # what the density sweep reads of a photo (one zone, in x order)
+SWEEP_OUT = pa.schema([("row", pa.int64()), ("id", pa.string()), ("kept", pa.bool_()), ("neighbour_row", pa.int64()),
+                       ("neighbour_id", pa.string()), ("distance", pa.float64())])  # fmt: skip
+
+
+class _Window:
+    """The photos a density sweep holds: a run of the x-sorted stream, from position ``base`` on."""
+
+    def __init__(self) -> None:
+        self.base = 0
+        self.x, self.y, self.rank = np.zeros(0), np.zeros(0), np.zeros(0, np.int64)
+        self.row, self.ids = np.zeros(0, np.int64), pa.array([], pa.string())
+        self.rep = np.zeros(0, np.int64)  # each photo's position's earliest photo (a stream position)
+        self.state = np.zeros(0, np.int8)  # of representatives: 1 kept, 2 dropped
+        self.kept, self.neighbour, self.distance = np.zeros(0, bool), np.zeros(0, np.int64), np.zeros(0)
+        self._new: list[pa.Table] = []  # blocks added, not yet in the arrays
+        self._new_rows = 0
+
+    @property
+    def end(self) -> int:
+        return self.base + len(self.x) + self._new_rows
+
+    def add(self, block: pa.Table) -> None:
+        self._new.append(block)
+        self._new_rows += block.num_rows
+
+    def take_in(self) -> None:
+        """Append the blocks added since the last call to the arrays (once a strip, not a block)."""
+        if not self._new:
+            return
+        new, n = pa.concat_tables(self._new), self._new_rows
+        self._new, self._new_rows = [], 0
+        self.x, self.y = np.concatenate([self.x, new["x"].to_numpy()]), np.concatenate([self.y, new["y"].to_numpy()])
+        self.rank = np.concatenate([self.rank, new["rank"].to_numpy()])
+        self.row = np.concatenate([self.row, new["row"].to_numpy()])
+        self.ids = pa.concat_arrays([self.ids, new["id"].combine_chunks()])
+        self.rep, self.state = np.concatenate([self.rep, np.full(n, -1)]), np.concatenate([self.state, np.zeros(n, np.int8)])
+        self.kept = np.concatenate([self.kept, np.zeros(n, bool)])
+        self.neighbour = np.concatenate([self.neighbour, np.full(n, -1)])
+        self.distance = np.concatenate([self.distance, np.full(n, np.nan)])
+
+    def drop_before(self, position: int) -> None:
+        k = position - self.base
+        if k > 0:
+            for name in ("x", "y", "rank", "row", "rep", "state", "kept", "neighbour", "distance"):
+                setattr(self, name, getattr(self, name)[k:])
+            self.ids = self.ids.slice(k)
+            self.base = position
+
+
+def density_sweep(blocks: Iterable[pa.Table], d: float, frame, size: int = STRIP_POINTS) -> Iterator[pa.Table]:
+    """WITW's density limit over one zone's photos streamed in x order (``SWEPT`` blocks sorted by x, then
+    row; ``rank``: the seeded order, distinct): ``SWEEP_OUT`` rows, a strip at a time, each photo once.
+
+    The photos are swept in strips of about ``size`` across x. First the decisions: each strip's
+    distinct positions, with those still undecided from earlier strips, are decided as far as WITW's
+    rule allows without the strips to come (:func:`_decide`: the positions in the grid column just before
+    the next strip wait for it; strips end at the quietest column boundary near ``size``, :func:`_strips`,
+    so a dense spot is not cut). Kept positions are then in columns not adjacent to anything unseen, so
+    farther than ``d`` from it: a strip never needs an earlier strip's decided positions. Then, once every
+    position within ``d`` of a strip is decided, its causes: each dropped position's lowest-ranked kept
+    position within ``d``, and the photos at repeated positions (:func:`_by_position`). What it holds: the
+    strips not yet settled, ``d`` behind them and the undecided positions, not the photos before.
+    ``frame`` (:func:`_grid_frame` of the whole zone) fixes the grid columns.
+    """
+    w, stream = _Window(), iter(blocks)
+    waiting = np.zeros(0, np.int64)  # stream positions of representatives not decided yet
+    pending: deque[tuple[int, int]] = deque()  # strips whose causes are not worked out yet
+    a, exhausted = 0, False
+
+    def columns(pos: np.ndarray | slice) -> np.ndarray:
+        return _columns(w.x[pos], frame)
+
+    def causes(a: int, b: int) -> pa.Table:
+        photos = np.arange(a - w.base, b - w.base)
+        r = w.rep[photos] - w.base
+        reps = photos[r == photos]
+        dropped = reps[w.state[reps] == 2]
+        if len(dropped):
+            lo, hi = np.searchsorted(w.x, [w.x[photos[0]] - d, w.x[photos[-1]] + d], side="left")
+            near = np.arange(lo, hi)
+            near = near[(w.state[near] == 1) & (w.rep[near] - w.base == near)]
+            nb, w.distance[dropped] = _lowest_kept_within(w.x, w.y, w.rank, near, dropped, d, frame)
+            w.neighbour[dropped] = nb + w.base
+        kept, neighbour, distance = _by_position(photos + w.base, r + w.base, w.state[r] == 1, w.neighbour[r],
+                                                 w.distance[r])  # fmt: skip
+        local = np.where(neighbour >= 0, neighbour - w.base, 0)
+        return pa.table({"row": w.row[photos], "id": w.ids.slice(photos[0], len(photos)), "kept": kept,
+                         "neighbour_row": pa.array(w.row[local], mask=neighbour < 0),
+                         "neighbour_id": w.ids.take(pa.array(local, mask=neighbour < 0)), "distance": distance},
+                        schema=SWEEP_OUT)  # fmt: skip
+
+    need = 2 * size + 2  # photos to hold past the strip's start: the strip, its choice of end and the next photo
+    while True:
+        while not exhausted and w.end - a < need:
+            block = next(stream, None)
+            if block is None:
+                exhausted = True
+            elif block.num_rows:
+                w.add(block)
+        if a == w.end:
+            break
+        w.take_in()
+        cols = columns(slice(a - w.base, None))
+        # _strips' choice needs the rows to a + 3 size / 2 and the next four column boundaries (past a dense column)
+        if not exhausted and (len(cols) <= 3 * size // 2 or np.count_nonzero(np.diff(cols)) < 5):
+            need = w.end - a + size
+            continue
+        ends = _strips(cols, size)
+        need = 2 * size + 2
+        b = a + ends[0][1]
+        last = b == w.end and exhausted
+        o = np.arange(a, b) - w.base
+        o = o[np.argsort(w.rank[o], kind="stable")]  # the strip in rank order
+        first, group = distinct(w.x[o], w.y[o], d)
+        w.rep[o] = o[first][group] + w.base
+        live = np.r_[waiting - w.base, o[first]]
+        edge = None if last else columns(live) >= columns(slice(b - w.base, b - w.base + 1))[0] - 1
+        st = _decide(w.x[live], w.y[live], w.rank[live], d, frame, edge)
+        w.state[live] = st
+        waiting = live[st == 0] + w.base
+        pending.append((a, b))
+        a = b
+        # A strip's causes need every position within d of it decided.
+        settled = np.inf if last else w.x[b - w.base]
+        if len(waiting):
+            settled = min(settled, float(w.x[waiting - w.base].min()))
+        while pending and w.x[pending[0][1] - 1 - w.base] + d < settled:
+            yield causes(*pending.popleft())
+        if last:
+            break
+        # Still needed: the first strip whose causes are open (it holds every undecided position, which keeps
+        # its strip's causes open) and the kept positions up to d before it.
+        first_open = pending[0][0] if pending else a
+        w.drop_before(min(first_open, w.base + int(np.searchsorted(w.x, w.x[first_open - w.base] - d, side="left"))))
+    if len(waiting):
+        raise AssertionError("the last strip left positions undecided")
+    while pending:
+        yield causes(*pending.popleft())
+
+
 def _density_strips(
     x: np.ndarray, y: np.ndarray, rank: np.ndarray, d: float, size: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`density_limit` on photos swept in strips of about ``size`` across x: what it holds beyond one
-    strip's working set is a few numbers a photo (~50 bytes, against ~280 solving all at once).
-
-    First pass, the decisions: each strip's distinct positions, with those still undecided from
-    earlier strips, are decided as far as WITW's rule allows without the strips to come
-    (:func:`_decide`: the positions in the grid column just before the next strip wait for it).
-    Kept positions are then in columns not adjacent to anything unseen, so farther than ``d`` from
-    it: a strip never needs an earlier strip's decided positions. Second pass, the causes: each
-    dropped position's lowest-ranked kept position within ``d``, among the kept positions of its
-    strip and ``d`` either side.
-    """
+    """:func:`density_limit` by :func:`density_sweep` over the photos sorted by x: what it holds beyond one
+    strip's working set is the inputs and outputs (against ~280 bytes a photo solving all at once)."""
     n = len(x)
-    frame = _grid_frame(x, y, d)
-    by_x = np.argsort(x, kind="stable")
-    xs = x[by_x]
-    strips = _strips(_columns(xs, frame), size)
-    rep = np.empty(n, np.int64)  # each photo's position's earliest photo (its representative)
-    state = np.zeros(n, np.int8)  # of representatives: 1 kept, 2 dropped
+    by_x = np.lexsort((np.arange(n), x))
+    swept = pa.table({"row": by_x, "id": pa.nulls(n, pa.string()), "rank": rank[by_x], "x": x[by_x], "y": y[by_x]},
+                     schema=SWEPT)  # fmt: skip
     kept, neighbour, distance = np.zeros(n, bool), np.full(n, -1), np.full(n, np.nan)
-
-    def causes(a: int, b: int) -> None:  # reads decided strips, writes only this strip's photos
-        photos = by_x[a:b]
-        r = rep[photos]
-        reps = photos[r == photos]
-        dropped = reps[state[reps] == 2]
-        if len(dropped):
-            near = by_x[np.searchsorted(xs, xs[a] - d, "left") : np.searchsorted(xs, xs[b - 1] + d, "right")]
-            near = near[(state[near] == 1) & (rep[near] == near)]
-            neighbour[dropped], distance[dropped] = _lowest_kept_within(x, y, rank, near, dropped, d, frame)
-        kept[photos], neighbour[photos], distance[photos] = _by_position(
-            photos, r, state[r] == 1, neighbour[r], distance[r]
-        )
-
-    waiting = np.zeros(0, np.int64)  # representatives not decided yet
-    pending = deque(strips)  # strips whose causes are not worked out yet
-    with ThreadPoolExecutor(cpu_threads(), thread_name_prefix="causes") as pool:
-        done = []
-        for a, b in strips:
-            o = by_x[a:b][np.argsort(rank[by_x[a:b]])]  # the strip in rank order
-            first, group = distinct(x[o], y[o], d)
-            rep[o] = o[first][group]
-            live = np.r_[waiting, o[first]]
-            edge = None if b == n else _columns(x[live], frame) >= _columns(xs[b : b + 1], frame)[0] - 1
-            st = _decide(x[live], y[live], rank[live], d, frame, edge)
-            state[live] = st
-            waiting = live[st == 0]
-            # A strip's causes need every position within d of it decided: work them out beside the next strips.
-            settled = xs[b] if b < n else np.inf
-            if len(waiting):
-                settled = min(settled, float(x[waiting].min()))
-            while pending and xs[pending[0][1] - 1] + d < settled:
-                done.append(pool.submit(causes, *pending.popleft()))
-        if len(waiting):
-            raise AssertionError("the last strip left positions undecided")
-        done.extend(pool.submit(causes, *strip) for strip in pending)
-        for future in done:
-            future.result()
+    for part in density_sweep([swept.slice(k, size) for k in range(0, n, size)], d, _grid_frame(x, y, d), size):
+        rows = part["row"].to_numpy()
+        kept[rows], distance[rows] = part["kept"].to_numpy(zero_copy_only=False), part["distance"].to_numpy()
+        neighbour[rows] = part["neighbour_row"].fill_null(-1).to_numpy()
     return kept, neighbour, distance
 
 
-def density_by_epsg(ids: pa.Array, epsg: np.ndarray, x: np.ndarray, y: np.ndarray, density_m: float, seed: int):
-    """:func:`density_limit` run separately in each UTM zone; neighbour indices refer to the inputs."""
-    kept, neighbour, dist = np.ones(len(x), bool), np.full(len(x), -1), np.full(len(x), np.nan)
-    for e in np.unique(epsg):
-        idx = np.flatnonzero(epsg == e)
-        k, nb, d = density_limit(ids.take(idx), x[idx], y[idx], density_m, seed)
-        kept[idx], dist[idx] = k, d
-        neighbour[idx] = np.where(nb >= 0, idx[np.maximum(nb, 0)], -1)
-    return kept, neighbour, dist
+class DensityLimit:
+    """WITW's density limit over photos given a part at a time, each UTM zone on its own, with memory that does
+    not grow with them: the same kept photos, neighbours and distances as :func:`density_limit` per zone.
+
+    :meth:`add` takes parts in id order (ties of the seeded hash are broken by id, as :func:`seeded_order`
+    does); :meth:`results` then gives ``SWEEP_OUT`` rows (``row``: the photo's place in the order added),
+    each photo once, in no promised order. Between the two the photos are sorted twice on disk
+    (:class:`~pipeline.tablestream.KeySorter`): by seeded hash, which numbers them in the seeded order,
+    then by zone and x for :func:`density_sweep`. Use as a context manager.
+    """
+
+    _BY_HASH = pa.schema([("hash", pa.uint64()), ("row", pa.int64()), ("id", pa.string()), ("epsg", pa.int32()),
+                          ("x", pa.float64()), ("y", pa.float64())])  # fmt: skip
+    _BY_X = pa.schema([("epsg", pa.int32()), *SWEPT])
+
+    def __init__(self, density_m: float, seed: int, size: int = STRIP_POINTS) -> None:
+        self.d, self.seed, self.size = density_m, seed, size
+        self.rows = 0
+        self._bounds: dict[int, list[float]] = {}  # zone -> x min, x max, y min, y max
+
+    def __enter__(self) -> Self:
+        self._by_hash = KeySorter(self._BY_HASH, ["hash", "row"]).__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._by_hash.__exit__(*exc)
+
+    def add(self, ids: pa.Array, epsg: np.ndarray, x: np.ndarray, y: np.ndarray) -> None:
+        """Photos after every photo added so far in id order: ids, zones and UTM positions (finite)."""
+        x, y, epsg = np.asarray(x, np.float64), np.asarray(y, np.float64), np.asarray(epsg, np.int32)
+        if not (np.isfinite(x).all() and np.isfinite(y).all()):
+            raise ValueError("positions must be finite: NaN or infinite x/y given")
+        for zone in np.unique(epsg).tolist():
+            at = epsg == zone
+            box = [x[at].min(), x[at].max(), y[at].min(), y[at].max()]
+            old = self._bounds.setdefault(zone, box)
+            self._bounds[zone] = [min(old[0], box[0]), max(old[1], box[1]), min(old[2], box[2]), max(old[3], box[3])]
+        rows = np.arange(self.rows, self.rows + len(x), dtype=np.int64)
+        self._by_hash.write(pa.table({"hash": hash_ids(ids, self.seed), "row": rows, "id": ids, "epsg": epsg, "x": x,
+                                      "y": y}, schema=self._BY_HASH))  # fmt: skip
+        self.rows += len(x)
+
+    def results(self) -> Iterator[pa.Table]:
+        """``SWEEP_OUT`` rows of every photo added."""
+        with KeySorter(self._BY_X, ["epsg", "x", "row"]) as by_x:
+            rank = 0
+            for block in self._by_hash.blocks():
+                by_x.write(block.append_column("rank", pa.array(np.arange(rank, rank + block.num_rows, dtype=np.int64))))
+                rank += block.num_rows
+            self._by_hash.__exit__(None, None, None)  # its runs are read: let them go
+            for zone, parts in itertools.groupby(_zone_parts(by_x.blocks()), key=lambda part: part[0]):
+                blocks = (part.select(SWEPT.names) for _, part in parts)
+                if self.d <= 0:
+                    yield from (_all_kept(block) for block in blocks)
+                    continue
+                x0, x1, y0, y1 = self._bounds[zone]
+                frame = _grid_frame(np.array([x0, x1]), np.array([y0, y1]), self.d)
+                yield from density_sweep(blocks, self.d, frame, self.size)
+
+
+def _zone_parts(blocks: Iterable[pa.Table]) -> Iterator[tuple[int, pa.Table]]:
+    """(zone, rows) runs of blocks sorted by epsg first."""
+    for block in blocks:
+        epsg = block["epsg"].to_numpy()
+        cuts = np.r_[0, np.flatnonzero(np.diff(epsg)) + 1, len(epsg)]
+        for a, b in itertools.pairwise(cuts.tolist()):
+            if b > a:
+                yield int(epsg[a]), block.slice(a, b - a)
+
+
+def _all_kept(block: pa.Table) -> pa.Table:
+    n = block.num_rows
+    return pa.table({"row": block["row"], "id": block["id"], "kept": np.ones(n, bool),
+                     "neighbour_row": pa.nulls(n, pa.int64()), "neighbour_id": pa.nulls(n, pa.string()),
+                     "distance": np.full(n, np.nan)}, schema=SWEEP_OUT)  # fmt: skip

@@ -5,8 +5,9 @@ that dropped it (``bad_coordinates``, ``not_downloaded``, ``outside_tiles``, ``n
 ``split_buffer``), with a human-readable ``reason``. The density limit is not applied here: it
 chooses among the photos that pass every other rule, so it runs last in the filter stage
 (:func:`filters.location_rules.density`). The stage reads its tables a range of ids at a time
-(pipeline/tablestream.py); the split buffer, the one step across photos, runs once on the paired
-photos' places.
+(pipeline/tablestream.py); the split buffer, the one step across photos, sweeps the paired photos'
+places in position order (sorted on disk), so memory does not grow with the photos. A split-buffer drop
+names the nearest chip it overlaps; among equally near ones, the earliest by id.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import itertools
 import logging
 import tempfile
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +33,7 @@ from pipeline.errors import SchemaError
 from pipeline.geo import transformer
 from pipeline.neighbours import unit_hash
 from pipeline.schemas import DOWNLOADS, PAIRS, PHOTOS, TILES, read_table
-from pipeline.tablestream import Cursor, TableWriter, id_chunks
+from pipeline.tablestream import Cursor, KeySorter, SortingWriter, TableWriter, id_chunks
 
 log = logging.getLogger(__name__)
 
@@ -169,26 +171,32 @@ def assign_splits(city: np.ndarray, epsg: np.ndarray, x: np.ndarray, y: np.ndarr
     return np.where(test, "test", np.where(val, "val", "train")).astype(object)
 
 
-def split_overlaps(split: np.ndarray, epsg: np.ndarray, x: np.ndarray, y: np.ndarray, edge_m: float):
-    """Chips overlapping a chip of a higher-priority split (test > val > train) in the same zone.
-
-    ``split`` holds each chip's position in SPLIT_PRIORITY (-1: none). Two squares of side ``edge_m``
-    overlap when their centres are < ``edge_m`` apart in Chebyshev distance. Returns (dropped, index
-    of the overlapped chip or -1, that Chebyshev distance).
+def nearest_within(tx: np.ndarray, ty: np.ndarray, trow: np.ndarray, qx: np.ndarray, qy: np.ndarray, edge_m: float):
+    """For each query point, the target point nearest to it in Chebyshev distance if closer than ``edge_m``:
+    (its index in the targets or -1, that distance or inf). Among equally near targets the one with the
+    lowest ``trow``, so the answer depends only on the targets within reach, not on which others are given.
     """
-    dropped, other, dist = np.zeros(len(x), bool), np.full(len(x), -1), np.full(len(x), np.nan)
-    pts = np.c_[x, y]
-    for e in np.unique(epsg):
-        kept_before = np.zeros(0, np.int64)
-        for rank in range(len(SPLIT_PRIORITY)):
-            idx = np.flatnonzero((epsg == e) & (split == rank))
-            if len(kept_before) and len(idx):
-                d, j = cKDTree(pts[kept_before]).query(pts[idx], k=1, p=np.inf, distance_upper_bound=edge_m)
-                hit = d < edge_m
-                dropped[idx[hit]], other[idx[hit]], dist[idx[hit]] = True, kept_before[j[hit]], d[hit]
-                idx = idx[~hit]
-            kept_before = np.r_[kept_before, idx]
-    return dropped, other, dist
+    n = len(qx)
+    index, dist = np.full(n, -1), np.full(n, np.inf)
+    if not len(tx) or not n:
+        return index, dist
+    o = np.lexsort((trow, ty, tx))
+    o = o[np.r_[True, (np.diff(tx[o]) != 0) | (np.diff(ty[o]) != 0)]]  # one target a position: its lowest row
+    ux, uy, urow = tx[o], ty[o], trow[o]
+    tree = cKDTree(np.c_[ux, uy])
+    k = min(2, len(o))
+    d, j = tree.query(np.c_[qx, qy], k=k, p=np.inf, distance_upper_bound=edge_m)
+    d, j = d.reshape(n, k), j.reshape(n, k)
+    hit = d[:, 0] < edge_m
+    index[hit], dist[hit] = o[j[hit, 0]], d[hit, 0]
+    tied = np.flatnonzero(hit & (d[:, -1] == d[:, 0])) if k == 2 else np.zeros(0, np.int64)
+    if len(tied):  # a second target as near: the lowest row of all those as near
+        reach = np.nextafter(d[tied, 0], np.inf)
+        for i, near in zip(tied, tree.query_ball_point(np.c_[qx[tied], qy[tied]], r=reach, p=np.inf), strict=True):
+            near = np.asarray(near, np.int64)
+            near = near[np.maximum(np.abs(ux[near] - qx[i]), np.abs(uy[near] - qy[i])) == dist[i]]
+            index[i] = o[near[np.argmin(urow[near])]]
+    return index, dist
 
 
 # --- the core ----------------------------------------------------------------------------------
@@ -275,37 +283,129 @@ def pair_part(photos: pa.Table, downloads: pa.Table, ts: TileSet, params: Params
     return table, (swapped, int(out.sum()))
 
 
-PLACES = ["id", "split", "epsg", "x_m", "y_m"]  # what the split buffer reads of the paired rows
+# What the split buffer reads of a paired row: its row number in the id-sorted pairs (the tie rule of
+# :func:`nearest_within`), id, split as its position in SPLIT_PRIORITY, zone and position.
+PLACES = pa.schema([("row", pa.int64()), ("id", pa.string()), ("rank", pa.int8()), ("epsg", pa.int32()),
+                    ("x_m", pa.float64()), ("y_m", pa.float64())])  # fmt: skip
+PLACE_ORDER = ["epsg", "x_m", "row"]  # the order the split buffer sweeps places in
 DROPS = pa.schema([("id", pa.string()), ("reason", pa.string())])  # the split buffer's drops
+SWEEP_POINTS = 1 << 17  # places the split buffer takes in before it decides what it can
+
+
+def paired_places(pairs: pa.Table, first_row: int = 0) -> pa.Table:
+    """The ``PLACES`` of the paired rows of id-sorted ``pairs``, whose first row is row ``first_row`` of the
+    whole table: all the split buffer needs."""
+    rank = pc.index_in(pairs["split"], value_set=pa.array(SPLIT_PRIORITY)).cast(pa.int8())
+    places = pa.table({"row": pa.array(np.arange(first_row, first_row + pairs.num_rows, dtype=np.int64)),
+                       "id": pairs["id"], "rank": rank, "epsg": pairs["epsg"], "x_m": pairs["x_m"], "y_m": pairs["y_m"]},
+                      schema=PLACES)  # fmt: skip
+    return places.filter(pc.equal(pairs["status"], "paired"))
+
+
+class _SplitSweep:
+    """The split buffer over one UTM zone's places, taken in in x order (:func:`split_sweep`).
+
+    A chip overlaps another when their centres are < ``edge_m`` apart in Chebyshev distance. Test chips
+    are kept; a val chip is dropped when it overlaps a test chip; a train chip when it overlaps a test chip
+    or a kept val chip. With every place of x < X taken in, a place of rank r (its split's position in
+    SPLIT_PRIORITY) can be decided once x + r * edge_m <= X: every chip its fate depends on (ranks below r
+    within edge_m, and theirs within edge_m of those) is then in and decided. Places more than edge_m behind
+    every undecided place (and behind X) can no longer matter and are let go.
+    """
+
+    def __init__(self, edge_m: float) -> None:
+        self.edge_m = edge_m
+        self._reset()
+
+    def _reset(self) -> None:
+        self.added, self._new = 0, []
+        self.row, self.rank = np.zeros(0, np.int64), np.zeros(0, np.int8)
+        self.x, self.y, self.state = np.zeros(0), np.zeros(0), np.zeros(0, np.int8)  # state: 0 open, 1 kept, 2 dropped
+        self.ids = pa.array([], pa.string())
+
+    def add(self, places: pa.Table) -> None:
+        self._new.append(places)
+        self.added += places.num_rows
+
+    def _take_in(self) -> None:
+        """Append the places added since the last call to the arrays (once a decision, not a block)."""
+        if not self._new:
+            return
+        new, self._new = pa.concat_tables(self._new), []
+        rank = new["rank"].to_numpy()
+        self.row = np.concatenate([self.row, new["row"].to_numpy()])
+        self.rank = np.concatenate([self.rank, rank])
+        self.x, self.y = np.concatenate([self.x, new["x_m"].to_numpy()]), np.concatenate([self.y, new["y_m"].to_numpy()])
+        self.state = np.concatenate([self.state, np.where(rank == 0, 1, 0).astype(np.int8)])
+        self.ids = pa.concat_arrays([self.ids, new["id"].combine_chunks()])
+
+    def decide(self, done: bool) -> Iterator[pa.Table]:
+        """Decide every place that can be (all of them when ``done``); yield the drops, then let go what
+        no later place can overlap."""
+        self._take_in()
+        e, x, y = self.edge_m, self.x, self.y
+        frontier = x[-1] if len(x) else -np.inf
+        for r in range(1, len(SPLIT_PRIORITY)):
+            c = np.flatnonzero((self.state == 0) & (self.rank == r) & ((x + r * e <= frontier) | done))
+            if not len(c):
+                continue
+            a, b = np.searchsorted(x, [x[c[0]] - e, x[c[-1]] + e], side="left")
+            t = a + np.flatnonzero((self.state[a:b] == 1) & (self.rank[a:b] < r))  # kept chips of higher priority
+            j, dist = nearest_within(x[t], y[t], self.row[t], x[c], y[c], e)
+            hit = j >= 0
+            self.state[c] = np.where(hit, 2, 1)
+            yield from self._drops(c[hit], t[j[hit]], dist[hit])
+        self.added = 0
+        if done:
+            self._reset()
+            return
+        open_ = np.flatnonzero(self.state == 0)
+        keep = int(np.searchsorted(x, min(x[open_[0]] if len(open_) else frontier, frontier) - e, side="left"))
+        self.row, self.rank, self.x, self.y, self.state = (v[keep:] for v in (self.row, self.rank, x, y, self.state))
+        self.ids = self.ids.slice(keep)
+
+    def _drops(self, dropped: np.ndarray, other: np.ndarray, dist: np.ndarray) -> Iterator[pa.Table]:
+        for a in range(0, len(dropped), REASON_CHUNK):  # the text, REASON_CHUNK drops at a time
+            i, j, d = dropped[a : a + REASON_CHUNK], other[a : a + REASON_CHUNK], dist[a : a + REASON_CHUNK]
+            names = self.ids.take(pa.array(j)).to_pylist()
+            reasons = [
+                f"{SPLIT_PRIORITY[ri]} chip overlaps the {SPLIT_PRIORITY[rj]} chip of photo {name} "
+                f"(centres {di:.1f} m apart, Chebyshev < {self.edge_m:g} m)"
+                for ri, rj, name, di in zip(self.rank[i].tolist(), self.rank[j].tolist(), names, d.tolist(), strict=True)
+            ]  # fmt: skip
+            yield pa.table({"id": self.ids.take(pa.array(i)), "reason": pa.array(reasons, pa.string())}, schema=DROPS)
+
+
 REASON_CHUNK = 65_536  # drops whose reasons are Python strings at once
 
 
-def paired_places(pairs: pa.Table) -> pa.Table:
-    """The ``PLACES`` of the paired rows: all the split buffer needs."""
-    return pairs.filter(pc.equal(pairs["status"], "paired")).select(PLACES)
+def split_sweep(blocks: Iterable[pa.Table], edge_m: float, points: int | None = None) -> Iterator[pa.Table]:
+    """The split buffer: ``DROPS`` rows (not in id order) for the paired places whose chip overlaps a chip of
+    a higher-priority split in the same zone (:class:`_SplitSweep`), from ``PLACES`` blocks that come in
+    ``PLACE_ORDER``. It holds the places of about ``points`` (``SWEEP_POINTS``) photos and ``edge_m`` either
+    side, so its memory does not grow with the photos unless they crowd into one narrow band of x.
+    """
+    sweep, zone, points = _SplitSweep(edge_m), None, points or SWEEP_POINTS
+    for block in blocks:
+        epsg = block["epsg"].to_numpy()
+        cuts = np.r_[0, np.flatnonzero(np.diff(epsg)) + 1, len(epsg)]
+        for a, b in itertools.pairwise(cuts.tolist()):
+            if a == b:
+                continue
+            if epsg[a] != zone:
+                yield from sweep.decide(done=True)
+                zone = epsg[a]
+            sweep.add(block.slice(a, b - a))
+            if sweep.added >= points:
+                yield from sweep.decide(done=False)
+    yield from sweep.decide(done=True)
 
 
 def split_buffer_drops(places: pa.Table, edge_m: float) -> pa.Table:
-    """The paired rows (:func:`paired_places`, id-sorted) whose chip overlaps a chip of a higher-priority
-    split: DROPS rows (id, reason), in id order."""
-    ids = places["id"].combine_chunks()
-    rank = pc.index_in(places["split"], value_set=pa.array(SPLIT_PRIORITY)).fill_null(-1)
-    s = rank.to_numpy(zero_copy_only=False).astype(np.int8)  # a byte a photo (Python strings took ~70)
-    epsg = places["epsg"].to_numpy(zero_copy_only=False)
-    x, y = (places[c].to_numpy(zero_copy_only=False) for c in ("x_m", "y_m"))
-    dropped, other, d = split_overlaps(s, epsg, x, y, edge_m)
-    del x, y, epsg
-    k = np.flatnonzero(dropped)
-    reasons = [pa.array([], pa.string())]
-    for a in range(0, len(k), REASON_CHUNK):  # the text, REASON_CHUNK drops at a time
-        at = k[a : a + REASON_CHUNK]
-        names = ids.take(pa.array(other[at], pa.int64())).to_pylist()
-        reasons.append(pa.array([
-            f"{SPLIT_PRIORITY[s[i]]} chip overlaps the {SPLIT_PRIORITY[s[j]]} chip of photo {name} "
-            f"(centres {dist:.1f} m apart, Chebyshev < {edge_m:g} m)"
-            for i, j, name, dist in zip(at.tolist(), other[at].tolist(), names, d[at].tolist(), strict=True)
-        ], pa.string()))  # fmt: skip
-    return pa.table({"id": ids.take(pa.array(k, pa.int64())), "reason": pa.concat_arrays(reasons)}, schema=DROPS)
+    """:func:`split_sweep` over whole ``PLACES`` (any order): DROPS rows in id order."""
+    drops = list(split_sweep([places.sort_by([(k, "ascending") for k in PLACE_ORDER])], edge_m))
+    drops = pa.concat_tables(drops) if drops else DROPS.empty_table()
+    return drops.sort_by([("id", "ascending")])
 
 
 def apply_drops(pairs: pa.Table, drops: pa.Table) -> pa.Table:
@@ -342,28 +442,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(params: Params, args: argparse.Namespace) -> int:
-    """Pair the photos a part at a time (pipeline/tablestream.py) into a temp table, keeping only the paired
-    rows' places; run the split buffer once on those; then write the pairs with its drops applied. Memory
-    grows with the photos only by the places (~35 bytes a paired photo) and the split buffer's drops."""
+    """Pair the photos a part at a time (pipeline/tablestream.py) into a temp table, sorting the paired rows'
+    places by position on disk (``KeySorter``); sweep the split buffer across them in that order into an
+    id-sorted drops table (``SortingWriter``); then write the pairs with its drops applied. Memory does not
+    grow with the photos (unless they crowd into one narrow band of x, which the sweep holds at once)."""
     tiles = read_table(args.tiles, TILES, columns=["tile_id", "aoi", "city", "epsg", "footprint_wkb", "status"])
     tiles = tiles.filter(pc.equal(tiles["status"], "ok"))
     if tiles.num_rows == 0:
         log.warning("%s has no tile with status ok: every photo will be outside_tiles", args.tiles)
-    ts, swapped, outside, places = TileSet.from_table(tiles), 0, 0, []
+    ts, swapped, outside = TileSet.from_table(tiles), 0, 0
     status, splits = Counter(), Counter()
-    with tempfile.TemporaryDirectory(prefix="crossview-pair-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="crossview-pair-") as tmp, KeySorter(PLACES, PLACE_ORDER) as places:
         part_path, drops_path = Path(tmp) / "pairs.parquet", Path(tmp) / "drops.parquet"
         with TableWriter(part_path, PAIRS, geometry=False) as writer:
             for photos, rest in id_chunks(Cursor(args.photos, PHOTOS, ["id", "aoi", "city", "lat", "lon"]),
                                           {"downloads": Cursor(args.downloads, DOWNLOADS, ["id", "status", "error"])}):
                 pairs, (hits, outs) = pair_part(photos, rest["downloads"], ts, params)
+                places.write(paired_places(pairs, writer.rows))
                 writer.write(pairs)
-                places.append(paired_places(pairs))
                 swapped, outside = swapped + hits, outside + outs
         _warn_swaps(swapped, outside)
-        with TableWriter(drops_path, DROPS) as writer:
-            writer.write(split_buffer_drops(pa.concat_tables(places), params.chip.edge_m))
-        del places
+        with SortingWriter(drops_path, DROPS) as writer:
+            for drops in split_sweep(places.blocks(), params.chip.edge_m):
+                writer.write(drops)
         with TableWriter(args.out, PAIRS) as writer:
             for pairs, rest in id_chunks(Cursor(part_path, PAIRS, geometry=False), {"drops": Cursor(drops_path, DROPS)}):
                 pairs = apply_drops(pairs, rest["drops"])

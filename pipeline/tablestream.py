@@ -302,3 +302,104 @@ class SortingWriter:
             if not ends:
                 return
             out.write(sort_rows(pa.concat_tables([c.upto(min(ends)) for c in cursors])))
+
+
+def _at_most(columns: Sequence[np.ndarray], bound: Sequence) -> np.ndarray:
+    """Rows whose key tuple (``columns``) is at most ``bound`` in lexicographic order."""
+    below, equal = np.zeros(len(columns[0]), bool), np.ones(len(columns[0]), bool)
+    for values, b in zip(columns, bound, strict=True):
+        below |= equal & (values < b)
+        equal &= values == b
+    return below | equal
+
+
+class KeySorter:
+    """Rows that come in any order, read back in the order of numeric ``keys`` a block at a time, with memory
+    that does not grow with the rows: an external merge sort (the place-ordered sweeps of the pair and
+    filter stages use it; :class:`SortingWriter` is its id-ordered, table-writing sibling).
+
+    Up to ``run_rows`` rows are kept; past that they are sorted and spilled to a temp Arrow IPC run of
+    ``MERGE_MIN_ROWS``-row batches, read back (not memory-mapped) a few batches at a time while merging.
+    The keys should make a total order (end them with a unique one): rows with equal keys come back in
+    no promised order. Use as a context manager; :meth:`blocks` once, after the last :meth:`write`.
+    """
+
+    def __init__(self, schema: pa.Schema, keys: Sequence[str], run_rows: int | None = None) -> None:
+        self.schema, self.keys, self.run_rows = schema, list(keys), run_rows or RUN_ROWS
+        self.rows = 0
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self._runs: list[Path] = []
+
+    def __enter__(self) -> Self:
+        self._tmp = tempfile.TemporaryDirectory(prefix="crossview-keysort-")
+        return self
+
+    def __exit__(self, kind, err, trace) -> None:
+        self._pending = []
+        self._tmp.cleanup()
+
+    def write(self, table: pa.Table) -> None:
+        """Add rows, in any order."""
+        table = table.select(self.schema.names).cast(self.schema)
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        self.rows += table.num_rows
+        if self._pending_rows >= self.run_rows:
+            self._spill()
+
+    def _sorted_pending(self) -> pa.Table:
+        rows = pa.concat_tables(self._pending) if self._pending else self.schema.empty_table()
+        self._pending, self._pending_rows = [], 0
+        return rows.sort_by([(k, "ascending") for k in self.keys]).combine_chunks()
+
+    def _spill(self) -> None:
+        run = Path(self._tmp.name) / f"run{len(self._runs):05d}.arrow"
+        with pa.OSFile(str(run), "wb") as sink, pa.ipc.new_file(sink, self.schema) as writer:
+            writer.write_table(self._sorted_pending(), max_chunksize=MERGE_MIN_ROWS)
+        self._runs.append(run)
+
+    def _key_columns(self, table: pa.Table) -> list[np.ndarray]:
+        return [table[k].to_numpy() for k in self.keys]
+
+    def blocks(self, rows: int | None = None) -> Iterator[pa.Table]:
+        """Every row in key order, in blocks of about ``rows`` (``CHUNK_ROWS`` when not given)."""
+        rows = rows or CHUNK_ROWS
+        if not self._runs:
+            table = self._sorted_pending()
+            for a in range(0, table.num_rows, rows):
+                yield table.slice(a, rows)
+            return
+        if self._pending_rows:
+            self._spill()
+        files = [pa.OSFile(str(run), "rb") for run in self._runs]
+        try:
+            yield from self._merge(files, max(1, rows // len(files) // MERGE_MIN_ROWS))
+        finally:
+            for f in files:
+                f.close()
+
+    def _merge(self, files: list, batches: int) -> Iterator[pa.Table]:
+        """Merge the runs, reading ``batches`` batches of each at a time (as each is used up)."""
+        readers = [pa.ipc.open_file(f) for f in files]
+        ahead = [0] * len(readers)  # next batch of each run
+        buffers = [self.schema.empty_table() for _ in readers]
+        while True:
+            for k, reader in enumerate(readers):
+                if not buffers[k].num_rows and ahead[k] < reader.num_record_batches:
+                    end = min(ahead[k] + batches, reader.num_record_batches)
+                    buffers[k] = pa.Table.from_batches([reader.get_batch(b) for b in range(ahead[k], end)], self.schema)
+                    ahead[k] = end
+            live = [k for k in range(len(readers)) if buffers[k].num_rows]
+            if not live:
+                return
+            # every row up to the smallest of the unfinished runs' buffered last keys (all rows, at the end)
+            open_runs = [k for k in live if ahead[k] < readers[k].num_record_batches]
+            lasts = [tuple(c[-1] for c in self._key_columns(buffers[k].slice(buffers[k].num_rows - 1))) for k in open_runs]
+            bound = min(lasts) if lasts else None
+            out = []
+            for k in live:
+                n = buffers[k].num_rows if bound is None else int(_at_most(self._key_columns(buffers[k]), bound).sum())
+                out.append(buffers[k].slice(0, n))
+                buffers[k] = buffers[k].slice(n)
+            yield pa.concat_tables(out).sort_by([(key, "ascending") for key in self.keys]).combine_chunks()

@@ -184,7 +184,7 @@ def test_registry_names_are_unique_and_kinds_known():
 def test_every_registered_filter_returns_decisions_named_after_it(world):
     tables, params = world
     for f in REGISTRY:
-        out = f.fn(tables, params, sorted(CASES)) if f.thins else f.fn(tables, params)
+        out = filter_stage.thin(tables, params, pa.array(sorted(CASES)), [f]) if f.thins else f.fn(tables, params)
         assert out.schema.equals(DECISIONS), f.name
         assert set(out.column("filter").to_pylist()) <= {f.name}
         ids = out.column("id").to_pylist()
@@ -271,14 +271,19 @@ def test_coordinates_and_split_buffer_come_from_pair_status(world):
     assert judged(location_rules.split_buffer(*world))["p01"] == (True, "", None)
 
 
+def density(tables: Tables, params: FilterParams, candidates: list[str]) -> pa.Table:
+    """The density filter on the places of ``candidates``, as the filter stage runs it."""
+    return filter_stage.thin(tables, params, pa.array(candidates), [f for f in REGISTRY if f.name == "density"])
+
+
 def test_density_judges_only_its_candidates_and_names_the_kept_photo(world):
     tables, params = world
-    d = judged(location_rules.density(tables, params, ["p01", "p02", "p03", "p13", "p19"]))
+    d = judged(density(tables, params, ["p01", "p02", "p03", "p13", "p19"]))
     assert set(d) == {"p01", "p02", "p03", "p13", "p19"}
     assert d["p13"] == (False, "density: 3.00 m from kept photo p02 (density limit 10 m)", pytest.approx(3.0))
     assert all(d[i][:2] == (True, "") for i in ("p01", "p02", "p03", "p19"))
     # without p02 among the candidates (another filter dropped it), nothing is near p13: it stays
-    assert judged(location_rules.density(tables, params, ["p01", "p13"]))["p13"] == (True, "", None)
+    assert judged(density(tables, params, ["p01", "p13"]))["p13"] == (True, "", None)
 
 
 def test_pairing_drops_unpaired_photos_with_the_pair_reason(world):

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import neighbours
+from pipeline import neighbours, tablestream
 
 
 def brute_pairs(x, y, d):
@@ -211,3 +211,29 @@ def test_strips_end_where_no_dense_spot_is_cut(monkeypatch):
     kept, _, _ = neighbours.density_limit(ids, x, y, 10.0, 0, whole_points=0, strip_points=3_000)
     assert sum(listed) < 5 * len(x)
     assert np.array_equal(kept, neighbours.density_limit(ids, x, y, 10.0, 0, whole_points=10**9)[0])
+
+
+@pytest.mark.parametrize(("strip_points", "seed"), [(23, 0), (300, 1), (2_000, 2), (10**6, 3)])
+def test_the_streamed_limit_gives_each_zones_whole_result(strip_points, seed, monkeypatch):
+    """Photos in two UTM zones (the same coordinates in each, which must not meet) added a part at a time
+    and sorted on disk in small runs: each zone's kept set, neighbours and distances are one solve's."""
+    monkeypatch.setattr(tablestream, "RUN_ROWS", 1_000)
+    monkeypatch.setattr(tablestream, "MERGE_MIN_ROWS", 16)
+    ids, x, y = landmark_city(6_000, seed)
+    epsg = np.where(np.random.default_rng(seed).random(len(x)) < 0.5, 32631, 32632)
+    by_id = np.argsort(np.array(ids.to_pylist()))
+    ids, x, y, epsg = ids.take(pa.array(by_id)), x[by_id], y[by_id], epsg[by_id]
+    with neighbours.DensityLimit(10.0, 7, strip_points) as limit:
+        for a in range(0, len(x), 777):
+            limit.add(ids.slice(a, 777), epsg[a : a + 777], x[a : a + 777], y[a : a + 777])
+        out = pa.concat_tables(limit.results()).sort_by("row")
+    assert out["row"].to_pylist() == list(range(len(x)))
+    assert out["id"].combine_chunks().equals(ids)
+    for zone in (32631, 32632):
+        at = np.flatnonzero(epsg == zone)
+        kept, neighbour, dist = neighbours.density_limit(ids.take(pa.array(at)), x[at], y[at], 10.0, 7)
+        assert np.array_equal(out["kept"].to_numpy(zero_copy_only=False)[at], kept)
+        names = [ids[int(at[k])].as_py() if k >= 0 else None for k in neighbour]
+        assert out["neighbour_id"].take(pa.array(at)).to_pylist() == names
+        assert np.array_equal(out["distance"].to_numpy()[at], dist, equal_nan=True)
+        assert 0 < kept.sum() < len(at)

@@ -7,6 +7,7 @@ import itertools
 import math
 import random
 
+import pyarrow as pa
 import pytest
 import shapely
 
@@ -179,6 +180,9 @@ def test_the_stage_in_chunks_writes_the_bytes_of_the_whole_table_core(tmp_path, 
     monkeypatch.setattr(schemas, "ROW_GROUP_ROWS", 4)
     monkeypatch.setattr(tablestream, "ROW_GROUP_ROWS", 4)
     monkeypatch.setattr(tablestream, "CHUNK_ROWS", 7)
+    monkeypatch.setattr(tablestream, "RUN_ROWS", 9)  # the places and the drops sorted on disk in runs
+    monkeypatch.setattr(tablestream, "MERGE_MIN_ROWS", 2)
+    monkeypatch.setattr(pair, "SWEEP_POINTS", 5)  # and swept a few at a time
     lyon = tile("lyon", shapely.box(X0, Y0, X0 + 3000, Y0 + 3000), city="Lyon")
     rng = random.Random(5)
     photos = [photo(f"q{i:04d}", X0 + rng.uniform(120, 2880), Y0 + rng.uniform(120, 2880)) for i in range(150)]
@@ -207,3 +211,53 @@ def test_the_stage_in_chunks_writes_the_bytes_of_the_whole_table_core(tmp_path, 
     assert {r["status"] for r in rows} == {"paired", "split_buffer", "outside_tiles", "not_downloaded"}
     swapped = [r.getMessage() for r in caplog.records if "swapped" in r.getMessage()]
     assert swapped == [f"2 of 2 photos outside every tile lie inside one with lat and lon swapped: {pair.SWAP_FIX}"]
+
+
+def _split_rule(places: list[dict], edge_m: float) -> dict[str, str]:
+    """The split buffer spelled out: rank by rank, each place against every kept place of a higher-priority
+    split in its zone; the nearest (Chebyshev) overlapped one named, the lowest row among equally near."""
+    state = {p["id"]: p["rank"] == 0 for p in places}
+    drops = {}
+    for r in range(1, len(pair.SPLIT_PRIORITY)):
+        for p in (p for p in places if p["rank"] == r):
+            near = [(max(abs(p["x_m"] - q["x_m"]), abs(p["y_m"] - q["y_m"])), q["row"], q) for q in places
+                    if q["epsg"] == p["epsg"] and q["rank"] < r and state[q["id"]]]  # fmt: skip
+            near = [n for n in near if n[0] < edge_m]
+            state[p["id"]] = not near
+            if near:
+                d, _, q = min(near, key=lambda n: n[:2])
+                drops[p["id"]] = (f"{pair.SPLIT_PRIORITY[r]} chip overlaps the {pair.SPLIT_PRIORITY[q['rank']]} chip of "
+                                  f"photo {q['id']} (centres {d:.1f} m apart, Chebyshev < {edge_m:g} m)")  # fmt: skip
+    return drops
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_split_sweep_in_any_blocks_is_the_rule_spelled_out(seed):
+    """Places on a coarse grid (many equal distances and repeated positions) in two zones, swept in blocks of 1
+    to all and deciding every 1 to 10^6 places: the drops and the photo each names are the rule's."""
+    rng = random.Random(seed)
+    edge = 3.0
+    places = [{"row": k, "id": f"p{k:04d}", "rank": rng.choice([0, 1, 1, 2, 2, 2]), "epsg": rng.choice([32631, 32632]),
+               "x_m": float(rng.randrange(120)), "y_m": float(rng.randrange(12))} for k in range(400)]  # fmt: skip
+    want = _split_rule(places, edge)
+    assert 50 < len(want) < 300
+    table = pa.Table.from_pylist(places, schema=pair.PLACES).sort_by([(k, "ascending") for k in pair.PLACE_ORDER])
+    for block, points in ((1, 1), (7, 3), (64, 50), (400, 10**6), (13, 10**6)):
+        blocks = [table.slice(a, block) for a in range(0, table.num_rows, block)]
+        got = pa.concat_tables(pair.split_sweep(blocks, edge, points)).to_pylist()
+        assert len(got) == len(want) and {r["id"]: r["reason"] for r in got} == want, (block, points)
+    shuffled = table.take(pa.array(rng.sample(range(400), 400)))
+    whole = pair.split_buffer_drops(shuffled, edge).to_pylist()
+    assert [r["id"] for r in whole] == sorted(want) and {r["id"]: r["reason"] for r in whole} == want
+
+
+def test_the_split_sweep_names_the_lowest_row_among_equally_near_chips():
+    """A val chip 2 m from four test chips (two at one position): the lowest row of them is named, whichever
+    other chips the sweep holds; the brute-force rule agrees."""
+    places = [{"row": 10, "id": "v", "rank": 1, "epsg": 1, "x_m": 0.0, "y_m": 0.0}]
+    places += [{"row": r, "id": f"t{r}", "rank": 0, "epsg": 1, "x_m": x, "y_m": y}
+               for r, (x, y) in zip([7, 5, 3, 8], [(2.0, 0.0), (-2.0, 1.0), (-2.0, 1.0), (0.5, -2.0)], strict=True)]
+    table = pa.Table.from_pylist(places, schema=pair.PLACES)
+    got = pair.split_buffer_drops(table, 3.0).to_pylist()
+    assert got == [{"id": "v", "reason": _split_rule(places, 3.0)["v"]}]
+    assert "chip of photo t3 " in got[0]["reason"]

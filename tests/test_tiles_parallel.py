@@ -35,7 +35,6 @@ from pipeline.raster import (
     target_grid,
     warped_blocks,
 )
-from pipeline.store import sha256_file
 from pipeline.threads import ordered_map
 from tests.test_raster import write_multispectral
 
