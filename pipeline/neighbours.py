@@ -528,7 +528,7 @@ class _Window:
         self.row, self.ids = np.zeros(0, np.int64), pa.array([], pa.string())
         self.rep = np.zeros(0, np.int64)  # each photo's position's earliest photo (a stream position)
         self.state = np.zeros(0, np.int8)  # of representatives: 1 kept, 2 dropped
-        self.kept, self.neighbour, self.distance = np.zeros(0, bool), np.zeros(0, np.int64), np.zeros(0)
+        self.neighbour, self.distance = np.zeros(0, np.int64), np.zeros(0)  # of dropped representatives
         self._new: list[pa.Table] = []  # blocks added, not yet in the arrays
         self._new_rows = 0
 
@@ -551,14 +551,13 @@ class _Window:
         self.row = np.concatenate([self.row, new["row"].to_numpy()])
         self.ids = pa.concat_arrays([self.ids, new["id"].combine_chunks()])
         self.rep, self.state = np.concatenate([self.rep, np.full(n, -1)]), np.concatenate([self.state, np.zeros(n, np.int8)])
-        self.kept = np.concatenate([self.kept, np.zeros(n, bool)])
         self.neighbour = np.concatenate([self.neighbour, np.full(n, -1)])
         self.distance = np.concatenate([self.distance, np.full(n, np.nan)])
 
     def drop_before(self, position: int) -> None:
         k = position - self.base
         if k > 0:
-            for name in ("x", "y", "rank", "row", "rep", "state", "kept", "neighbour", "distance"):
+            for name in ("x", "y", "rank", "row", "rep", "state", "neighbour", "distance"):
                 setattr(self, name, getattr(self, name)[k:])
             self.ids = self.ids.slice(k)
             self.base = position

@@ -285,7 +285,7 @@ def pair_part(photos: pa.Table, downloads: pa.Table, ts: TileSet, params: Params
 
 # What the split buffer reads of a paired row: its row number in the id-sorted pairs (the tie rule of
 # :func:`nearest_within`), id, split as its position in SPLIT_PRIORITY, zone and position.
-PLACES = pa.schema([("row", pa.int64()), ("id", pa.string()), ("rank", pa.int8()), ("epsg", pa.int32()),
+BUFFER_PLACES = pa.schema([("row", pa.int64()), ("id", pa.string()), ("rank", pa.int8()), ("epsg", pa.int32()),
                     ("x_m", pa.float64()), ("y_m", pa.float64())])  # fmt: skip
 PLACE_ORDER = ["epsg", "x_m", "row"]  # the order the split buffer sweeps places in
 DROPS = pa.schema([("id", pa.string()), ("reason", pa.string())])  # the split buffer's drops
@@ -293,12 +293,12 @@ SWEEP_POINTS = 1 << 17  # places the split buffer takes in before it decides wha
 
 
 def paired_places(pairs: pa.Table, first_row: int = 0) -> pa.Table:
-    """The ``PLACES`` of the paired rows of id-sorted ``pairs``, whose first row is row ``first_row`` of the
+    """The ``BUFFER_PLACES`` of the paired rows of id-sorted ``pairs``, whose first row is row ``first_row`` of the
     whole table: all the split buffer needs."""
     rank = pc.index_in(pairs["split"], value_set=pa.array(SPLIT_PRIORITY)).cast(pa.int8())
     places = pa.table({"row": pa.array(np.arange(first_row, first_row + pairs.num_rows, dtype=np.int64)),
                        "id": pairs["id"], "rank": rank, "epsg": pairs["epsg"], "x_m": pairs["x_m"], "y_m": pairs["y_m"]},
-                      schema=PLACES)  # fmt: skip
+                      schema=BUFFER_PLACES)  # fmt: skip
     return places.filter(pc.equal(pairs["status"], "paired"))
 
 
@@ -381,7 +381,7 @@ REASON_CHUNK = 65_536  # drops whose reasons are Python strings at once
 
 def split_sweep(blocks: Iterable[pa.Table], edge_m: float, points: int | None = None) -> Iterator[pa.Table]:
     """The split buffer: ``DROPS`` rows (not in id order) for the paired places whose chip overlaps a chip of
-    a higher-priority split in the same zone (:class:`_SplitSweep`), from ``PLACES`` blocks that come in
+    a higher-priority split in the same zone (:class:`_SplitSweep`), from ``BUFFER_PLACES`` blocks that come in
     ``PLACE_ORDER``. It holds the places of about ``points`` (``SWEEP_POINTS``) photos and ``edge_m`` either
     side, so its memory does not grow with the photos unless they crowd into one narrow band of x.
     """
@@ -402,7 +402,7 @@ def split_sweep(blocks: Iterable[pa.Table], edge_m: float, points: int | None = 
 
 
 def split_buffer_drops(places: pa.Table, edge_m: float) -> pa.Table:
-    """:func:`split_sweep` over whole ``PLACES`` (any order): DROPS rows in id order."""
+    """:func:`split_sweep` over whole ``BUFFER_PLACES`` (any order): DROPS rows in id order."""
     drops = list(split_sweep([places.sort_by([(k, "ascending") for k in PLACE_ORDER])], edge_m))
     drops = pa.concat_tables(drops) if drops else DROPS.empty_table()
     return drops.sort_by([("id", "ascending")])
@@ -452,7 +452,7 @@ def main(params: Params, args: argparse.Namespace) -> int:
         log.warning("%s has no tile with status ok: every photo will be outside_tiles", args.tiles)
     ts, swapped, outside = TileSet.from_table(tiles), 0, 0
     status, splits = Counter(), Counter()
-    with tempfile.TemporaryDirectory(prefix="crossview-pair-") as tmp, KeySorter(PLACES, PLACE_ORDER) as places:
+    with tempfile.TemporaryDirectory(prefix="crossview-pair-") as tmp, KeySorter(BUFFER_PLACES, PLACE_ORDER) as places:
         part_path, drops_path = Path(tmp) / "pairs.parquet", Path(tmp) / "drops.parquet"
         with TableWriter(part_path, PAIRS, geometry=False) as writer:
             for photos, rest in id_chunks(Cursor(args.photos, PHOTOS, ["id", "aoi", "city", "lat", "lon"]),

@@ -241,7 +241,7 @@ def test_the_split_sweep_in_any_blocks_is_the_rule_spelled_out(seed):
                "x_m": float(rng.randrange(120)), "y_m": float(rng.randrange(12))} for k in range(400)]  # fmt: skip
     want = _split_rule(places, edge)
     assert 50 < len(want) < 300
-    table = pa.Table.from_pylist(places, schema=pair.PLACES).sort_by([(k, "ascending") for k in pair.PLACE_ORDER])
+    table = pa.Table.from_pylist(places, schema=pair.BUFFER_PLACES).sort_by([(k, "ascending") for k in pair.PLACE_ORDER])
     for block, points in ((1, 1), (7, 3), (64, 50), (400, 10**6), (13, 10**6)):
         blocks = [table.slice(a, block) for a in range(0, table.num_rows, block)]
         got = pa.concat_tables(pair.split_sweep(blocks, edge, points)).to_pylist()
@@ -257,7 +257,7 @@ def test_the_split_sweep_names_the_lowest_row_among_equally_near_chips():
     places = [{"row": 10, "id": "v", "rank": 1, "epsg": 1, "x_m": 0.0, "y_m": 0.0}]
     places += [{"row": r, "id": f"t{r}", "rank": 0, "epsg": 1, "x_m": x, "y_m": y}
                for r, (x, y) in zip([7, 5, 3, 8], [(2.0, 0.0), (-2.0, 1.0), (-2.0, 1.0), (0.5, -2.0)], strict=True)]
-    table = pa.Table.from_pylist(places, schema=pair.PLACES)
+    table = pa.Table.from_pylist(places, schema=pair.BUFFER_PLACES)
     got = pair.split_buffer_drops(table, 3.0).to_pylist()
     assert got == [{"id": "v", "reason": _split_rule(places, 3.0)["v"]}]
     assert "chip of photo t3 " in got[0]["reason"]
