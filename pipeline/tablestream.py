@@ -235,6 +235,7 @@ class TableWriter:
 
 RUN_ROWS = 131_072  # rows a SortingWriter sorts in memory before it spills them to a sorted run (~50 MB of photos)
 MERGE_MIN_ROWS = 1_024  # rows read at a time from each run while merging, at least
+KEY_MERGE_ROWS = 1 << 18  # rows a KeySorter reads over all its runs at a time while merging (a few numbers each)
 
 
 class SortingWriter:
@@ -319,7 +320,8 @@ class KeySorter:
     filter stages use it; :class:`SortingWriter` is its id-ordered, table-writing sibling).
 
     Up to ``run_rows`` rows are kept; past that they are sorted and spilled to a temp Arrow IPC run of
-    ``MERGE_MIN_ROWS``-row batches, read back (not memory-mapped) a few batches at a time while merging.
+    ``MERGE_MIN_ROWS``-row batches, read back (not memory-mapped) ``KEY_MERGE_ROWS`` rows over all runs
+    at a time while merging (at least a batch a run).
     The keys should make a total order (end them with a unique one): rows with equal keys come back in
     no promised order. Use as a context manager; :meth:`blocks` once, after the last :meth:`write`.
     """
@@ -363,7 +365,8 @@ class KeySorter:
         return [table[k].to_numpy() for k in self.keys]
 
     def blocks(self, rows: int | None = None) -> Iterator[pa.Table]:
-        """Every row in key order, in blocks of about ``rows`` (``CHUNK_ROWS`` when not given)."""
+        """Every row in key order: in blocks of ``rows`` (``CHUNK_ROWS`` when not given) when nothing was
+        spilled, else as merged (up to ``KEY_MERGE_ROWS`` rows over the runs at a time)."""
         rows = rows or CHUNK_ROWS
         if not self._runs:
             table = self._sorted_pending()
@@ -374,7 +377,7 @@ class KeySorter:
             self._spill()
         files = [pa.OSFile(str(run), "rb") for run in self._runs]
         try:
-            yield from self._merge(files, max(1, rows // len(files) // MERGE_MIN_ROWS))
+            yield from self._merge(files, max(1, KEY_MERGE_ROWS // len(files) // MERGE_MIN_ROWS))
         finally:
             for f in files:
                 f.close()
@@ -384,22 +387,22 @@ class KeySorter:
         readers = [pa.ipc.open_file(f) for f in files]
         ahead = [0] * len(readers)  # next batch of each run
         buffers = [self.schema.empty_table() for _ in readers]
+        keys = [self._key_columns(b) for b in buffers]  # each buffer's key columns
         while True:
             for k, reader in enumerate(readers):
                 if not buffers[k].num_rows and ahead[k] < reader.num_record_batches:
                     end = min(ahead[k] + batches, reader.num_record_batches)
                     buffers[k] = pa.Table.from_batches([reader.get_batch(b) for b in range(ahead[k], end)], self.schema)
-                    ahead[k] = end
+                    keys[k], ahead[k] = self._key_columns(buffers[k]), end
             live = [k for k in range(len(readers)) if buffers[k].num_rows]
             if not live:
                 return
             # every row up to the smallest of the unfinished runs' buffered last keys (all rows, at the end)
-            open_runs = [k for k in live if ahead[k] < readers[k].num_record_batches]
-            lasts = [tuple(c[-1] for c in self._key_columns(buffers[k].slice(buffers[k].num_rows - 1))) for k in open_runs]
+            lasts = [tuple(c[-1] for c in keys[k]) for k in live if ahead[k] < readers[k].num_record_batches]
             bound = min(lasts) if lasts else None
             out = []
             for k in live:
-                n = buffers[k].num_rows if bound is None else int(_at_most(self._key_columns(buffers[k]), bound).sum())
+                n = buffers[k].num_rows if bound is None else int(np.count_nonzero(_at_most(keys[k], bound)))
                 out.append(buffers[k].slice(0, n))
-                buffers[k] = buffers[k].slice(n)
+                buffers[k], keys[k] = buffers[k].slice(n), [c[n:] for c in keys[k]]
             yield pa.concat_tables(out).sort_by([(key, "ascending") for key in self.keys]).combine_chunks()

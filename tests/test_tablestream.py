@@ -186,6 +186,7 @@ def test_the_key_sorter_gives_rows_in_key_order_from_any_order(run_rows, merge_r
     """Rows with many equal first keys (and a NaN-free float key), written in random parts: read back in key
     order, every row once, in blocks, in memory or from runs merged a few rows at a time; no run file left."""
     monkeypatch.setattr(tablestream, "MERGE_MIN_ROWS", merge_rows)
+    monkeypatch.setattr(tablestream, "KEY_MERGE_ROWS", 4 * merge_rows)
     rng = np.random.default_rng(run_rows)
     n = 1000
     schema = pa.schema([("zone", pa.int32()), ("x", pa.float64()), ("row", pa.int64()), ("id", pa.string())])
@@ -203,5 +204,6 @@ def test_the_key_sorter_gives_rows_in_key_order_from_any_order(run_rows, merge_r
     assert got.equals(rows.sort_by([("zone", "ascending"), ("x", "ascending"), ("row", "ascending")]))
     assert len(blocks) > 1
     assert (spilled > 0) == (run_rows < n)
-    assert max(b.num_rows for b in blocks) <= max(block, (spilled + 1) * merge_rows)  # a few rows of each run at a time
+    held = max(4, spilled + 1) * merge_rows  # KEY_MERGE_ROWS over the runs, at least a batch each
+    assert max(b.num_rows for b in blocks) <= (block if spilled == 0 else held)
     assert not os.path.exists(runs)
