@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 
 from pipeline.config import FilterParams
 from pipeline.schemas import DECISIONS, table_from_rows
+from pipeline.verdicts import Verdict
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,9 @@ class Tables:
     # the filter stage reads the tables in parts (pipeline/tablestream.py), so a count across photos
     # comes from here; None: count within these tables
     shared_bytes: Mapping[str, int] | None = None
+    # {id: latest verdict} of ``filter.verdicts``, read once a run (the filter stage judges the photos a
+    # part at a time); None: read from the file
+    verdicts: Mapping[str, Verdict] | None = None
 
 
 FilterFn = Callable[[Tables, FilterParams], pa.Table]

@@ -21,10 +21,9 @@ OVERRIDE = "overridden by curator keep"  # the reason a model drop gets when a c
 
 def curator(tables: Tables, params: FilterParams) -> pa.Table:
     """Apply curator verdicts: ``keep`` is recorded (it overrides model drops), ``drop_*`` drops."""
-    verdicts = latest_verdicts(params.verdicts)
-    photo_ids = set(column(tables.photos, "id"))
+    verdicts = tables.verdicts if tables.verdicts is not None else latest_verdicts(params.verdicts)
     out = []
-    for i in sorted(set(verdicts) & photo_ids):
+    for i in sorted(i for i in set(column(tables.photos, "id")) if i in verdicts):  # the part's photos, not every verdict
         v = verdicts[i]
         if v.verdict == KEEP:
             out.append((i, True, "curator: keep", None))

@@ -243,12 +243,14 @@ def _inputs(args: argparse.Namespace) -> dict[str, Cursor]:
 def _judge_all(params: FilterParams, args: argparse.Namespace, registry: Sequence[Filter], out: Path,
                places: Path) -> int:  # fmt: skip
     """Judge the photos a part at a time into ``out`` and the survivors' ``PLACES`` into ``places``; the
-    override count."""
+    override count. The download hashes that repeat and the curator verdicts are read once."""
     copies, overrides = shared_bytes(args.downloads), 0
-    unknown = _verdict_ids(params, registry)
+    verdicts = latest_verdicts(params.verdicts) if any(f.name == CURATOR for f in registry) else {}
+    unknown = set(verdicts)
     with TableWriter(out, DECISIONS) as writer, TableWriter(places, PLACES, geometry=False) as kept:
         for photos, rest in id_chunks(Cursor(args.photos, PHOTOS), _inputs(args)):
-            decisions, n = judge(Tables(photos=photos, **rest, shared_bytes=copies), params, registry)
+            part = Tables(photos=photos, **rest, shared_bytes=copies, verdicts=verdicts)
+            decisions, n = judge(part, params, registry)
             writer.write(decisions)
             overrides += n
             unknown -= set(column(photos, "id"))
@@ -284,6 +286,7 @@ def main(params: Params, args: argparse.Namespace, registry: Sequence[Filter] = 
     with tempfile.TemporaryDirectory(prefix="crossview-filter-") as tmp:
         judged, places = Path(tmp) / "judged.parquet", Path(tmp) / "places.parquet"
         overrides = _judge_all(params.filter, args, registry, judged, places)
+        pa.default_memory_pool().release_unused()  # the parts are gone: give their pages back before thinning
         thinned = _thin_all(params.filter, registry, places, Path(tmp))
         parts = {"pairs": Cursor(args.pairs, PAIRS, ["id", "split"]), "judged": Cursor(judged, DECISIONS)}
         parts.update({f"thinned{k}": Cursor(path, DECISIONS) for k, path in enumerate(thinned)})

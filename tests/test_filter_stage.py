@@ -187,3 +187,53 @@ def test_funnel_csv_and_png_follow_the_report(tmp_path):
         assert img.format == "PNG" and img.height > 20 * len(rows)
     again = funnel_chart.render_png(report)
     assert again == (tmp_path / "reports" / "funnel.png").read_bytes()
+
+
+def odd_ids(places, params):
+    """A second thinning filter: drops the candidates whose id ends in 7 or 9 (it sees only places)."""
+    for part in places:
+        yield decisions_table("odd_ids", ((i, i[-1] not in "79", "" if i[-1] not in "79" else "odd_ids: 7 or 9", None)
+                                          for i in part["id"].to_pylist()))  # fmt: skip
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_thinning_filters_in_the_stage_are_the_whole_table_run(tmp_path, monkeypatch, first):
+    """Two thinning filters, in either order, streamed from disk in chunks of 2 ids and sorted in runs of 3
+    rows: each judges only what the earlier one kept, as on whole tables (run_filters)."""
+    from pipeline import tablestream
+
+    monkeypatch.setattr(tablestream, "CHUNK_ROWS", 2)
+    monkeypatch.setattr(tablestream, "RUN_ROWS", 3)
+    extra = Filter("odd_ids", odd_ids, "rule", thins=True)
+    registry = [f for f in REGISTRY if not f.thins]
+    registry += [extra, *(f for f in REGISTRY if f.thins)] if first else [*(f for f in REGISTRY if f.thins), extra]
+    paths = write_inputs(tmp_path)
+    parser = argparse.ArgumentParser()
+    stage.configure(parser)
+    argv = [arg for name in ("photos", "downloads", "pairs", "chips") for arg in (f"--{name}", str(paths[name]))]
+    args = parser.parse_args([*argv, "--out", str(tmp_path / "d.parquet"), "--funnel", str(tmp_path / "f.json")])
+    assert stage.main(load_params(paths["params"]), args, registry) == 0
+    whole, _ = stage.run_filters(make_tables(), make_params(tmp_path), registry)
+    got = read_table(tmp_path / "d.parquet", DECISIONS)
+    assert got.to_pylist() == whole.to_pylist()
+    dropped = {(r["filter"], r["id"]) for r in got.to_pylist() if not r["kept"]}
+    assert {f for f, _ in dropped} >= {"odd_ids", "density"}
+    judged = {r["id"] for r in got.to_pylist() if r["filter"] == ("density" if first else "odd_ids")}
+    assert not judged & {i for f, i in dropped if f == ("odd_ids" if first else "density")}
+
+
+def test_the_stage_reads_the_verdicts_once_however_many_parts(tmp_path, monkeypatch):
+    """In parts of 2 photos the curator filter sees the verdicts read once at the start of the run (it read the
+    file for every part: 122 reads, and 122 log lines without a file, at 2M photos), with the same decisions."""
+    from pipeline import tablestream, verdicts
+
+    paths = write_inputs(tmp_path)
+    whole, _ = run_cli(paths, tmp_path / "whole")
+    reads = []
+    real = verdicts.read
+    monkeypatch.setattr(verdicts, "read", lambda path: reads.append(path) or real(path))
+    monkeypatch.setattr(tablestream, "CHUNK_ROWS", 2)
+    parts, _ = run_cli(paths, tmp_path / "parts")
+    assert len(reads) == 1
+    assert parts.read_bytes() == whole.read_bytes()
+    assert any(r["filter"] == "curator" for r in read_table(parts, DECISIONS).to_pylist())
