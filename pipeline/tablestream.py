@@ -238,7 +238,52 @@ MERGE_MIN_ROWS = 1_024  # rows read at a time from each run while merging, at le
 KEY_MERGE_ROWS = 1 << 18  # rows a KeySorter reads over all its runs at a time while merging (a few numbers each)
 
 
-class SortingWriter:
+class _Runs:
+    """Rows that come in any order, kept up to ``run_rows`` (``RUN_ROWS`` when not given), then sorted and
+    spilled to a run file in a temp folder: what :class:`SortingWriter` and :class:`KeySorter` share. A
+    subclass says how rows are checked (:meth:`_conform`), sorted (:meth:`_sort`) and spilled (:meth:`_spill`)."""
+
+    _prefix = "crossview-sort-"
+
+    def __init__(self, schema: pa.Schema, run_rows: int | None = None) -> None:
+        self.schema, self.run_rows = schema, run_rows or RUN_ROWS
+        self.rows = 0
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self._runs: list[Path] = []
+
+    def __enter__(self) -> Self:
+        self._tmp = tempfile.TemporaryDirectory(prefix=self._prefix)
+        return self
+
+    def write(self, table: pa.Table) -> None:
+        """Add rows (checked against the schema), in any order."""
+        table = self._conform(table)
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        self.rows += table.num_rows
+        if self._pending_rows >= self.run_rows:
+            self._spill()
+
+    def _sorted_pending(self) -> pa.Table:
+        rows = pa.concat_tables(self._pending) if self._pending else self.schema.empty_table()
+        self._pending, self._pending_rows = [], 0
+        return self._sort(rows)
+
+    def _run_path(self, suffix: str) -> Path:
+        return Path(self._tmp.name) / f"run{len(self._runs):05d}{suffix}"
+
+    def _conform(self, table: pa.Table) -> pa.Table:
+        raise NotImplementedError
+
+    def _sort(self, rows: pa.Table) -> pa.Table:
+        raise NotImplementedError
+
+    def _spill(self) -> None:
+        raise NotImplementedError
+
+
+class SortingWriter(_Runs):
     """Write rows that come in any order (unique ids) as an id-sorted table: the bytes ``write_table`` gives.
 
     Up to ``run_rows`` rows are kept; past that they are sorted and spilled to a temp run file, and at the
@@ -250,32 +295,17 @@ class SortingWriter:
 
     def __init__(self, path: str | Path, schema: pa.Schema, run_rows: int | None = None) -> None:
         """``run_rows``: ``RUN_ROWS`` when not given."""
-        self.path, self.schema, self.run_rows = Path(path), schema, run_rows or RUN_ROWS
-        self.rows = 0
-        self._pending: list[pa.Table] = []
-        self._pending_rows = 0
-        self._runs: list[Path] = []
+        super().__init__(schema, run_rows)
+        self.path = Path(path)
 
-    def __enter__(self) -> Self:
-        self._tmp = tempfile.TemporaryDirectory(prefix="crossview-sort-")
-        return self
+    def _conform(self, table: pa.Table) -> pa.Table:
+        return conform(table, self.schema, self.path)
 
-    def write(self, table: pa.Table) -> None:
-        """Add rows (checked against the schema), in any order."""
-        table = conform(table, self.schema, self.path)
-        self._pending.append(table)
-        self._pending_rows += table.num_rows
-        self.rows += table.num_rows
-        if self._pending_rows >= self.run_rows:
-            self._spill()
-
-    def _sorted_pending(self) -> pa.Table:
-        rows = pa.concat_tables(self._pending) if self._pending else self.schema.empty_table()
-        self._pending, self._pending_rows = [], 0
+    def _sort(self, rows: pa.Table) -> pa.Table:
         return sort_rows(rows)
 
     def _spill(self) -> None:
-        run = Path(self._tmp.name) / f"run{len(self._runs):05d}.parquet"
+        run = self._run_path(".parquet")
         with TableWriter(run, self.schema, geometry=False) as writer:
             writer.write(self._sorted_pending())
         self._runs.append(run)
@@ -314,7 +344,7 @@ def _at_most(columns: Sequence[np.ndarray], bound: Sequence) -> np.ndarray:
     return below | equal
 
 
-class KeySorter:
+class KeySorter(_Runs):
     """Rows that come in any order, read back in the order of numeric ``keys`` a block at a time, with memory
     that does not grow with the rows: an external merge sort (the place-ordered sweeps of the pair and
     filter stages use it; :class:`SortingWriter` is its id-ordered, table-writing sibling).
@@ -326,37 +356,24 @@ class KeySorter:
     no promised order. Use as a context manager; :meth:`blocks` once, after the last :meth:`write`.
     """
 
-    def __init__(self, schema: pa.Schema, keys: Sequence[str], run_rows: int | None = None) -> None:
-        self.schema, self.keys, self.run_rows = schema, list(keys), run_rows or RUN_ROWS
-        self.rows = 0
-        self._pending: list[pa.Table] = []
-        self._pending_rows = 0
-        self._runs: list[Path] = []
+    _prefix = "crossview-keysort-"
 
-    def __enter__(self) -> Self:
-        self._tmp = tempfile.TemporaryDirectory(prefix="crossview-keysort-")
-        return self
+    def __init__(self, schema: pa.Schema, keys: Sequence[str], run_rows: int | None = None) -> None:
+        super().__init__(schema, run_rows)
+        self.keys = list(keys)
 
     def __exit__(self, kind, err, trace) -> None:
         self._pending = []
         self._tmp.cleanup()
 
-    def write(self, table: pa.Table) -> None:
-        """Add rows, in any order."""
-        table = table.select(self.schema.names).cast(self.schema)
-        self._pending.append(table)
-        self._pending_rows += table.num_rows
-        self.rows += table.num_rows
-        if self._pending_rows >= self.run_rows:
-            self._spill()
+    def _conform(self, table: pa.Table) -> pa.Table:
+        return table.select(self.schema.names).cast(self.schema)
 
-    def _sorted_pending(self) -> pa.Table:
-        rows = pa.concat_tables(self._pending) if self._pending else self.schema.empty_table()
-        self._pending, self._pending_rows = [], 0
+    def _sort(self, rows: pa.Table) -> pa.Table:
         return rows.sort_by([(k, "ascending") for k in self.keys]).combine_chunks()
 
     def _spill(self) -> None:
-        run = Path(self._tmp.name) / f"run{len(self._runs):05d}.arrow"
+        run = self._run_path(".arrow")
         with pa.OSFile(str(run), "wb") as sink, pa.ipc.new_file(sink, self.schema) as writer:
             writer.write_table(self._sorted_pending(), max_chunksize=MERGE_MIN_ROWS)
         self._runs.append(run)
