@@ -495,7 +495,7 @@ def _strips(cols: np.ndarray, size: int) -> list[tuple[int, int]]:
     """[start, end) ranges of about ``size`` (``size / 2`` to ``3 size / 2``) of sorted grid columns ``cols``.
 
     Each range ends at a column boundary, where the column before it holds the fewest points: those
-    points wait for the next range (:func:`_density_strips`), so a dense spot is not cut.
+    points wait for the next range (:func:`density_sweep`), so a dense spot is not cut.
     """
     ucols, starts = np.unique(cols, return_index=True)
     n, bounds = len(cols), [0]
