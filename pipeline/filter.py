@@ -12,7 +12,8 @@ import argparse
 import logging
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -39,7 +40,7 @@ from pipeline.schemas import (
 )
 from pipeline.store import write_json
 from pipeline.tablestream import Cursor, SortingWriter, TableWriter, id_chunks, repeated
-from pipeline.verdicts import latest_verdicts
+from pipeline.verdicts import Verdict, latest_verdicts
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,7 @@ def judge(tables: Tables, params: FilterParams, registry: Sequence[Filter] = REG
     """Every filter but the thinning ones, then the curator override: (decisions sorted by id and filter,
     the override count). A photo's decisions depend only on its own rows, so parts of the tables give
     parts of the decisions."""
-    parts = [_checked(f, f.fn(tables, params)) for f in registry if not f.thins]
-    decisions = pa.concat_tables(parts) if parts else DECISIONS.empty_table()
+    decisions = _concat(_checked(f, f.fn(tables, params)) for f in registry if not f.thins)
     decisions, overrides = apply_curator_override(decisions, registry)
     return _sorted(decisions), overrides
 
@@ -93,10 +93,11 @@ def thin(tables: Tables, params: FilterParams, candidates: pa.Array, registry: S
         table = _checked(f, _sorted(_concat(f.fn([places_of(tables.pairs, candidates)], params))))
         parts.append(table)
         candidates = survivors(pa.table({"id": candidates}), table)
-    return pa.concat_tables(parts) if parts else DECISIONS.empty_table()
+    return _concat(parts)
 
 
 def _concat(parts: Iterable[pa.Table]) -> pa.Table:
+    """Decisions parts as one table (the empty DECISIONS table for none)."""
     parts = list(parts)
     return pa.concat_tables(parts) if parts else DECISIONS.empty_table()
 
@@ -105,16 +106,18 @@ def run_filters(tables: Tables, params: FilterParams, registry: Sequence[Filter]
     """Run every filter of ``registry`` on whole tables; return all decisions (sorted by id, filter) and the
     override count. Thinning filters run last, on the photos every earlier decision kept (after the
     curator override), so they only drop a photo in favour of one that stays."""
+    if tables.verdicts is None:  # read once: the curator filter and the warning below both need them
+        tables = replace(tables, verdicts=_verdicts(params, registry))
     decisions, overrides = judge(tables, params, registry)
     decisions = _sorted(pa.concat_tables([decisions, thin(tables, params, survivors(tables.photos, decisions), registry)]))
-    warn_unknown_verdicts(params.verdicts, _verdict_ids(params, registry) - set(column(tables.photos, "id")))
+    warn_unknown_verdicts(params.verdicts, set(tables.verdicts) - set(column(tables.photos, "id")))
     _log_counts(Counter(column(decisions, "filter")), _drops(decisions), filter_order(registry))
     return decisions, overrides
 
 
-def _verdict_ids(params: FilterParams, registry: Sequence[Filter]) -> set[str]:
-    """Ids with a curator verdict, when the registry has the curator filter."""
-    return set(latest_verdicts(params.verdicts)) if any(f.name == CURATOR for f in registry) else set()
+def _verdicts(params: FilterParams, registry: Sequence[Filter]) -> Mapping[str, Verdict]:
+    """The latest curator verdict per photo, when the registry has the curator filter (else none)."""
+    return latest_verdicts(params.verdicts) if any(f.name == CURATOR for f in registry) else {}
 
 
 def _drops(decisions: pa.Table) -> Counter:
@@ -245,7 +248,7 @@ def _judge_all(params: FilterParams, args: argparse.Namespace, registry: Sequenc
     """Judge the photos a part at a time into ``out`` and the survivors' ``PLACES`` into ``places``; the
     override count. The download hashes that repeat and the curator verdicts are read once."""
     copies, overrides = shared_bytes(args.downloads), 0
-    verdicts = latest_verdicts(params.verdicts) if any(f.name == CURATOR for f in registry) else {}
+    verdicts = _verdicts(params, registry)
     unknown = set(verdicts)
     with TableWriter(out, DECISIONS) as writer, TableWriter(places, PLACES, geometry=False) as kept:
         for photos, rest in id_chunks(Cursor(args.photos, PHOTOS), _inputs(args)):

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.tablestream import KeySorter
+from pipeline.tablestream import KeySorter, value_runs
 from pipeline.threads import cpu_threads
 
 _HALF_NEIGHBOURHOOD = ((0, 1), (1, -1), (1, 0), (1, 1))  # with the cell itself: each adjacent pair once
@@ -721,7 +721,7 @@ class DensityLimit:
                 by_x.write(block.append_column("rank", pa.array(np.arange(rank, rank + block.num_rows, dtype=np.int64))))
                 rank += block.num_rows
             self._by_hash.__exit__(None, None, None)  # its runs are read: let them go
-            for zone, parts in itertools.groupby(_zone_parts(by_x.blocks()), key=lambda part: part[0]):
+            for zone, parts in itertools.groupby(value_runs(by_x.blocks(), "epsg"), key=lambda run: run[0]):
                 blocks = (part.select(SWEPT.names) for _, part in parts)
                 if self.d <= 0:
                     yield from (_all_kept(block) for block in blocks)
@@ -729,16 +729,6 @@ class DensityLimit:
                 x0, x1, y0, y1 = self._bounds[zone]
                 frame = _grid_frame(np.array([x0, x1]), np.array([y0, y1]), self.d)
                 yield from density_sweep(blocks, self.d, frame, self.size)
-
-
-def _zone_parts(blocks: Iterable[pa.Table]) -> Iterator[tuple[int, pa.Table]]:
-    """(zone, rows) runs of blocks sorted by epsg first."""
-    for block in blocks:
-        epsg = block["epsg"].to_numpy()
-        cuts = np.r_[0, np.flatnonzero(np.diff(epsg)) + 1, len(epsg)]
-        for a, b in itertools.pairwise(cuts.tolist()):
-            if b > a:
-                yield int(epsg[a]), block.slice(a, b - a)
 
 
 def _all_kept(block: pa.Table) -> pa.Table:

@@ -33,7 +33,7 @@ from pipeline.errors import SchemaError
 from pipeline.geo import transformer
 from pipeline.neighbours import unit_hash
 from pipeline.schemas import DOWNLOADS, PAIRS, PHOTOS, TILES, read_table
-from pipeline.tablestream import Cursor, KeySorter, SortingWriter, TableWriter, id_chunks
+from pipeline.tablestream import Cursor, KeySorter, SortingWriter, TableWriter, id_chunks, value_runs
 
 log = logging.getLogger(__name__)
 
@@ -360,7 +360,7 @@ class _SplitSweep:
             self._reset()
             return
         open_ = np.flatnonzero(self.state == 0)
-        keep = int(np.searchsorted(x, min(x[open_[0]] if len(open_) else frontier, frontier) - e, side="left"))
+        keep = int(np.searchsorted(x, (x[open_[0]] if len(open_) else frontier) - e, side="left"))  # x is sorted
         self.row, self.rank, self.x, self.y, self.state = (v[keep:] for v in (self.row, self.rank, x, y, self.state))
         self.ids = self.ids.slice(keep)
 
@@ -386,18 +386,13 @@ def split_sweep(blocks: Iterable[pa.Table], edge_m: float, points: int | None = 
     side, so its memory does not grow with the photos unless they crowd into one narrow band of x.
     """
     sweep, zone, points = _SplitSweep(edge_m), None, points or SWEEP_POINTS
-    for block in blocks:
-        epsg = block["epsg"].to_numpy()
-        cuts = np.r_[0, np.flatnonzero(np.diff(epsg)) + 1, len(epsg)]
-        for a, b in itertools.pairwise(cuts.tolist()):
-            if a == b:
-                continue
-            if epsg[a] != zone:
-                yield from sweep.decide(done=True)
-                zone = epsg[a]
-            sweep.add(block.slice(a, b - a))
-            if sweep.added >= points:
-                yield from sweep.decide(done=False)
+    for epsg, part in value_runs(blocks, "epsg"):
+        if epsg != zone:
+            yield from sweep.decide(done=True)
+            zone = epsg
+        sweep.add(part)
+        if sweep.added >= points:
+            yield from sweep.decide(done=False)
     yield from sweep.decide(done=True)
 
 

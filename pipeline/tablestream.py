@@ -12,8 +12,9 @@ so such a file is written twice: rows and geometry, then the same row groups und
 
 from __future__ import annotations
 
+import itertools
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Self
 
@@ -236,6 +237,17 @@ class TableWriter:
 RUN_ROWS = 131_072  # rows a SortingWriter sorts in memory before it spills them to a sorted run (~50 MB of photos)
 MERGE_MIN_ROWS = 1_024  # rows read at a time from each run while merging, at least
 KEY_MERGE_ROWS = 1 << 18  # rows a KeySorter reads over all its runs at a time while merging (a few numbers each)
+
+
+def value_runs(blocks: Iterable[pa.Table], column: str) -> Iterator[tuple[int, pa.Table]]:
+    """``(value, rows)`` for each run of equal integer ``column`` values in blocks sorted by it (a run that
+    spans blocks comes as consecutive pairs with one value): a key-sorted stream cut by, say, UTM zone."""
+    for block in blocks:
+        values = block[column].to_numpy()
+        cuts = np.r_[0, np.flatnonzero(np.diff(values)) + 1, len(values)]
+        for a, b in itertools.pairwise(cuts.tolist()):
+            if b > a:
+                yield int(values[a]), block.slice(a, b - a)
 
 
 class _Runs:
